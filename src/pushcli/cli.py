@@ -1,0 +1,582 @@
+"""Typer wiring only: parse options, call one library function, render its
+result (rich tables, or one JSON document with --json), map errors to exit codes.
+
+Exit codes (the same for every command):
+  0 ok; 1 partial failure (rejected records, failed deliveries, doctor problems);
+  2 invalid input or usage; 75 busy (another run holds the lock); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from pushcli import __version__
+from pushcli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError
+from pushcli.store import DB_ENV, DEFAULT_DB, Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 partial failure, 2 invalid input, 75 busy (locked), 130 interrupted."
+)
+
+app = typer.Typer(
+    name="pushcli",
+    help="Campaign-style Web Push: VAPID keys, subscriber store, encrypted delivery, reports.\n\n"
+    + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+keys_app = typer.Typer(help="Generate and inspect VAPID keys.", no_args_is_help=True)
+subs_app = typer.Typer(help="Import, count and export subscribers.", no_args_is_help=True)
+campaigns_app = typer.Typer(help="Campaign history.", no_args_is_help=True)
+testing_app = typer.Typer(help="The loopback push-service emulator.", no_args_is_help=True)
+web_app = typer.Typer(help="The browser side: service worker and subscribe page.",
+                      no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(subs_app, name="subscribers")
+app.add_typer(campaigns_app, name="campaigns")
+app.add_typer(testing_app, name="testing")
+app.add_typer(web_app, name="web")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+class _State:
+    db: str | None = None
+
+
+state = _State()
+
+
+def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True) if err.is_terminal \
+        else print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library exceptions into one line on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PushcliError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            raise typer.Exit(EXIT_OK) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(doc: Any) -> None:
+    """One JSON document on stdout and nothing else there."""
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def open_store(create: bool = True) -> Store:
+    return Store.open(state.db, create=create)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"pushcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    db: Annotated[str | None, typer.Option(
+        "--db", envvar=DB_ENV, show_envvar=True,
+        help=f"Store: a SQLite path or a SQLAlchemy URL (default: {DEFAULT_DB} in the working directory).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    state.db = db
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+@keys_app.command("generate")
+@handle_errors
+def keys_generate(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the key files.")] = Path(
+        "."),
+    subject: Annotated[str | None, typer.Option(
+        help="VAPID contact, mailto:you@example.com or an https URL (checked as Apple would).")
+    ] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing private key (orphans every subscription!).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a P-256 VAPID key pair: vapid_private.pem (0600) and vapid_public.pem."""
+    from pushcli.keys import generate_keys
+
+    info = generate_keys(directory, subject=subject, force=force)
+    if as_json:
+        emit_json(info.to_json())
+        return
+    out.print(f"Wrote {info.private_key} (mode 0600) and {info.public_key}")
+    out.print("applicationServerKey (pass it to pushManager.subscribe):")
+    out.print(info.application_server_key, soft_wrap=True)
+    if subject:
+        out.print(f"Subject {subject} is valid; set it with PUSHCLI_VAPID_SUBJECT or "
+                  "vapid.subject in the campaign.")
+
+
+@keys_app.command("show")
+@handle_errors
+def keys_show(
+    key: Annotated[Path, typer.Option("--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY",
+                                      help="Private key file.")] = Path("vapid_private.pem"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the applicationServerKey of an existing private key."""
+    from pushcli.keys import show_key
+
+    info = show_key(key)
+    if as_json:
+        emit_json({"private_key": str(key),
+                   "application_server_key": info.application_server_key})
+    else:
+        print(info.application_server_key)
+
+
+# --- subscribers ---------------------------------------------------------------------------
+
+
+@subs_app.command("import")
+@handle_errors
+def subscribers_import(
+    files: Annotated[list[str], typer.Argument(help="Files to import; - for standard input.")],
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="json | ndjson | csv (default: from the extension).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        "--tag", help="Add this tag to every imported subscriber (repeatable).")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Also accept endpoints at this host (repeatable).")] = None,
+    strict: Annotated[bool, typer.Option(
+        help="Import nothing if any record is invalid.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")
+                     ] = False,
+) -> None:
+    """Import subscriptions (PushSubscription.toJSON() objects) and upsert them by endpoint.
+
+    Invalid records are reported with their line or index and skipped; exit 1
+    if any was rejected. With --strict nothing is stored unless all are valid.
+    """
+    from pushcli.pushservices import allowed_hosts_from_env
+    from pushcli.subscriptions import detect_format, open_source, parse_stream
+
+    allowed = allowed_hosts_from_env(allow_host or ())
+    formats = [(name, detect_format(name, fmt)) for name in files]
+    for name, _ in formats:
+        if name != "-" and not Path(name).is_file():
+            fail(f"{name}: no such file" if not Path(name).exists() else f"{name}: not a file")
+
+    def records() -> Any:
+        for name, f in formats:
+            stream = open_source(name)
+            try:
+                source = "<stdin>" if name == "-" else name
+                for rec in parse_stream(stream, f, source=source, allowed_hosts=allowed,
+                                        extra_tags=tag or ()):
+                    yield source, rec
+            finally:
+                if name != "-":
+                    stream.close()
+
+    shown = 0
+
+    def on_reject(msg: str) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= 50:
+            print(f"rejected: {msg}", file=sys.stderr)
+        elif shown == 51:
+            print("rejected: ... (more; see the summary)", file=sys.stderr)
+
+    with open_store() as store:
+        result = store.import_subscriptions(records(), strict=strict, on_reject=on_reject)
+    if as_json:
+        emit_json(result.to_json())
+    elif not quiet or result.rejected:
+        from rich.table import Table
+
+        table = Table(title="Import" + ("" if result.committed else
+                                        " (strict: nothing stored)"), title_justify="left")
+        for col in ("read", "added", "updated", "unchanged", "rejected"):
+            table.add_column(col, justify="right")
+        table.add_row(*(f"{getattr(result, c):,}" for c in (
+            "read", "added", "updated", "unchanged", "rejected")))
+        out.print(table)
+    if result.rejected:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@subs_app.command("count")
+@handle_errors
+def subscribers_count(
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Any of these tags.")] = None,
+    status: Annotated[str, typer.Option(help="active | expired | all")] = "active",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Count subscribers (active ones by default)."""
+    with open_store() as store:
+        n = store.count(status=status, tags=tag or ())
+    if as_json:
+        emit_json({"count": n, "status": status, "tags": tag or []})
+    else:
+        print(n)
+
+
+@subs_app.command("export")
+@handle_errors
+def subscribers_export(
+    fmt: Annotated[str, typer.Option("--format", help="json | ndjson | csv")] = "ndjson",
+    status: Annotated[str, typer.Option(help="active | expired | all")] = "active",
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Write to this file (0600) instead of standard output.")] = None,
+) -> None:
+    """Export subscribers in the import format (round-trips with import)."""
+    from pushcli.subscriptions import detect_format, write_csv, write_json
+
+    f = detect_format("-", fmt)
+    with open_store() as store:
+        subs = (s.subscription for s in store.iter_subscriptions(status=status))
+        if output is not None:
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        else:
+            fh = sys.stdout
+        try:
+            n = write_csv(subs, fh) if f == "csv" else write_json(subs, fh, ndjson=f == "ndjson")
+        finally:
+            if output is not None:
+                fh.close()
+    if output is not None:
+        print(f"exported {n} subscribers to {output}", file=sys.stderr)
+
+
+# --- send ----------------------------------------------------------------------------------
+
+
+@app.command("send")
+@handle_errors
+def send(
+    campaign_file: Annotated[Path, typer.Argument(help="Campaign YAML file.")],
+    key: Annotated[Path | None, typer.Option(
+        "--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY", show_envvar=True,
+        help="VAPID private key (overrides vapid.private_key).")] = None,
+    subject: Annotated[str | None, typer.Option(
+        envvar="PUSHCLI_VAPID_SUBJECT", show_envvar=True,
+        help="VAPID subject (overrides vapid.subject).")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Also send to this host (repeatable; PUSHCLI_ALLOW_HOSTS).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Validate, count, render and size-check; send nothing.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Send to at most N subscribers.")] = None,
+    to: Annotated[str | None, typer.Option(help="Send only to this endpoint.")] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Also retry subscribers whose last attempt failed.")] = False,
+    concurrency: Annotated[int | None, typer.Option(
+        help="Requests in flight (overrides delivery.concurrency).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
+    report: Annotated[list[Path] | None, typer.Option(
+        "--report", help="Write the report to FILE.json and/or FILE.csv (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")
+                       ] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress, no summary.")
+                     ] = False,
+) -> None:
+    """Send a campaign to every pending subscriber in its audience.
+
+    Re-running the same campaign sends only to subscribers without a final
+    outcome (resume after a crash or Ctrl-C). Exit 0 when everyone ended sent
+    or expired, 1 when any failed/rejected/blocked/auth, 2 for invalid input,
+    75 when another run of this campaign holds its lock, 130 on Ctrl-C.
+    """
+    from pushcli.campaign import Renderer, load_campaign
+    from pushcli.delivery import DeliveryOptions, count_by_service, send_campaign
+    from pushcli.keys import VapidSigner, load_private_key
+    from pushcli.pushservices import allowed_hosts_from_env
+    from pushcli.report import build_report, exit_code_for, summary_tables, write_report_files
+
+    if limit is not None and limit < 1:
+        fail("--limit must be at least 1")
+    if concurrency is not None and not 1 <= concurrency <= 1000:
+        fail("--concurrency must be between 1 and 1000")
+    if timeout <= 0:
+        fail("--timeout must be positive")
+    campaign = load_campaign(campaign_file)
+    allowed = allowed_hosts_from_env(allow_host or ())
+    key_path = key or (Path(campaign.vapid.private_key) if campaign.vapid.private_key
+                       else Path("vapid_private.pem"))
+    subj = subject or campaign.vapid.subject
+    with open_store() as store:
+        if dry_run:
+            renderer = Renderer(campaign)
+            from pushcli.delivery import validate_variants
+
+            variants = validate_variants(store, campaign, renderer, to=to)
+            services = count_by_service(store, campaign, allowed, limit=limit, to=to)
+            sample = renderer.render(None, {})  if not renderer.placeholders else None
+            doc = {"campaign": campaign.name, "audience": sum(services.values()),
+                   "by_service": dict(services), "variants": variants,
+                   "sample_payload": json.loads(sample) if sample else None,
+                   "sample_payload_bytes": len(sample) if sample else None}
+            if as_json:
+                emit_json(doc)
+            elif not quiet:
+                out.print(f"Campaign [bold]{campaign.name}[/bold]: valid; "
+                          f"{doc['audience']:,} subscribers, {variants} distinct payloads")
+                for svc, n in sorted(services.items()):
+                    out.print(f"  {svc:<30} {n:>10,}")
+                if sample:
+                    out.print(f"Sample payload ({len(sample)} bytes):")
+                    out.print_json(sample.decode())
+            return
+        if not subj:
+            fail(f"{campaign_file}: vapid.subject: no VAPID subject (set vapid.subject, "
+                 "--subject or PUSHCLI_VAPID_SUBJECT)")
+        signer = VapidSigner(load_private_key(key_path), subj)
+        options = DeliveryOptions(
+            ttl=campaign.delivery.ttl, urgency=campaign.delivery.urgency,
+            topic=campaign.delivery.topic,
+            concurrency=concurrency or campaign.delivery.concurrency,
+            rate_limit=campaign.delivery.rate_limit, timeout=timeout,
+        )
+        progress = _progress_display(quiet, campaign.name)
+        try:
+            result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
+                                   options=options, retry_failed=retry_failed, limit=limit,
+                                   to=to, on_progress=progress.update, handle_signals=True)
+        finally:
+            progress.close()
+        stats = result.stats
+        run = {"duration_s": round(result.duration, 3),
+               "rate_per_s": round(stats.done / result.duration, 1) if result.duration else 0,
+               "attempted": stats.done, "retries": stats.retries,
+               "vapid_signatures": stats.signatures, "interrupted": result.interrupted}
+        doc = build_report(store, campaign.name, run=run)
+        if report:
+            write_report_files(store, doc, report)
+    if as_json:
+        emit_json(doc)
+    elif not quiet:
+        for table in summary_tables(doc):
+            out.print(table)
+        if result.interrupted:
+            err.print("Interrupted: re-run the same command to finish the campaign.")
+    if result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(exit_code_for(doc))
+
+
+class _Progress:
+    """A rich bar on a terminal, plain periodic lines otherwise, nothing with -q."""
+
+    def __init__(self, quiet: bool, name: str) -> None:
+        self.quiet = quiet
+        self.name = name
+        self.bar: Any = None
+        self.last_line = 0.0
+        if not quiet and err.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(), console=err, transient=False,
+            )
+            self.task = self.bar.add_task(name, total=None, counts="", rate="")
+            self.bar.start()
+
+    def update(self, stats: Any) -> None:
+        if self.quiet:
+            return
+        o = stats.outcomes
+        counts = (f"sent {o['sent']:,}  expired {o['expired']:,}  failed {o['failed']:,}"
+                  + (f"  other {o['rejected'] + o['auth'] + o['blocked']:,}"
+                     if o['rejected'] + o['auth'] + o['blocked'] else ""))
+        if self.bar is not None:
+            self.bar.update(self.task, total=stats.total, completed=stats.done, counts=counts,
+                            rate=f"{stats.rate:,.0f}/s")
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 5 or (stats.total and stats.done >= stats.total):
+            self.last_line = now
+            print(f"{self.name}: {stats.done:,}/{stats.total:,} {counts} "
+                  f"({stats.rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _progress_display(quiet: bool, name: str) -> _Progress:
+    return _Progress(quiet, name)
+
+
+# --- reports and history -------------------------------------------------------------------
+
+
+@app.command("report")
+@handle_errors
+def report_cmd(
+    name: Annotated[str, typer.Argument(help="Campaign name.")],
+    report: Annotated[list[Path] | None, typer.Option(
+        "--report", help="Also write FILE.json and/or FILE.csv.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+) -> None:
+    """Re-print a campaign's report from the ledger."""
+    from pushcli.report import build_report, summary_tables, write_report_files
+
+    with open_store(create=False) as store:
+        doc = build_report(store, name)
+        if report:
+            write_report_files(store, doc, report)
+    if as_json:
+        emit_json(doc)
+    else:
+        for table in summary_tables(doc):
+            out.print(table)
+
+
+@campaigns_app.command("list")
+@handle_errors
+def campaigns_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Campaigns in this store: started, finished, counts by outcome."""
+    from pushcli.report import build_report
+
+    with open_store(create=False) as store:
+        docs = [build_report(store, c.name) for c in store.list_campaigns()]
+    rows = [{k: d[k] for k in ("campaign", "status", "runs", "started_at", "finished_at",
+                                "total", "sent", "expired", "rejected", "auth", "blocked",
+                                "failed")} for d in docs]
+    if as_json:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="Campaigns", title_justify="left")
+    for col in ("campaign", "status", "started", "finished", "total", "sent", "expired",
+                "failed", "other"):
+        table.add_column(col, justify="right" if col in (
+            "total", "sent", "expired", "failed", "other") else "left")
+    for r in rows:
+        table.add_row(r["campaign"], r["status"], _ts(r["started_at"]), _ts(r["finished_at"]),
+                      f"{r['total']:,}", f"{r['sent']:,}", f"{r['expired']:,}",
+                      f"{r['failed']:,}", f"{r['rejected'] + r['auth'] + r['blocked']:,}")
+    out.print(table)
+
+
+def _ts(value: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(value)) if value else "-"
+
+
+@app.command("prune")
+@handle_errors
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")
+                       ] = False,
+    failed_campaigns: Annotated[int | None, typer.Option(
+        help="Also prune subscribers whose last N campaigns all failed or were rejected.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")
+                     ] = False,
+) -> None:
+    """Delete subscribers marked expired (404/410), never for 401/403 or blocked."""
+    if failed_campaigns is not None and failed_campaigns < 1:
+        fail("--failed-campaigns must be at least 1")
+    with open_store() as store:
+        lock = store.acquire_lock("prune", wait=0)
+        try:
+            ids = store.prunable(failed_campaigns=failed_campaigns)
+            deleted = 0 if dry_run else store.delete_subscriptions(ids)
+        finally:
+            lock.release()
+    if as_json:
+        emit_json({"dry_run": dry_run, "count": len(ids), "deleted": deleted,
+                   "ids": ids if dry_run else None})
+    elif not quiet:
+        print(f"would delete {len(ids)} subscribers" if dry_run
+              else f"deleted {deleted} subscribers")
+
+
+# --- web and testing -----------------------------------------------------------------------
+
+
+@web_app.command("init")
+@handle_errors
+def web_init(
+    directory: Annotated[Path, typer.Argument(help="Folder to write sw.js, subscribe.js, "
+                                                   "index.html into.")],
+    key: Annotated[Path, typer.Option("--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY",
+                                      help="VAPID private key.")] = Path("vapid_private.pem"),
+    subscribe_url: Annotated[str | None, typer.Option(
+        help="Where subscribe.js POSTs subscriptions (omit to show the JSON for copy).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Write a ready-to-serve service worker, subscribe script and example page."""
+    from pushcli.keys import show_key
+    from pushcli.web import init_site
+
+    paths = init_site(directory, show_key(key).application_server_key,
+                      subscribe_url=subscribe_url, force=force)
+    for p in paths:
+        print(f"wrote {p}")
+
+
+@testing_app.command("serve")
+@handle_errors
+def testing_serve(
+    host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8090,
+) -> None:
+    """Run the push-service emulator on loopback until Ctrl-C (JSON API in README)."""
+    from pushcli.testing import serve_forever
+
+    serve_forever(host=host, port=port)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,618 @@
+"""The delivery engine: batches from the store -> encrypt -> POST with bounded
+concurrency -> classify -> outcomes back to the store in batches.
+
+Two layers:
+- ``Engine`` is store-agnostic asyncio: it takes jobs (already rendered and
+  policy-checked), sends them over one shared aiohttp connection pool, retries
+  what the push service says is temporary, and hands final outcomes to a sink.
+- ``send_campaign`` wires a campaign, a store and an engine together: locks the
+  campaign, streams pending subscribers, renders, blocks refused endpoints,
+  and records every outcome in the ledger as it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import ssl
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import http_ece
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pushcli.campaign import Campaign, Renderer, RenderError
+from pushcli.encoding import b64_decode
+from pushcli.errors import InputError
+from pushcli.keys import VapidSigner
+from pushcli.pushservices import (
+    EndpointRefused,
+    Outcome,
+    check_endpoint,
+    classify,
+)
+from pushcli.store import DeliveryRecord, Store, StoredSubscription
+
+_CURVE = ec.SECP256R1()
+MAX_BODY = 4096
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    """How to send: protocol headers from the campaign plus engine limits."""
+
+    ttl: int = 86400
+    urgency: str | None = None
+    topic: str | None = None
+    concurrency: int = 64
+    rate_limit: float | None = None  # messages per second, whole run
+    timeout: float = 10.0  # seconds per request
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 60.0
+    auth_failure_limit: int = 20  # consecutive 401/403 per service before we stop
+    circuit_failure_limit: int = 50  # consecutive transport failures per host
+    flush_interval: float = 0.25
+    flush_size: int = 500
+
+
+@dataclass(slots=True)
+class Job:
+    """One message to one subscriber, ready to encrypt and post."""
+
+    subscription_id: int
+    url: str
+    origin: str
+    service: str
+    p256dh: bytes
+    auth: bytes
+    payload: bytes
+    attempts: int = 0
+    ambiguous: bool = False
+    last_reason: str = ""
+    last_status: int | None = None
+    blocked: str | None = None  # endpoint refused by policy: finish without contacting
+
+
+@dataclass
+class Stats:
+    """Live counters the progress display reads."""
+
+    total: int = 0
+    started: float = field(default_factory=time.monotonic)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    ambiguous: int = 0
+    signatures: int = 0
+
+    @property
+    def done(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+class _HostState:
+    __slots__ = ("not_before", "transport_failures", "auth_failures", "stopped")
+
+    def __init__(self) -> None:
+        self.not_before = 0.0
+        self.transport_failures = 0
+        self.auth_failures = 0
+        self.stopped: str | None = None
+
+
+class _RateLimiter:
+    """A token bucket shared by all workers; None rate means unlimited."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.next_at = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.rate:
+            return
+        now = time.monotonic()
+        slot = max(now, self.next_at)
+        self.next_at = slot + 1.0 / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+def encrypt(payload: bytes, p256dh: bytes, auth: bytes) -> bytes:
+    """RFC 8291 aes128gcm body with a fresh ephemeral key and salt per message."""
+    server_key = ec.generate_private_key(_CURVE)
+    return http_ece.encrypt(
+        payload,
+        salt=os.urandom(16),
+        private_key=server_key,
+        dh=p256dh,
+        auth_secret=auth,
+        version="aes128gcm",
+    )
+
+
+def make_ssl_context() -> ssl.SSLContext:
+    """Verified TLS against the system store (honours SSL_CERT_FILE / SSL_CERT_DIR)."""
+    return ssl.create_default_context()
+
+
+class Engine:
+    """Sends jobs with bounded concurrency over one connection pool.
+
+    Final outcomes are buffered and passed to ``sink`` (a blocking callable, run
+    in a thread) every ``flush_interval`` or ``flush_size`` records, so the
+    ledger is at most a fraction of a second behind the network.
+    """
+
+    def __init__(
+        self,
+        signer: VapidSigner,
+        options: DeliveryOptions,
+        sink: Callable[[list[DeliveryRecord]], None],
+        *,
+        on_progress: Callable[[Stats], None] | None = None,
+        stats: Stats | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.signer = signer
+        self.options = options
+        self.sink = sink
+        self.on_progress = on_progress
+        self.stats = stats or Stats()
+        self.rng = rng or random.Random()
+        self._hosts: defaultdict[str, _HostState] = defaultdict(_HostState)
+        self._limiter = _RateLimiter(options.rate_limit)
+        self._buffer: list[DeliveryRecord] = []
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._stopping = False
+        self._delayed: set[asyncio.TimerHandle] = set()
+        self._flush_lock = asyncio.Lock()
+
+    # --- public ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking new work; in-flight requests finish, delayed retries are dropped."""
+        self._stopping = True
+        for handle in self._delayed:
+            handle.cancel()
+        self._outstanding -= len(self._delayed)
+        self._delayed.clear()
+        if self._outstanding <= 0:
+            self._idle.set()
+
+    async def run(self, batches: Iterator[list[Job]]) -> Stats:
+        """Send every job from ``batches`` (pulled lazily, in a thread) and flush."""
+        connector = aiohttp.TCPConnector(
+            limit=self.options.concurrency,
+            ssl=make_ssl_context(),
+            ttl_dns_cache=300,
+            enable_cleanup_closed=True,
+        )
+        timeout = aiohttp.ClientTimeout(total=self.options.timeout,
+                                        connect=min(self.options.timeout, 10.0))
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        ) as session:
+            self._session = session
+            workers = [asyncio.create_task(self._worker())
+                       for _ in range(self.options.concurrency)]
+            flusher = asyncio.create_task(self._flush_loop())
+            try:
+                await self._feed(batches)
+                if self._outstanding > 0:
+                    self._idle.clear()
+                    await self._idle.wait()
+            except asyncio.CancelledError:
+                for w in workers:  # second Ctrl-C: abort in-flight requests too
+                    w.cancel()
+                raise
+            finally:
+                for _ in workers:
+                    self._queue.put_nowait(None)
+                await asyncio.gather(*workers, return_exceptions=True)
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+                await self._flush()
+        self.stats.signatures = self.signer.signatures
+        return self.stats
+
+    # --- feeding --------------------------------------------------------------------
+
+    async def _feed(self, batches: Iterator[list[Job]]) -> None:
+        loop = asyncio.get_running_loop()
+        sentinel: list[Job] = []
+        high_water = self.options.concurrency * 8
+        while not self._stopping:
+            batch = await loop.run_in_executor(None, next, batches, sentinel)
+            if batch is sentinel:
+                return
+            for job in batch:
+                if self._stopping:
+                    return
+                self._outstanding += 1
+                if job.blocked is not None:
+                    self._finish(job, Outcome.BLOCKED, job.blocked, None)
+                else:
+                    self._queue.put_nowait(job)
+            while self._queue.qsize() > high_water and not self._stopping:
+                await asyncio.sleep(0.005)
+
+    # --- workers --------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            if job is None:
+                return
+            try:
+                await self._attempt(job)
+            except Exception as exc:  # noqa: BLE001 - one bad job must not kill the run
+                self._finish(job, Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}",
+                             job.last_status)
+
+    async def _attempt(self, job: Job) -> None:
+        host = self._hosts[job.origin]
+        if host.stopped:
+            self._finish(job, Outcome.FAILED, host.stopped, job.last_status)
+            return
+        if self._stopping:
+            self._drop(job)
+            return
+        wait = host.not_before - time.monotonic()
+        if wait > 0:
+            self._later(job, wait)
+            return
+        await self._limiter.wait()
+        job.attempts += 1
+        body = encrypt(job.payload, job.p256dh, job.auth)
+        headers = {
+            "TTL": str(self.options.ttl),
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+            "Authorization": self.signer.header(job.origin),
+        }
+        if self.options.urgency:
+            headers["Urgency"] = self.options.urgency
+        if self.options.topic:
+            headers["Topic"] = self.options.topic
+        sent_body = False
+        try:
+            async with self._session.post(job.url, data=body, headers=headers,
+                                          allow_redirects=False) as resp:
+                sent_body = True
+                status = resp.status
+                text = b"" if status in (201, 202) else await resp.content.read(1024)
+                resp_headers = resp.headers
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            ambiguous = sent_body or isinstance(
+                exc, TimeoutError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
+            self._transport_error(job, host, exc, ambiguous)
+            return
+        host.transport_failures = 0
+        verdict = classify(status, resp_headers, text)
+        job.last_status = status
+        if verdict.outcome is None:
+            self._retry(job, host, verdict.reason, verdict.retry_after)
+            return
+        if verdict.outcome is Outcome.AUTH:
+            host.auth_failures += 1
+            if host.auth_failures >= self.options.auth_failure_limit and not host.stopped:
+                host.stopped = (
+                    f"not sent: {job.service} answered 401/403 to "
+                    f"{host.auth_failures} requests in a row (VAPID key or subject problem); "
+                    "fix the key, then re-run with --retry-failed"
+                )
+        else:
+            host.auth_failures = 0
+        self._finish(job, verdict.outcome, verdict.reason, status)
+
+    def _transport_error(self, job: Job, host: _HostState, exc: BaseException,
+                         ambiguous: bool) -> None:
+        host.transport_failures += 1
+        name = type(exc).__name__
+        reason = "timeout" if isinstance(exc, TimeoutError) else f"{name}: {exc}".strip(": ")
+        job.last_status = None
+        if ambiguous:
+            job.ambiguous = True
+        if host.transport_failures >= self.options.circuit_failure_limit and not host.stopped:
+            host.stopped = (
+                f"not sent: {job.service} unreachable ({host.transport_failures} failures in a "
+                f"row, last: {reason}); re-run with --retry-failed later"
+            )
+        self._retry(job, host, reason[:300], None)
+
+    def _retry(self, job: Job, host: _HostState, reason: str,
+               retry_after: float | None) -> None:
+        job.last_reason = reason
+        if job.attempts >= self.options.max_attempts:
+            self._finish(job, Outcome.FAILED,
+                         f"{reason} (gave up after {job.attempts} attempts)", job.last_status)
+            return
+        self.stats.retries += 1
+        backoff = min(self.options.backoff_max,
+                      self.options.backoff_base * 2 ** (job.attempts - 1))
+        delay = backoff * (0.5 + self.rng.random())
+        if retry_after is not None:
+            capped = min(retry_after, self.options.backoff_max * 10)
+            host.not_before = max(host.not_before, time.monotonic() + capped)
+            delay = max(delay, capped)
+        self._later(job, delay)
+
+    def _later(self, job: Job, delay: float) -> None:
+        if self._stopping:
+            self._drop(job)
+            return
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def requeue() -> None:
+            self._delayed.discard(handle)
+            self._queue.put_nowait(job)
+
+        handle = loop.call_later(delay, requeue)
+        self._delayed.add(handle)
+
+    def _drop(self, job: Job) -> None:
+        """Leave a job unrecorded (stopping): the next run picks it up again."""
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._idle.set()
+
+    def _finish(self, job: Job, outcome: Outcome, reason: str, status: int | None) -> None:
+        if job.ambiguous and outcome is Outcome.SENT:
+            self.stats.ambiguous += 1
+        self._buffer.append(DeliveryRecord(
+            subscription_id=job.subscription_id, outcome=outcome, service=job.service,
+            status_code=status, reason=reason, attempts=max(job.attempts, 1) if
+            outcome is not Outcome.BLOCKED else 0, ambiguous=job.ambiguous,
+        ))
+        self.stats.outcomes[outcome.value] += 1
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._idle.set()
+
+    # --- flushing -------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.flush_interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            if self._buffer:
+                batch, self._buffer = self._buffer, []
+                await asyncio.get_running_loop().run_in_executor(None, self.sink, batch)
+            if self.on_progress is not None:
+                self.on_progress(self.stats)
+
+
+# --- campaign orchestration ---------------------------------------------------------------
+
+
+@dataclass
+class SendResult:
+    """What a send did; the report module turns the ledger into the full report."""
+
+    campaign_id: int
+    stats: Stats
+    duration: float
+    interrupted: bool = False
+    blocked_hosts: Counter[str] = field(default_factory=Counter)
+
+
+def audience_matcher(campaign: Campaign) -> Callable[[StoredSubscription], bool] | None:
+    aud = campaign.audience
+    if not (aud.tags or aud.exclude_tags or aud.where):
+        return None
+    return lambda s: aud.matches(s.subscription.tags, s.subscription.attributes)
+
+
+def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
+                      *, to: str | None = None) -> int:
+    """Render (and size-check) every distinct variant the audience needs, before sending.
+
+    Returns the number of distinct payloads. A subscriber whose attributes
+    cannot render raises RenderError naming the subscriber.
+    """
+    match = audience_matcher(campaign)
+    seen: set[Any] = set()
+    for s in store.iter_subscriptions(status="active"):
+        if to is not None and s.subscription.endpoint != to:
+            continue
+        if match is not None and not match(s):
+            continue
+        key = renderer.variant_key(s.subscription.locale, s.subscription.attributes)
+        if key in seen:
+            continue
+        try:
+            renderer.render(s.subscription.locale, s.subscription.attributes)
+        except InputError as exc:
+            raise type(exc)(f"{exc.message} (subscriber id {s.id})", file=exc.file,
+                            line=exc.line, field=exc.field) from None
+        seen.add(key)
+    return len(seen)
+
+
+def iter_jobs(
+    store: Store,
+    campaign_id: int,
+    renderer: Renderer,
+    *,
+    allowed_hosts: frozenset[str],
+    match: Callable[[StoredSubscription], bool] | None,
+    retry_failed: bool,
+    limit: int | None,
+    to: str | None,
+    blocked_hosts: Counter[str],
+) -> Iterator[list[Job]]:
+    """Batches of jobs for pending subscribers; refused endpoints are finished as blocked."""
+    def wanted(s: StoredSubscription) -> bool:
+        if to is not None and s.subscription.endpoint != to:
+            return False
+        return match is None or match(s)
+
+    for batch in store.pending(campaign_id, retry_failed=retry_failed, match=wanted,
+                               limit=limit):
+        jobs: list[Job] = []
+        for s in batch:
+            sub = s.subscription
+            try:
+                ep = check_endpoint(sub.endpoint, allowed_hosts)
+            except EndpointRefused as exc:
+                host = sub.endpoint.split("/")[2] if sub.endpoint.count("/") >= 2 else "?"
+                blocked_hosts[host] += 1
+                jobs.append(Job(s.id, sub.endpoint, "", "blocked", b"", b"", b"",
+                                blocked=str(exc)))
+                continue
+            jobs.append(Job(
+                subscription_id=s.id, url=ep.url, origin=ep.origin, service=ep.service,
+                p256dh=b64_decode(sub.p256dh), auth=b64_decode(sub.auth),
+                payload=renderer.render(sub.locale, sub.attributes),
+            ))
+        yield jobs
+
+
+def send_campaign(
+    store: Store,
+    campaign: Campaign,
+    signer: VapidSigner,
+    *,
+    allowed_hosts: frozenset[str],
+    options: DeliveryOptions,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    to: str | None = None,
+    on_progress: Callable[[Stats], None] | None = None,
+    handle_signals: bool = False,
+) -> SendResult:
+    """Send a campaign to every pending subscriber in its audience.
+
+    Takes the campaign's lock (Busy if another run holds it), records every
+    outcome as it happens, and on Ctrl-C (when ``handle_signals``) stops taking
+    new work, lets in-flight requests finish and returns ``interrupted=True``;
+    a second Ctrl-C aborts in-flight requests too.
+    """
+    renderer = Renderer(campaign)
+    validate_variants(store, campaign, renderer, to=to)
+    lock = store.acquire_lock(f"campaign:{campaign.name}")
+    try:
+        info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
+        stats = Stats()
+        stats.total = _pending_count(store, info.id, campaign, retry_failed, limit, to)
+        engine = Engine(signer, options, lambda recs: store.record(info.id, recs),
+                        on_progress=on_progress, stats=stats)
+        blocked: Counter[str] = Counter()
+        jobs = iter_jobs(store, info.id, renderer, allowed_hosts=allowed_hosts,
+                         match=audience_matcher(campaign), retry_failed=retry_failed,
+                         limit=limit, to=to, blocked_hosts=blocked)
+        started = time.monotonic()
+        interrupted = _run_engine(engine, jobs, lock, handle_signals)
+        store.finish_campaign(info.id, "interrupted" if interrupted else "finished")
+        return SendResult(info.id, stats, time.monotonic() - started, interrupted, blocked)
+    finally:
+        lock.release()
+
+
+def _pending_count(store: Store, campaign_id: int, campaign: Campaign, retry_failed: bool,
+                   limit: int | None, to: str | None) -> int:
+    match = audience_matcher(campaign)
+    n = 0
+    for batch in store.pending(campaign_id, retry_failed=retry_failed, batch_size=5000,
+                               match=lambda s: (to is None or s.subscription.endpoint == to)
+                               and (match is None or match(s)), limit=limit):
+        n += len(batch)
+    return n
+
+
+def _run_engine(engine: Engine, jobs: Iterator[list[Job]], lock: Any,
+                handle_signals: bool) -> bool:
+    """Run the engine on a fresh loop with a lock heartbeat; True if interrupted."""
+    interrupted = False
+
+    async def main() -> None:
+        nonlocal interrupted
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        presses = 0
+
+        def on_sigint() -> None:
+            nonlocal interrupted, presses
+            presses += 1
+            interrupted = True
+            if presses == 1:
+                engine.stop()
+            elif task is not None:
+                task.cancel()
+
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            loop.add_signal_handler(signal.SIGTERM, on_sigint)
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(15)
+                await loop.run_in_executor(None, lock.heartbeat)
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            await engine.run(jobs)
+        except asyncio.CancelledError:
+            interrupted = True
+        finally:
+            beat.cancel()
+            if handle_signals and threading.current_thread() is threading.main_thread():
+                loop.remove_signal_handler(signal.SIGINT)
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    asyncio.run(main())
+    return interrupted
+
+
+def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[str],
+                     limit: int | None = None, to: str | None = None) -> Counter[str]:
+    """Audience per push service (``blocked`` for refused endpoints), for --dry-run."""
+    match = audience_matcher(campaign)
+    counts: Counter[str] = Counter()
+    n = 0
+    for s in store.iter_subscriptions(status="active"):
+        if to is not None and s.subscription.endpoint != to:
+            continue
+        if match is not None and not match(s):
+            continue
+        try:
+            counts[check_endpoint(s.subscription.endpoint, allowed_hosts).service] += 1
+        except EndpointRefused:
+            counts["blocked"] += 1
+        n += 1
+        if limit is not None and n >= limit:
+            break
+    return counts
+
+
+__all__ = [
+    "DeliveryOptions",
+    "Engine",
+    "Job",
+    "RenderError",
+    "SendResult",
+    "Stats",
+    "count_by_service",
+    "encrypt",
+    "send_campaign",
+    "validate_variants",
+]

@@ -1,0 +1,138 @@
+"""Campaign reports from the ledger: the JSON document, the per-subscriber CSV,
+and the rich summary tables. Reads only the ledger, so a report prints the same
+after a prune as before it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from rich.table import Table
+
+from pushcli.errors import InputError
+from pushcli.pushservices import Outcome
+from pushcli.store import Store
+
+OUTCOME_KEYS = tuple(o.value for o in Outcome)
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report of a campaign: totals, per-outcome and per-service counts.
+
+    ``run`` adds figures of the run that just ended (duration, rate, retries).
+    """
+    info = store.get_campaign(name)
+    if info is None:
+        raise InputError(f"no campaign named {name!r} in this store "
+                         "(see: pushcli campaigns list)")
+    counts = store.outcome_counts(info.id)
+    ambiguous = counts.pop("_ambiguous", {})
+    by_service: dict[str, dict[str, int]] = {}
+    totals = dict.fromkeys(OUTCOME_KEYS, 0)
+    for service, outcomes in sorted(counts.items()):
+        row = dict.fromkeys(OUTCOME_KEYS, 0)
+        for outcome, n in outcomes.items():
+            row[outcome] = row.get(outcome, 0) + n
+            totals[outcome] = totals.get(outcome, 0) + n
+        row["total"] = sum(row.values())
+        by_service[service] = row
+    report: dict[str, Any] = {
+        "campaign": info.name,
+        "status": info.status,
+        "runs": info.runs,
+        "started_at": info.started_at,
+        "finished_at": info.finished_at,
+        "total": sum(totals.values()),
+        **totals,
+        "retried_after_ambiguous": sum(ambiguous.values()),
+        "by_service": by_service,
+    }
+    if run:
+        report["run"] = run
+    return report
+
+
+def exit_code_for(report: dict[str, Any]) -> int:
+    """0 when everyone ended sent or expired; 1 if anyone failed, was rejected, blocked or auth."""
+    bad = sum(report.get(k, 0) for k in ("failed", "rejected", "blocked", "auth"))
+    return 1 if bad else 0
+
+
+def neutralize_cell(value: Any) -> Any:
+    """Stop spreadsheets from running a cell as a formula (CSV injection)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def write_report_files(store: Store, report: dict[str, Any],
+                       paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Write ``--report`` files: ``.json`` gets the report, ``.csv`` one row per subscriber."""
+    written: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".csv"):
+            raise InputError("report file must end in .json or .csv", file=str(path))
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                if suffix == ".json":
+                    json.dump(report, fh, indent=2, sort_keys=False)
+                    fh.write("\n")
+                else:
+                    info = store.get_campaign(report["campaign"])
+                    assert info is not None
+                    write_csv_rows(store, info.id, fh)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InputError(f"cannot write report: {exc.strerror}", file=str(path)) from None
+        written.append(path)
+    return written
+
+
+def write_csv_rows(store: Store, campaign_id: int, out: IO[str]) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["subscription_id", "endpoint", "service", "outcome", "http_status",
+                     "reason", "attempts"])
+    n = 0
+    for row in store.delivery_rows(campaign_id):
+        writer.writerow([neutralize_cell(v) for v in (
+            row["subscription_id"], row["endpoint"] or "", row["service"], row["outcome"],
+            row["status_code"] if row["status_code"] is not None else "",
+            row["reason"] or "", row["attempts"],
+        )])
+        n += 1
+    return n
+
+
+def summary_tables(report: dict[str, Any]) -> list[Table]:
+    """The human summary: outcomes, then one row per push service."""
+    outcomes = Table(title=f"Campaign {report['campaign']} ({report['status']})",
+                     title_justify="left")
+    outcomes.add_column("outcome")
+    outcomes.add_column("count", justify="right")
+    for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
+        outcomes.add_row(key, f"{report.get(key, 0):,}")
+    outcomes.add_row("total", f"{report['total']:,}", style="bold")
+    if report.get("retried_after_ambiguous"):
+        outcomes.add_row("retried after ambiguous", f"{report['retried_after_ambiguous']:,}")
+    run = report.get("run")
+    if run:
+        outcomes.add_row("duration", f"{run['duration_s']:.1f} s")
+        outcomes.add_row("rate", f"{run['rate_per_s']:,.0f} msg/s")
+    services = Table(title="By push service", title_justify="left")
+    services.add_column("service")
+    for key in ("sent", "expired", "rejected", "auth", "blocked", "failed", "total"):
+        services.add_column(key, justify="right")
+    for service, row in report["by_service"].items():
+        services.add_row(service, *(f"{row.get(k, 0):,}" for k in (
+            "sent", "expired", "rejected", "auth", "blocked", "failed", "total")))
+    return [outcomes, services]

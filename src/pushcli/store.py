@@ -1,0 +1,848 @@
+"""The only module that speaks SQL: schema and migrations, subscriber upsert,
+streamed audience queries, the delivery ledger, prune and cross-process locks.
+
+SQLAlchemy Core keeps the SQL portable (SQLite now, PostgreSQL later). On
+SQLite the database runs in WAL mode with a busy timeout, and write
+transactions start with ``BEGIN IMMEDIATE`` so two processes never deadlock
+upgrading a read lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+
+from pushcli.errors import Busy, InputError
+from pushcli.pushservices import Outcome
+from pushcli.subscriptions import Rejected, Subscription
+
+DEFAULT_DB = "pushcli.db"
+DB_ENV = "PUSHCLI_DB"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+IMPORT_BATCH = 1000
+#: A lock whose owner has not refreshed it for this long is considered dead
+#: even when we cannot check its process (another host).
+LOCK_STALE_AFTER = 120.0
+
+metadata = MetaData()
+
+meta_table = Table(
+    "pushcli_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("endpoint", Text, nullable=False, unique=True),
+    Column("p256dh", String(128), nullable=False),
+    Column("auth", String(64), nullable=False),
+    Column("tags", Text, nullable=False, server_default="[]"),  # JSON array, sorted
+    Column("locale", String(64)),
+    Column("attributes", Text, nullable=False, server_default="{}"),  # JSON object
+    Column("user_id", String(256)),
+    Column("expiration_time", Float),
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("expired_at", Float),
+    Column("created_at", Float),
+    Column("updated_at", Float),
+)
+Index("ix_subscriptions_status_id", subscriptions.c.status, subscriptions.c.id)
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("status", String(16), nullable=False, server_default="new"),
+    Column("runs", Integer, nullable=False, server_default="0"),
+    Column("spec", Text),  # JSON of the campaign as last sent
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("campaign_id", Integer, primary_key=True),
+    Column("subscription_id", Integer, primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer),
+    Column("reason", Text),
+    Column("service", String(255), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("ambiguous", Integer, nullable=False, server_default="0"),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_deliveries_subscription", deliveries.c.subscription_id)
+
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+
+
+def database_url(value: str | os.PathLike[str] | None = None) -> str:
+    """A SQLAlchemy URL from ``--db``/``PUSHCLI_DB``: a URL as is, else a SQLite path."""
+    raw = os.fspath(value) if value is not None else os.environ.get(DB_ENV) or DEFAULT_DB
+    if "://" in raw:
+        try:
+            make_url(raw)
+        except ArgumentError as exc:
+            raise InputError(f"invalid database URL: {exc}", field="--db") from None
+        return raw
+    return f"sqlite:///{Path(raw).expanduser().absolute()}"
+
+
+@dataclass
+class ImportResult:
+    """Counts of one import, and the rejected records (location + reason)."""
+
+    read: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+    committed: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "rejected": self.rejected,
+            "committed": self.committed,
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubscription:
+    """A subscriber as the store holds it: its row id and its subscription."""
+
+    id: int
+    subscription: Subscription
+    status: str = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One ledger entry written by the delivery engine."""
+
+    subscription_id: int
+    outcome: Outcome
+    service: str
+    status_code: int | None = None
+    reason: str = ""
+    attempts: int = 1
+    ambiguous: bool = False
+
+
+@dataclass(frozen=True)
+class CampaignInfo:
+    id: int
+    name: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    status: str
+    runs: int
+    spec: dict[str, Any] | None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _row_values(sub: Subscription) -> dict[str, Any]:
+    return {
+        "endpoint": sub.endpoint,
+        "p256dh": sub.p256dh,
+        "auth": sub.auth,
+        "tags": _dumps(list(sub.tags)),
+        "locale": sub.locale,
+        "attributes": _dumps(dict(sub.attributes)),
+        "user_id": sub.user_id,
+        "expiration_time": sub.expiration_time,
+    }
+
+
+_SUB_COLUMNS = (
+    subscriptions.c.id,
+    subscriptions.c.endpoint,
+    subscriptions.c.p256dh,
+    subscriptions.c.auth,
+    subscriptions.c.tags,
+    subscriptions.c.locale,
+    subscriptions.c.attributes,
+    subscriptions.c.user_id,
+    subscriptions.c.expiration_time,
+    subscriptions.c.status,
+)
+
+
+def _stored(row: Sequence[Any]) -> StoredSubscription:
+    exp = row[8]
+    return StoredSubscription(
+        id=row[0],
+        subscription=Subscription(
+            endpoint=row[1],
+            p256dh=row[2],
+            auth=row[3],
+            tags=tuple(json.loads(row[4] or "[]")),
+            locale=row[5],
+            attributes=json.loads(row[6] or "{}"),
+            user_id=row[7],
+            expiration_time=int(exp) if exp is not None else None,
+        ),
+        status=row[9],
+    )
+
+
+class _RollBack(Exception):
+    """Unwinds a strict import's transaction."""
+
+
+def _like_escape(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, with its wildcards escaped."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """A subscriber store and delivery ledger behind one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    # --- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
+        """Open (and on first use create, mode 0600) the store at a path or URL."""
+        url = database_url(db)
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = parsed.database
+            if path and path != ":memory:":
+                p = Path(path)
+                if not p.exists():
+                    if not create:
+                        raise InputError("no such database (import subscribers first)",
+                                         file=str(p))
+                    if not p.parent.is_dir():
+                        raise InputError("directory does not exist", file=str(p.parent))
+                    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    os.close(fd)
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            _configure_sqlite(engine)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        store = cls(engine, url)
+        try:
+            store._migrate()
+        except OperationalError as exc:
+            engine.dispose()
+            raise InputError(f"cannot open database: {exc.orig}", field="--db") from None
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        with self.engine.connect().execution_options(pushcli_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            metadata.create_all(conn)
+            row = conn.execute(
+                select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).first()
+            if row is None:
+                conn.execute(meta_table.insert().values(key="schema_version",
+                                                        value=str(SCHEMA_VERSION)))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise InputError(
+                    f"database schema version {row[0]} is newer than this pushcli "
+                    f"({SCHEMA_VERSION}); upgrade pushcli",
+                    field="--db",
+                )
+            # Future migrations: `elif int(row[0]) < SCHEMA_VERSION: ...` step by step.
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(
+                select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+            ).scalar_one())
+
+    def integrity_ok(self) -> bool:
+        if not self.is_sqlite:
+            return True
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    def import_subscriptions(
+        self,
+        records: Iterable[tuple[str, Subscription | Rejected]],
+        *,
+        strict: bool = False,
+        on_reject: Callable[[str], None] | None = None,
+        max_errors_kept: int = 1000,
+    ) -> ImportResult:
+        """Upsert records by endpoint; ``records`` yields (source name, record).
+
+        Default: valid records are stored in batches, rejected ones counted and
+        described. ``strict``: one transaction for everything, rolled back if
+        any record was rejected, so the store is untouched.
+        """
+        result = ImportResult()
+
+        def note(source: str, rej: Rejected) -> None:
+            result.rejected += 1
+            msg = rej.describe(source)
+            if len(result.errors) < max_errors_kept:
+                result.errors.append(msg)
+            if on_reject is not None:
+                on_reject(msg)
+
+        if strict:
+            try:
+                with self._write() as conn:
+                    batch: list[Subscription] = []
+                    for source, rec in records:
+                        result.read += 1
+                        if isinstance(rec, Rejected):
+                            note(source, rec)
+                        elif not result.rejected:
+                            batch.append(rec)
+                            if len(batch) >= IMPORT_BATCH:
+                                self._upsert_batch(conn, batch, result)
+                                batch = []
+                    if result.rejected:
+                        raise _RollBack
+                    self._upsert_batch(conn, batch, result)
+            except _RollBack:
+                result.added = result.updated = result.unchanged = 0
+                result.committed = False
+            return result
+
+        batch = []
+        for source, rec in records:
+            result.read += 1
+            if isinstance(rec, Rejected):
+                note(source, rec)
+                continue
+            batch.append(rec)
+            if len(batch) >= IMPORT_BATCH:
+                self._upsert_with_retry(batch, result)
+                batch = []
+        self._upsert_with_retry(batch, result)
+        return result
+
+    def _upsert_with_retry(self, batch: list[Subscription], result: ImportResult) -> None:
+        if not batch:
+            return
+        for attempt in range(3):
+            partial = ImportResult()
+            try:
+                with self._write() as conn:
+                    self._upsert_batch(conn, batch, partial)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+                continue  # a concurrent import inserted one of these endpoints; redo
+            result.added += partial.added
+            result.updated += partial.updated
+            result.unchanged += partial.unchanged
+            return
+
+    def _upsert_batch(self, conn: Connection, batch: list[Subscription],
+                      result: ImportResult) -> None:
+        if not batch:
+            return
+        latest: dict[str, Subscription] = {}
+        for sub in batch:
+            if sub.endpoint in latest:
+                result.unchanged += 1  # a repeat inside this batch; the later one wins
+            latest[sub.endpoint] = sub
+        existing = {
+            row[1]: row
+            for row in conn.execute(
+                select(*_SUB_COLUMNS).where(subscriptions.c.endpoint.in_(list(latest)))
+            )
+        }
+        now = time.time()
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for endpoint, sub in latest.items():
+            values = _row_values(sub)
+            row = existing.get(endpoint)
+            if row is None:
+                values.update(status="active", created_at=now, updated_at=now)
+                inserts.append(values)
+                continue
+            stored = dict(zip((c.name for c in _SUB_COLUMNS), row, strict=True))
+            changed = any(stored[k] != v for k, v in values.items() if k != "expiration_time")
+            changed |= (stored["expiration_time"] or None) != (sub.expiration_time or None)
+            if changed or stored["status"] != "active":
+                values.update(status="active", expired_at=None, updated_at=now,
+                              b_id=stored["id"])
+                updates.append(values)
+            else:
+                result.unchanged += 1
+        if inserts:
+            conn.execute(subscriptions.insert(), inserts)
+            result.added += len(inserts)
+        if updates:
+            stmt = (
+                update(subscriptions)
+                .where(subscriptions.c.id == bindparam("b_id"))
+                .values({k: bindparam(k) for k in updates[0] if k != "b_id"})
+            )
+            conn.execute(stmt, updates)
+            result.updated += len(updates)
+
+    def count(self, *, status: str = "active", tags: Sequence[str] = ()) -> int:
+        """Subscribers with ``status`` (active|expired|all) having any of ``tags``."""
+        stmt = select(func.count()).select_from(subscriptions)
+        stmt = stmt.where(*self._filters(status, tags))
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def count_by_status(self) -> dict[str, int]:
+        stmt = select(subscriptions.c.status, func.count()).group_by(subscriptions.c.status)
+        with self._read() as conn:
+            return {row[0]: int(row[1]) for row in conn.execute(stmt)}
+
+    @staticmethod
+    def _filters(status: str, tags: Sequence[str]) -> list[Any]:
+        where: list[Any] = []
+        if status != "all":
+            if status not in ("active", "expired"):
+                raise InputError(f"unknown status {status!r} (active, expired or all)",
+                                 field="--status")
+            where.append(subscriptions.c.status == status)
+        if tags:
+            where.append(or_(*(
+                subscriptions.c.tags.like(_like_escape(json.dumps(t)), escape="\\") for t in tags
+            )))
+        return where
+
+    def iter_subscriptions(
+        self,
+        *,
+        status: str = "active",
+        tags: Sequence[str] = (),
+        batch_size: int = 1000,
+    ) -> Iterator[StoredSubscription]:
+        """Stream subscribers in id order, one short query per batch (keyset paging)."""
+        after = 0
+        filters = self._filters(status, tags)
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(
+                    select(*_SUB_COLUMNS)
+                    .where(subscriptions.c.id > after, *filters)
+                    .order_by(subscriptions.c.id)
+                    .limit(batch_size)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _stored(row)
+            after = rows[-1][0]
+
+    def find_by_endpoint(self, endpoint: str) -> StoredSubscription | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(*_SUB_COLUMNS).where(subscriptions.c.endpoint == endpoint)
+            ).first()
+        return _stored(row) if row else None
+
+    # --- campaigns and ledger -----------------------------------------------------------
+
+    def start_campaign(self, name: str, spec: Mapping[str, Any]) -> CampaignInfo:
+        """Create the campaign on its first run, or mark a re-run; returns its row."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(select(campaigns.c.id).where(campaigns.c.name == name)).first()
+            if row is None:
+                conn.execute(campaigns.insert().values(
+                    name=name, created_at=now, started_at=now, status="running", runs=1,
+                    spec=_dumps(dict(spec)),
+                ))
+            else:
+                conn.execute(update(campaigns).where(campaigns.c.id == row[0]).values(
+                    status="running", runs=campaigns.c.runs + 1, finished_at=None,
+                    spec=_dumps(dict(spec)),
+                ))
+        info = self.get_campaign(name)
+        assert info is not None
+        return info
+
+    def finish_campaign(self, campaign_id: int, status: str) -> None:
+        with self._write() as conn:
+            conn.execute(update(campaigns).where(campaigns.c.id == campaign_id).values(
+                status=status, finished_at=time.time()))
+
+    def get_campaign(self, name: str) -> CampaignInfo | None:
+        with self._read() as conn:
+            row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
+        return self._campaign_info(row) if row else None
+
+    def list_campaigns(self) -> list[CampaignInfo]:
+        with self._read() as conn:
+            rows = conn.execute(select(campaigns).order_by(campaigns.c.id)).all()
+        return [self._campaign_info(r) for r in rows]
+
+    @staticmethod
+    def _campaign_info(row: Any) -> CampaignInfo:
+        m = row._mapping
+        return CampaignInfo(
+            id=m["id"], name=m["name"], created_at=m["created_at"], started_at=m["started_at"],
+            finished_at=m["finished_at"], status=m["status"], runs=m["runs"],
+            spec=json.loads(m["spec"]) if m["spec"] else None,
+        )
+
+    def pending(
+        self,
+        campaign_id: int,
+        *,
+        retry_failed: bool = False,
+        batch_size: int = 500,
+        match: Callable[[StoredSubscription], bool] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[list[StoredSubscription]]:
+        """Stream batches of active subscribers with no final outcome in this campaign.
+
+        One short keyset query per batch, so the whole audience is never in
+        memory and no read transaction stays open across the send.
+        """
+        d = deliveries
+        s = subscriptions
+        unresolved = d.c.outcome.is_(None)
+        if retry_failed:
+            unresolved = or_(unresolved, d.c.outcome == Outcome.FAILED.value)
+        after = 0
+        given = 0
+        while True:
+            stmt = (
+                select(*_SUB_COLUMNS)
+                .select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
+                                                 d.c.campaign_id == campaign_id)))
+                .where(s.c.id > after, s.c.status == "active", unresolved)
+                .order_by(s.c.id)
+                .limit(batch_size)
+            )
+            with self._read() as conn:
+                rows = conn.execute(stmt).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            batch = [_stored(r) for r in rows]
+            if match is not None:
+                batch = [b for b in batch if match(b)]
+            if limit is not None:
+                batch = batch[: max(0, limit - given)]
+            if batch:
+                given += len(batch)
+                yield batch
+            if limit is not None and given >= limit:
+                return
+
+    def record(self, campaign_id: int, records: Sequence[DeliveryRecord]) -> None:
+        """Commit a batch of outcomes in one transaction; mark expired subscribers."""
+        if not records:
+            return
+        now = time.time()
+        rows = [
+            {
+                "campaign_id": campaign_id,
+                "subscription_id": r.subscription_id,
+                "outcome": r.outcome.value,
+                "status_code": r.status_code,
+                "reason": r.reason[:500] if r.reason else None,
+                "service": r.service,
+                "attempts": r.attempts,
+                "ambiguous": 1 if r.ambiguous else 0,
+                "updated_at": now,
+            }
+            for r in records
+        ]
+        expired = [r.subscription_id for r in records if r.outcome is Outcome.EXPIRED]
+        insert = _dialect_insert(self.engine)
+        stmt = insert(deliveries)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id],
+            set_={
+                "outcome": stmt.excluded.outcome,
+                "status_code": stmt.excluded.status_code,
+                "reason": stmt.excluded.reason,
+                "attempts": deliveries.c.attempts + stmt.excluded.attempts,
+                "ambiguous": deliveries.c.ambiguous + stmt.excluded.ambiguous,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(stmt, rows)
+            if expired:
+                conn.execute(
+                    update(subscriptions)
+                    .where(subscriptions.c.id.in_(expired), subscriptions.c.status == "active")
+                    .values(status="expired", expired_at=now, updated_at=now)
+                )
+
+    def outcome_counts(self, campaign_id: int) -> dict[str, dict[str, int]]:
+        """{service: {outcome: count}} plus the ambiguous re-sends under ``"_ambiguous"``."""
+        stmt = (
+            select(deliveries.c.service, deliveries.c.outcome, func.count(),
+                   func.sum(deliveries.c.ambiguous))
+            .where(deliveries.c.campaign_id == campaign_id)
+            .group_by(deliveries.c.service, deliveries.c.outcome)
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for service, outcome, n, amb in conn.execute(stmt):
+                out.setdefault(service, {})[outcome] = int(n)
+                if amb:
+                    out.setdefault("_ambiguous", {})[service] = (
+                        out.get("_ambiguous", {}).get(service, 0) + int(amb))
+        return out
+
+    def delivery_rows(self, campaign_id: int) -> Iterator[dict[str, Any]]:
+        """Every ledger row of a campaign with the endpoint while it is still stored."""
+        d, s = deliveries, subscriptions
+        after = 0
+        while True:
+            stmt = (
+                select(d.c.subscription_id, s.c.endpoint, d.c.service, d.c.outcome,
+                       d.c.status_code, d.c.reason, d.c.attempts, d.c.updated_at)
+                .select_from(d.outerjoin(s, s.c.id == d.c.subscription_id))
+                .where(d.c.campaign_id == campaign_id, d.c.subscription_id > after)
+                .order_by(d.c.subscription_id)
+                .limit(2000)
+            )
+            with self._read() as conn:
+                rows = conn.execute(stmt).all()
+            if not rows:
+                return
+            for r in rows:
+                yield dict(r._mapping)
+            after = rows[-1][0]
+
+    # --- prune --------------------------------------------------------------------------
+
+    def prunable(self, *, failed_campaigns: int | None = None) -> list[int]:
+        """Ids of subscriptions that prune would delete.
+
+        Expired ones always; with ``failed_campaigns=N`` also active ones whose
+        last N campaigns all ended failed or rejected for them. Never on
+        auth (401/403: the sender's key problem) nor blocked.
+        """
+        with self._read() as conn:
+            ids = [r[0] for r in conn.execute(
+                select(subscriptions.c.id).where(subscriptions.c.status == "expired")
+                .order_by(subscriptions.c.id))]
+            if failed_campaigns:
+                ids.extend(self._repeatedly_failing(conn, failed_campaigns))
+        return sorted(set(ids))
+
+    def _repeatedly_failing(self, conn: Connection, n: int) -> list[int]:
+        d = deliveries
+        bad = (Outcome.FAILED.value, Outcome.REJECTED.value)
+        result: list[int] = []
+        history: dict[int, list[str]] = {}
+        stmt = (
+            select(d.c.subscription_id, d.c.outcome)
+            .join(subscriptions, subscriptions.c.id == d.c.subscription_id)
+            .where(subscriptions.c.status == "active")
+            .order_by(d.c.subscription_id, d.c.campaign_id.desc())
+        )
+        for sid, outcome in conn.execute(stmt):
+            h = history.setdefault(sid, [])
+            if len(h) < n:
+                h.append(outcome)
+        for sid, h in history.items():
+            if len(h) == n and all(o in bad for o in h):
+                result.append(sid)
+        return result
+
+    def delete_subscriptions(self, ids: Sequence[int]) -> int:
+        """Delete subscriptions by id; ledger rows stay so old reports still print."""
+        n = 0
+        with self._write() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i:i + 500])
+                n += conn.execute(delete(subscriptions).where(
+                    subscriptions.c.id.in_(chunk))).rowcount
+        return n
+
+    # --- locks --------------------------------------------------------------------------
+
+    def acquire_lock(self, name: str, *, wait: float = 0.0, poll: float = 0.2) -> Lock:
+        """Take a named cross-process lock, or raise Busy naming the holder.
+
+        A lock whose process is gone (same host) or whose heartbeat is older
+        than LOCK_STALE_AFTER is taken over: kill -9 never blocks the next run.
+        """
+        deadline = time.monotonic() + wait
+        host = socket.gethostname()
+        pid = os.getpid()
+        owner = f"pid {pid} on {host}"
+        while True:
+            now = time.time()
+            with self._write() as conn:
+                row = conn.execute(select(locks).where(locks.c.name == name)).first()
+                holder: str | None = None
+                if row is not None:
+                    m = row._mapping
+                    stale = now - m["heartbeat_at"] > LOCK_STALE_AFTER or (
+                        m["host"] == host and not _pid_alive(m["pid"]))
+                    if stale:
+                        conn.execute(delete(locks).where(locks.c.name == name))
+                    else:
+                        holder = (f"{m['owner']}, since "
+                                  f"{time.strftime('%H:%M:%S', time.localtime(m['acquired_at']))}")
+                if holder is None:
+                    conn.execute(locks.insert().values(
+                        name=name, owner=owner, pid=pid, host=host, acquired_at=now,
+                        heartbeat_at=now))
+                    return Lock(self, name, pid, host)
+            if time.monotonic() >= deadline:
+                raise Busy(f"{name} is locked by {holder}; try again when it has finished")
+            time.sleep(poll)
+
+    def _heartbeat(self, lock: Lock) -> None:
+        with self._write() as conn:
+            conn.execute(update(locks).where(
+                locks.c.name == lock.name, locks.c.pid == lock.pid,
+                locks.c.host == lock.host).values(heartbeat_at=time.time()))
+
+    def _release(self, lock: Lock) -> None:
+        with self._write() as conn:
+            conn.execute(delete(locks).where(
+                locks.c.name == lock.name, locks.c.pid == lock.pid, locks.c.host == lock.host))
+
+
+@dataclass
+class Lock:
+    """A held lock; refresh with heartbeat() during long runs, release() at the end."""
+
+    store: Store
+    name: str
+    pid: int
+    host: str
+    released: bool = False
+
+    def heartbeat(self) -> None:
+        self.store._heartbeat(self)
+
+    def release(self) -> None:
+        if not self.released:
+            self.store._release(self)
+            self.released = True
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _dialect_insert(engine: Engine) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("pushcli_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")

@@ -1,0 +1,520 @@
+"""Subscriptions: the value, its validation, and streaming parsers for JSON,
+NDJSON and CSV files with the line (or array index) of every record.
+
+Parsers yield records one at a time so that a million-row file is never held
+in memory; each yields either a valid Subscription or a Rejected record
+naming where and why.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pushcli.encoding import b64_decode, b64url_encode
+from pushcli.errors import InputError
+from pushcli.pushservices import EndpointRefused, check_endpoint
+
+Format = Literal["json", "ndjson", "csv"]
+FORMATS: tuple[str, ...] = ("json", "ndjson", "csv")
+
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8}){0,4}$")
+ATTR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_LENGTH = 1024
+MAX_JSON_BYTES = 512 * 1024 * 1024
+CSV_REQUIRED = ("endpoint", "p256dh", "auth")
+CSV_RESERVED = {"endpoint", "p256dh", "auth", "tags", "locale", "user_id", "id", "expirationtime"}
+
+_SECP256R1 = ec.SECP256R1()
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One browser's push subscription, validated and normalized.
+
+    Keys are kept as unpadded base64url text so that what we store is what the
+    browser gave (``PushSubscription.toJSON()``) and round-trips on export.
+    """
+
+    endpoint: str
+    p256dh: str
+    auth: str
+    tags: tuple[str, ...] = ()
+    locale: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    user_id: str | None = None
+    expiration_time: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The import format, so export -> import round-trips."""
+        out: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "expirationTime": self.expiration_time,
+            "keys": {"p256dh": self.p256dh, "auth": self.auth},
+        }
+        if self.tags:
+            out["tags"] = list(self.tags)
+        if self.locale:
+            out["locale"] = self.locale
+        if self.attributes:
+            out["attributes"] = dict(self.attributes)
+        if self.user_id is not None:
+            out["user_id"] = self.user_id
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that failed validation: where it was and why."""
+
+    location: str  # "line 12" or "[3]"
+    reason: str
+
+    def describe(self, source: str) -> str:
+        return f"{source}:{self.location.removeprefix('line ')}: {self.reason}" if \
+            self.location.startswith("line ") else f"{source}{self.location}: {self.reason}"
+
+
+# --- validation of single values --------------------------------------------------------
+
+
+def validate_p256dh(value: object) -> str:
+    """The subscriber's ECDH public key: a 65-byte uncompressed point on P-256."""
+    if not isinstance(value, str):
+        raise ValueError("keys.p256dh: must be a base64url string")
+    try:
+        raw = b64_decode(value)
+    except ValueError as exc:
+        raise ValueError(f"keys.p256dh: {exc}") from None
+    if len(raw) != 65:
+        raise ValueError(f"keys.p256dh: must decode to 65 bytes, got {len(raw)}")
+    if raw[0] != 0x04:
+        raise ValueError("keys.p256dh: must be an uncompressed point (first byte 0x04)")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(_SECP256R1, raw)
+    except ValueError:
+        raise ValueError("keys.p256dh: point is not on the P-256 curve") from None
+    return b64url_encode(raw)
+
+
+def validate_auth(value: object) -> str:
+    """The 16-byte auth secret."""
+    if not isinstance(value, str):
+        raise ValueError("keys.auth: must be a base64url string")
+    try:
+        raw = b64_decode(value)
+    except ValueError as exc:
+        raise ValueError(f"keys.auth: {exc}") from None
+    if len(raw) != 16:
+        raise ValueError(f"keys.auth: must decode to 16 bytes, got {len(raw)}")
+    return b64url_encode(raw)
+
+
+def validate_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not TAG_RE.match(tag):
+        raise ValueError(
+            f"tags: invalid tag {str(tag)[:40]!r} (letters, digits, _ . : -; at most 64)"
+        )
+    return tag
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        items: Iterable[object] = [t.strip() for t in value.split(";") if t.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ValueError("tags: must be a list of strings or a ';'-separated string")
+    out: list[str] = []
+    for t in items:
+        tag = validate_tag(t)  # type: ignore[arg-type]
+        if tag not in out:
+            out.append(tag)
+    return tuple(sorted(out))
+
+
+def _locale(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not LOCALE_RE.match(value):
+        raise ValueError(f"locale: invalid locale {str(value)[:40]!r}")
+    return value
+
+
+def _attributes(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("attributes: must be an object")
+    if len(value) > MAX_ATTRIBUTES:
+        raise ValueError(f"attributes: at most {MAX_ATTRIBUTES} attributes")
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not ATTR_NAME_RE.match(k):
+            raise ValueError(f"attributes: invalid attribute name {str(k)[:40]!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"attributes.{k}: must be a finite number")
+        if v is not None and not isinstance(v, str | int | float | bool):
+            raise ValueError(f"attributes.{k}: must be a string, number, boolean or null")
+        if isinstance(v, str) and len(v) > MAX_ATTRIBUTE_LENGTH:
+            raise ValueError(f"attributes.{k}: longer than {MAX_ATTRIBUTE_LENGTH} characters")
+        out[k] = v
+    return out
+
+
+def _user_id(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("user_id: must be a string or an integer")
+    text = str(value)
+    if len(text) > 256:
+        raise ValueError("user_id: longer than 256 characters")
+    return text
+
+
+def _expiration(value: object) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("expirationTime: must be a number or null") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("expirationTime: must be a number or null")
+    return int(value)
+
+
+def make_subscription(
+    record: Mapping[str, Any],
+    *,
+    allowed_hosts: frozenset[str] = frozenset(),
+    extra_tags: Iterable[str] = (),
+) -> Subscription:
+    """Validate one toJSON()-shaped record (plus extras). Raises ValueError(reason)."""
+    if not isinstance(record, Mapping):
+        raise ValueError("record must be an object")
+    try:
+        endpoint = check_endpoint(record.get("endpoint"), allowed_hosts).url
+    except EndpointRefused as exc:
+        raise ValueError(f"endpoint: {exc}") from None
+    keys = record.get("keys")
+    if not isinstance(keys, Mapping):
+        raise ValueError("keys: missing (expected keys.p256dh and keys.auth)")
+    if "p256dh" not in keys:
+        raise ValueError("keys.p256dh: missing")
+    if "auth" not in keys:
+        raise ValueError("keys.auth: missing")
+    p256dh = validate_p256dh(keys["p256dh"])
+    auth = validate_auth(keys["auth"])
+    tags = _tags(record.get("tags"))
+    if extra_tags:
+        tags = tuple(sorted(set(tags) | {validate_tag(t) for t in extra_tags}))
+    user = record.get("user_id", record.get("id"))
+    return Subscription(
+        endpoint=endpoint,
+        p256dh=p256dh,
+        auth=auth,
+        tags=tags,
+        locale=_locale(record.get("locale")),
+        attributes=_attributes(record.get("attributes")),
+        user_id=_user_id(user),
+        expiration_time=_expiration(record.get("expirationTime")),
+    )
+
+
+# --- parsers ---------------------------------------------------------------------------
+
+ParsedRecord = tuple[str, Subscription | Rejected]
+
+
+def detect_format(name: str, explicit: str | None) -> Format:
+    """``--format`` if given, else from the file extension."""
+    if explicit:
+        fmt = explicit.lower()
+        if fmt not in FORMATS:
+            raise InputError(f"unknown format {explicit!r} (expected json, ndjson or csv)")
+        return fmt  # type: ignore[return-value]
+    suffix = Path(name).suffix.lower()
+    mapping = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}
+    if suffix in mapping:
+        return mapping[suffix]  # type: ignore[return-value]
+    if name == "-":
+        raise InputError("standard input needs --format (json, ndjson or csv)")
+    raise InputError(
+        f"cannot tell the format from the extension {suffix or '(none)'!r}; "
+        "use --format json|ndjson|csv",
+        file=name,
+    )
+
+
+def open_source(name: str) -> IO[bytes]:
+    """A binary stream for a path or ``-`` (standard input)."""
+    if name == "-":
+        return sys.stdin.buffer
+    try:
+        return open(name, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        raise InputError("no such file", file=name) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a file", file=name) from None
+    except PermissionError:
+        raise InputError("permission denied", file=name) from None
+
+
+def parse_stream(
+    stream: IO[bytes],
+    fmt: Format,
+    *,
+    source: str,
+    allowed_hosts: frozenset[str] = frozenset(),
+    extra_tags: Iterable[str] = (),
+) -> Iterator[Subscription | Rejected]:
+    """Yield every record of a stream as a Subscription or a Rejected.
+
+    File-level problems (no header, missing CSV column, malformed JSON document)
+    raise InputError before anything is yielded for that file when they can be
+    seen up front; record-level problems are yielded as Rejected.
+    """
+    extra = tuple(extra_tags)
+    for t in extra:
+        try:
+            validate_tag(t)
+        except ValueError as exc:
+            raise InputError(f"--tag: {exc}") from None
+    if fmt == "csv":
+        records: Iterator[tuple[str, Any]] = _csv_records(stream, source)
+    elif fmt == "ndjson":
+        records = _ndjson_records(stream, source)
+    else:
+        records = _json_records(stream, source)
+    for location, record in records:
+        if isinstance(record, Rejected):
+            yield record
+            continue
+        try:
+            yield make_subscription(record, allowed_hosts=allowed_hosts, extra_tags=extra)
+        except ValueError as exc:
+            yield Rejected(location, str(exc))
+
+
+def _decoded_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) per line; text None where the bytes are not UTF-8."""
+    first = True
+    for number, raw in enumerate(stream, start=1):
+        if first:
+            first = False
+            if raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise InputError("file is UTF-16; save it as UTF-8", file=source, line=1)
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield number, None
+
+
+def _ndjson_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
+    for number, text in _decoded_lines(stream, source):
+        loc = f"line {number}"
+        if text is None:
+            yield loc, Rejected(loc, "not valid UTF-8")
+            continue
+        if not text.strip():
+            continue
+        try:
+            yield loc, json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            yield loc, Rejected(loc, f"invalid JSON: {msg}")
+
+
+_BAD_ENCODING = "\x00pushcli-bad-encoding\x00"
+
+
+def _csv_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
+    bad_lines: list[int] = []
+
+    def lines() -> Iterator[str]:
+        for number, text in _decoded_lines(stream, source):
+            if text is None:
+                bad_lines.append(number)
+                yield _BAD_ENCODING + "\n"
+            else:
+                yield text
+
+    reader = csv.reader(lines())
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError("empty file (expected a header row with endpoint,p256dh,auth)",
+                         file=source) from None
+    except csv.Error as exc:
+        raise InputError(f"unreadable CSV header: {exc}", file=source, line=1) from None
+    if header == [_BAD_ENCODING]:
+        raise InputError("not valid UTF-8", file=source, line=1)
+    columns = [c.strip().lower() for c in header]
+    missing = [c for c in CSV_REQUIRED if c not in columns]
+    if missing:
+        raise InputError(
+            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(header must include endpoint,p256dh,auth)",
+            file=source,
+            line=1,
+        )
+    dupes = {c for c in columns if columns.count(c) > 1}
+    if dupes:
+        raise InputError(f"duplicate column {sorted(dupes)[0]!r}", file=source, line=1)
+    attr_columns = [c for c in columns if c not in CSV_RESERVED and c]
+    for c in attr_columns:
+        if not ATTR_NAME_RE.match(c):
+            raise InputError(f"column {c!r} is not a valid attribute name", file=source, line=1)
+    width = len(columns)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            loc = f"line {reader.line_num}"
+            yield loc, Rejected(loc, f"malformed CSV: {exc}")
+            continue
+        loc = f"line {reader.line_num}"
+        if row == [_BAD_ENCODING]:
+            yield loc, Rejected(loc, "not valid UTF-8")
+            continue
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != width:
+            yield loc, Rejected(loc, f"expected {width} columns, got {len(row)}")
+            continue
+        values = dict(zip(columns, row, strict=True))
+        record: dict[str, Any] = {
+            "endpoint": values["endpoint"].strip(),
+            "keys": {"p256dh": values["p256dh"].strip(), "auth": values["auth"].strip()},
+            "tags": values.get("tags", ""),
+            "locale": values.get("locale", "").strip() or None,
+            "user_id": (values.get("user_id") or values.get("id") or "").strip() or None,
+            "expirationTime": values.get("expirationtime", "").strip() or None,
+            "attributes": {c: values[c] for c in attr_columns if values[c] != ""},
+        }
+        yield loc, record
+
+
+def _json_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
+    data = stream.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise InputError("JSON file larger than 512 MiB; use NDJSON for big lists", file=source)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError("not valid UTF-8", file=source, line=line) from None
+    if not text.strip():
+        raise InputError("empty file (expected a JSON array of subscriptions)", file=source)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg}", file=source, line=exc.lineno) from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply", file=source) from None
+    prefix = ""
+    if isinstance(doc, dict) and "subscriptions" in doc:
+        doc = doc["subscriptions"]
+        prefix = ".subscriptions"
+    elif isinstance(doc, dict) and "endpoint" in doc:
+        doc = [doc]
+    if not isinstance(doc, list):
+        raise InputError(
+            'expected a JSON array of subscriptions or {"subscriptions": [...]}', file=source
+        )
+    for index, record in enumerate(doc):
+        yield f"{prefix}[{index}]", record
+
+
+def subscription_from_row(
+    endpoint: str, p256dh: str, auth: str, tags: Iterable[str], locale: str | None,
+    attributes: Mapping[str, Any], user_id: str | None, expiration_time: int | None,
+) -> Subscription:
+    """Rebuild a stored row without re-validating (the store only holds valid rows)."""
+    return Subscription(endpoint, p256dh, auth, tuple(tags), locale, dict(attributes), user_id,
+                        expiration_time)
+
+
+def write_json(subs: Iterable[Subscription], out: IO[str], *, ndjson: bool) -> int:
+    """Export in the import format; streams, returns the count."""
+    n = 0
+    if ndjson:
+        for s in subs:
+            out.write(json.dumps(s.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+        return n
+    out.write("[")
+    for s in subs:
+        out.write(("\n" if n == 0 else ",\n") + json.dumps(s.to_json(), ensure_ascii=False))
+        n += 1
+    out.write("\n]\n" if n else "]\n")
+    return n
+
+
+def write_csv(subs: Iterable[Subscription], out: IO[str]) -> int:
+    """Export as CSV; attribute columns are discovered from the rows, so buffer headers.
+
+    To keep streaming, attributes are written as one JSON-free column each in a
+    first pass over names collected by the caller; here we take them from a
+    spooled copy to keep memory flat.
+    """
+    import tempfile
+
+    names: list[str] = []
+    seen: set[str] = set()
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        count = 0
+        for s in subs:
+            for k in s.attributes:
+                if k not in seen:
+                    seen.add(k)
+                    names.append(k)
+            spool.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
+            count += 1
+        spool.seek(0)
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["endpoint", "p256dh", "auth", "tags", "locale", "user_id",
+                         "expirationTime", *names])
+        for line in spool:
+            rec = json.loads(line)
+            attrs = rec.get("attributes", {})
+            writer.writerow([
+                rec["endpoint"], rec["keys"]["p256dh"], rec["keys"]["auth"],
+                ";".join(rec.get("tags", [])), rec.get("locale") or "",
+                rec.get("user_id") or "",
+                "" if rec.get("expirationTime") is None else rec["expirationTime"],
+                *(_csv_cell(attrs.get(k)) for k in names),
+            ])
+    return count
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
