@@ -8,6 +8,7 @@ not against pushcli's own sender.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -31,6 +32,7 @@ from pushcli.testing import (
     VapidError,
     VapidVerifier,
     make_self_signed_cert,
+    serve,
 )
 
 SUB = "mailto:t@example.com"
@@ -463,3 +465,45 @@ def test_localhost_and_ipv6_loopback_allowed(vapid: Vapid) -> None:
         assert emu.url.startswith("http://localhost:")
         sub = emu.create_subscription(vapid.public_b64)
         assert push(sub, vapid).status_code == 201
+
+
+def test_stop_does_not_wait_for_slow_handlers(vapid: Vapid) -> None:
+    emu = PushServiceEmulator().start()
+    sub = emu.create_subscription(vapid.public_b64)
+    emu.add_fault("slow", delay=30)
+    with pytest.raises(requests.Timeout):
+        push(sub, vapid, timeout=0.2)
+    start = time.monotonic()
+    emu.stop()
+    assert time.monotonic() - start < 3
+
+
+def test_wait_for_messages(emu: PushServiceEmulator, vapid: Vapid) -> None:
+    sub = emu.create_subscription(vapid.public_b64)
+    push(sub, vapid, b"one")
+    assert emu.wait_for_messages(sub["endpoint"], 1, timeout=1) == [b"one"]
+    with pytest.raises(TimeoutError, match="1 of 2"):
+        emu.wait_for_messages(sub["endpoint"], 2, timeout=0.05)
+
+
+@pytest.mark.asyncio
+async def test_serve_standalone(vapid: Vapid) -> None:
+    ready: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.create_task(serve(port=0, on_ready=ready.put_nowait))
+    try:
+        url = await asyncio.wait_for(ready.get(), 5)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url + "/status", json={}) as r:
+                assert (await r.json())["ok"] is True
+            body = {"applicationServerKey": vapid.public_b64}
+            async with session.post(url + "/subscribe", json=body) as r:
+                data = (await r.json())["data"]
+            body = {"endpoint": data["endpoint"], "status": 500}
+            async with session.post(url + "/faults", json=body) as r:
+                assert (await r.json())["data"]["clientHash"] == data["clientHash"]
+            async with session.get(url + "/stats?per_subscription=1") as r:
+                assert (await r.json())["data"]["faults"][0]["status"] == 500
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

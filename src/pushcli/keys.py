@@ -49,10 +49,10 @@ def validate_subject(subject: str) -> str:
     if any(c.isspace() for c in subject) or "<" in subject or ">" in subject:
         raise InputError("must not contain spaces or angle brackets", field="subject")
     if subject.startswith("mailto:"):
-        if not _MAILTO_RE.match(subject):
+        host = subject.rsplit("@", 1)[1].lower() if "@" in subject else ""
+        if host != "localhost" and not _MAILTO_RE.match(subject):
             raise InputError("mailto: subject must be one address, like mailto:ops@example.com",
                              field="subject")
-        host = subject.rsplit("@", 1)[1].lower()
     elif subject.startswith("https://"):
         host = (urlsplit(subject).hostname or "").lower()
         if not host:

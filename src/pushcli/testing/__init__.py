@@ -61,7 +61,8 @@ also answer GET).  Modelled on the npm package web-push-testing:
 "retry_after": seconds, "retry_after_http_date": false, "delay": seconds,
 "times": K | null}``
     Adds a rule; answers ``{"data": rule}``.  ``S`` is an HTTP status (answered
-    without storing the message; 429 and 406 default to ``Retry-After: 1``,
+    without storing the message -- 201 thus mimics Apple accepting pushes to
+    dead endpoints; 429 and 406 default to ``Retry-After: 1``,
     406 adds ``X-WNS-STATUS: appthrottled``; a negative retry_after omits the
     header) or ``"slow"`` (sleep ``delay`` seconds, default 5, then process
     normally), ``"drop"`` (abort the connection, nothing stored) or
@@ -69,13 +70,15 @@ also answer GET).  Modelled on the npm package web-push-testing:
     tried in insertion order; the first whose clientHash matches and whose
     rate draw (seeded RNG) succeeds applies.  ``times`` makes it one-shot /
     K-shot; null is permanent.  ``delay`` on a status rule delays that answer.
+    ``clientHash`` may also be given as ``endpoint``; an unknown one is a 404.
 ``/faults/clear``
     removes every rule.
 ``/stats`` ``{"per_subscription": false, "log": false}``
     ``{"data": {"total_requests", "accepted", "by_status": {"201": n, "drop": n,
     ...}, "subscriptions", "expired_subscriptions", "faults", ["per_subscription":
-    {id: {requests, accepted, request_times, expired}}], ["log": [{time, id,
-    status}]]}}``
+    {id: {requests, accepted, request_times, expired}}] (only subscriptions
+    that received requests), ["log": [{time, id, status}]]}}``.  GET takes
+    ``?per_subscription=1&log=1``.
 ``/reset``
     forgets subscriptions, messages, faults and tallies.
 

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import http_ece
 from aiohttp import web
@@ -172,10 +172,10 @@ def _parse_fault(spec: dict[str, Any], rule_id: int) -> FaultRule:
     raw = spec.get("status", spec.get("action"))
     action: FaultAction
     if isinstance(raw, str) and raw in FAULT_ACTIONS:
-        action = raw  # type: ignore[assignment]
+        action = cast(FaultAction, raw)
     else:
         try:
-            action = int(raw)  # type: ignore[arg-type]
+            action = int(cast(Any, raw))
         except (TypeError, ValueError):
             raise ValueError(
                 f"status must be an HTTP status or one of {sorted(FAULT_ACTIONS)}, not {raw!r}"
@@ -453,7 +453,7 @@ class PushServiceState:
         encoding = h.get("Content-Encoding")
         if body and encoding is None:
             return _json_error(400, "MissingContentEncoding", "Content-Encoding required"), None
-        if body and encoding.strip().lower() != "aes128gcm":  # type: ignore[union-attr]
+        if body and encoding is not None and encoding.strip().lower() != "aes128gcm":
             return _json_error(
                 415, "UnsupportedEncoding", "Content-Encoding must be aes128gcm"
             ), None
@@ -608,6 +608,12 @@ def build_app(
 
     async def faults(request: web.Request) -> web.Response:
         data = await _json_body(request)
+        target = data.get("clientHash") or data.get("endpoint")
+        if isinstance(target, str):
+            try:
+                data["clientHash"] = state.resolve(target).id
+            except KeyError:
+                return _bad(f"unknown subscription {target!r}", 404)
         try:
             rule = state.add_fault(data)
         except ValueError as exc:
@@ -702,7 +708,9 @@ class PushServiceEmulator:
         if self._runner is not None:
             raise RuntimeError("emulator already started")
         app = build_app(self.state)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Short shutdown timeout: a "slow" fault may be sleeping in a handler and
+        # tests should not wait for it to finish on stop().
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
         # "localhost" could resolve to two addresses bound to different
         # ephemeral ports; bind the IPv4 loopback and keep the name in URLs.
@@ -819,6 +827,21 @@ class PushServiceEmulator:
         s = self.state.resolve(sub)
         with self.state._lock:
             return list(s.messages)
+
+    def wait_for_messages(self, sub: str, count: int, timeout: float = 5.0) -> list[bytes]:
+        """Block until ``sub`` holds at least ``count`` messages; return them.
+
+        For callers whose sender runs concurrently (``pushcli demo``, a
+        subprocess under test).  Raises TimeoutError with what did arrive.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.messages(sub)
+            if len(got) >= count:
+                return got
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{len(got)} of {count} messages arrived within {timeout}s")
+            time.sleep(0.01)
 
     def request_times(self, sub: str) -> list[float]:
         """``time.time()`` of every push request to ``sub``, accepted or not."""
