@@ -252,6 +252,12 @@ NOTIFICATIONS_JS = """async () => {
   }));
 }"""
 
+CLOSE_ALL_JS = """async () => {
+  const reg = await navigator.serviceWorker.ready;
+  for (const n of await reg.getNotifications()) n.close();
+  while ((await reg.getNotifications()).length) await new Promise((r) => setTimeout(r, 20));
+}"""
+
 REGISTER_JS = """async () => {
   await navigator.serviceWorker.register('sw.js');
   const reg = await navigator.serviceWorker.ready;
@@ -280,6 +286,7 @@ class PushPage:
         self.page.goto(self.origin + "/index.html")
         assert self.page.evaluate(REGISTER_JS) == "activated"
         self.registration_id = self._wait_registration()
+        self._prime()
 
     def _on_registrations(self, event: dict[str, Any]) -> None:
         for reg in event["registrations"]:
@@ -293,6 +300,22 @@ class PushPage:
                     return str(reg["registrationId"])
             self.page.wait_for_timeout(50)  # lets Playwright dispatch CDP events
         raise AssertionError(f"no service worker registration seen: {self.registrations}")
+
+    def _prime(self) -> None:
+        """Push until one push is shown, then clear it.
+
+        Chromium stores the registration asynchronously: a push delivered right after
+        the worker reports "activated" is sometimes dropped without an error.
+        """
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while time.monotonic() < deadline:
+            self.push("pushcli-test-probe")
+            for _ in range(20):
+                if self.page.evaluate(NOTIFICATIONS_JS):
+                    self.page.evaluate(CLOSE_ALL_JS)
+                    return
+                self.page.wait_for_timeout(50)
+        raise AssertionError("the service worker never showed a probe push")
 
     def push(self, data: bytes | str) -> None:
         text = data.decode("utf-8") if isinstance(data, bytes) else data

@@ -134,7 +134,7 @@ def _check_template(source: str) -> None:
     except TemplateSyntaxError as exc:
         where = f" (template line {exc.lineno})" if "\n" in source and exc.lineno else ""
         raise _fail(f"template syntax error: {exc.message or exc}{where}") from None
-    for node in ast.find_all((jnodes.Include, jnodes.Extends, jnodes.Import, jnodes.FromImport)):
+    if any(ast.find_all((jnodes.Include, jnodes.Extends, jnodes.Import, jnodes.FromImport))):
         raise _fail("include, extends and import are not allowed in templates")
     for node in ast.find_all((jnodes.Getattr, jnodes.Getitem, jnodes.Filter)):
         bad: object = None
@@ -671,12 +671,11 @@ def _problem_from(error: Any, tree: _Tree) -> _Problem:
     path: list[str | int] = []
     node: Any = tree.data
     for elem in loc:
-        if isinstance(node, dict) and isinstance(elem, str) and elem in node:
-            node = node[elem]
-        elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node):
-            node = node[elem]
-        else:
+        in_dict = isinstance(node, dict) and isinstance(elem, str) and elem in node
+        in_list = isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node)
+        if not (in_dict or in_list):
             break
+        node = node[elem]
         path.append(elem)
     line = tree.lines.get(tuple(path))
     kind = error["type"]

@@ -212,7 +212,7 @@ def make_subscription(
     try:
         endpoint = check_endpoint(record.get("endpoint"), allowed_hosts).url
     except EndpointRefused as exc:
-        raise ValueError(f"endpoint: {exc}") from None
+        raise ValueError(f"endpoint: {str(exc).removeprefix('endpoint ')}") from None
     keys = record.get("keys")
     if not isinstance(keys, Mapping):
         raise ValueError("keys: missing (expected keys.p256dh and keys.auth)")

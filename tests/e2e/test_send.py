@@ -1,0 +1,228 @@
+"""`pushcli send` end to end against the loopback push-service emulator.
+
+The emulator verifies every VAPID JWT and decrypts every body, so a message
+counted here would reach a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from pushcli.campaign import Renderer, load_campaign
+from pushcli.store import Store, deliveries
+from sqlalchemy import select
+
+
+def ledger(db) -> dict[int, str]:
+    with Store.open(db) as store, store.engine.connect() as conn:
+        return {r[0]: r[1] for r in conn.execute(
+            select(deliveries.c.subscription_id, deliveries.c.outcome))}
+
+
+def test_every_subscriber_receives_exactly_the_rendered_payload(e2e) -> None:
+    subs = e2e.subscribe(150)
+    for i, s in enumerate(subs):
+        if i % 3 == 0:
+            s["attributes"] = {"first_name": f"Ana{i}"}
+        if i % 5 == 0:
+            s["locale"] = "fr-FR"
+    e2e.import_subs(subs)
+    campaign = e2e.campaign(extra="locales:\n  fr:\n    title: Grande nouvelle\n")
+    code, report = e2e.send(campaign)
+    assert code == 0
+    assert report["total"] == report["sent"] == 150
+    assert report["by_service"]["127.0.0.1"]["sent"] == 150
+    assert report["run"]["vapid_signatures"] == 1
+    renderer = Renderer(load_campaign(campaign))
+    for s in subs:
+        [msg] = e2e.emu.messages(s["endpoint"])
+        assert msg == renderer.render(s.get("locale"), s.get("attributes", {}))
+    sample = json.loads(e2e.emu.messages(subs[3]["endpoint"])[0])
+    assert sample["web_push"] == 8030
+    assert sample["notification"]["body"] == "Hello Ana3"
+    assert sample["notification"]["navigate"] == "https://shop.example.com/news"
+    fr = json.loads(e2e.emu.messages(subs[5]["endpoint"])[0])
+    assert fr["notification"]["title"] == "Grande nouvelle"
+
+
+def test_rerun_sends_to_nobody_already_reached(e2e) -> None:
+    subs = e2e.subscribe(40)
+    e2e.import_subs(subs)
+    campaign = e2e.campaign()
+    assert e2e.send(campaign)[1]["sent"] == 40
+    code, report = e2e.send(campaign)
+    assert code == 0 and report["run"]["attempted"] == 0 and report["sent"] == 40
+    assert all(len(e2e.emu.messages(s["endpoint"])) == 1 for s in subs)
+    assert e2e.emu.stats()["total_requests"] == 40
+
+
+def test_expired_endpoints_are_reported_marked_and_pruned(e2e) -> None:
+    subs = e2e.subscribe(30)
+    e2e.import_subs(subs)
+    for s in subs[:5]:
+        e2e.emu.expire(s["endpoint"])
+    for s in subs[5:8]:
+        e2e.emu.add_fault(404, client_hash=s["endpoint"])
+    code, report = e2e.send(e2e.campaign())
+    assert code == 0
+    assert report["expired"] == 8 and report["sent"] == 22
+    count = json.loads(e2e.pushcli("subscribers", "count", "--status", "expired",
+                                   "--json").stdout)
+    assert count["count"] == 8
+    dry = json.loads(e2e.pushcli("prune", "--dry-run", "--json").stdout)
+    assert dry["count"] == 8 and dry["deleted"] == 0
+    assert json.loads(e2e.pushcli("subscribers", "count", "--status", "all",
+                                  "--json").stdout)["count"] == 30
+    done = json.loads(e2e.pushcli("prune", "--json").stdout)
+    assert done["deleted"] == 8
+    assert json.loads(e2e.pushcli("subscribers", "count", "--status", "all",
+                                  "--json").stdout)["count"] == 22
+    # the report of the campaign still prints after the prune
+    again = json.loads(e2e.pushcli("report", "e2e", "--json").stdout)
+    assert again["expired"] == 8 and again["sent"] == 22
+
+
+def test_throttling_and_server_errors_are_retried_honouring_retry_after(e2e) -> None:
+    subs = e2e.subscribe(12)
+    e2e.import_subs(subs)
+    e2e.emu.add_fault(429, client_hash=subs[0]["endpoint"], retry_after=1, times=1)
+    e2e.emu.add_fault(503, client_hash=subs[1]["endpoint"], times=2)
+    e2e.emu.add_fault(500, client_hash=subs[2]["endpoint"], times=1)
+    e2e.emu.add_fault(406, client_hash=subs[3]["endpoint"], retry_after=1, times=1)
+    e2e.emu.add_fault("drop", client_hash=subs[4]["endpoint"], times=1)
+    e2e.emu.add_fault(500, client_hash=subs[5]["endpoint"])  # never recovers
+    code, report = e2e.send(e2e.campaign())
+    assert code == 1
+    assert report["sent"] == 11 and report["failed"] == 1
+    assert report["run"]["retries"] == 1 + 2 + 1 + 1 + 1 + 4  # last: 5 attempts
+    times = e2e.emu.request_times(subs[0]["endpoint"])
+    assert len(times) == 2 and times[1] - times[0] >= 0.95
+    for s in subs[:5]:
+        assert len(e2e.emu.messages(s["endpoint"])) == 1
+    e2e.emu.clear_faults()
+    code, report = e2e.send(e2e.campaign(), "--retry-failed")
+    assert code == 0 and report["sent"] == 12 and report["failed"] == 0
+
+
+def test_blocked_hosts_are_never_contacted(e2e) -> None:
+    subs = e2e.subscribe(5)
+    local = e2e.emu.create_subscriptions(3, e2e.server_key,
+                                         base_url=e2e.emu.url.replace("127.0.0.1", "localhost"))
+    # imported while localhost was allowed; sent while it is not
+    e2e.import_subs(subs + local, "--allow-host", "localhost")
+    code, report = e2e.send(e2e.campaign())
+    assert code == 1
+    assert report["blocked"] == 3 and report["sent"] == 5
+    for s in local:
+        assert e2e.emu.request_times(s["endpoint"]) == []
+
+
+def test_auth_failures_are_not_expired_and_stop_after_twenty(e2e) -> None:
+    from pushcli.keys import generate_keys
+
+    other = generate_keys(e2e.dir / "other").application_server_key
+    wrong = e2e.subscribe(30, key=other)
+    e2e.import_subs(wrong)
+    code, report = e2e.send(e2e.campaign(), "--concurrency", "1")
+    assert code == 1
+    assert report["auth"] == 20 and report["failed"] == 10 and report["expired"] == 0
+    assert e2e.emu.stats()["total_requests"] == 20
+    assert json.loads(e2e.pushcli("prune", "--dry-run", "--json").stdout)["count"] == 0
+
+
+def test_dry_run_sends_nothing(e2e) -> None:
+    e2e.import_subs(e2e.subscribe(10))
+    proc = e2e.pushcli("send", str(e2e.campaign()), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["audience"] == 10 and doc["by_service"] == {"127.0.0.1": 10}
+    assert e2e.emu.stats()["total_requests"] == 0
+
+
+def test_limit_and_to_send_to_a_few(e2e) -> None:
+    subs = e2e.subscribe(10)
+    e2e.import_subs(subs)
+    _, report = e2e.send(e2e.campaign("one"), "--to", subs[4]["endpoint"])
+    assert report["sent"] == 1 and len(e2e.emu.messages(subs[4]["endpoint"])) == 1
+    _, report = e2e.send(e2e.campaign("few"), "--limit", "3")
+    assert report["sent"] == 3
+
+
+def test_kill_9_mid_send_then_rerun_reaches_everyone_without_resending(e2e) -> None:
+    n = 400
+    subs = e2e.subscribe(n)
+    e2e.import_subs(subs)
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.05)
+    campaign = e2e.campaign()
+    proc = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "-q",
+                             "--concurrency", "8"], cwd=e2e.dir, env=e2e.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < n // 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    recorded = {sid for sid, o in ledger(e2e.db).items() if o == "sent"}
+    assert 0 < len(recorded) < n
+    with Store.open(e2e.db) as store:
+        assert store.integrity_ok()
+        by_id = {s.id: s.subscription.endpoint for s in store.iter_subscriptions()}
+    e2e.emu.clear_faults()
+    code, report = e2e.send(campaign)
+    assert code == 0 and report["sent"] == n
+    counts = {s["endpoint"]: len(e2e.emu.messages(s["endpoint"])) for s in subs}
+    assert all(c >= 1 for c in counts.values())
+    for sid in recorded:
+        assert counts[by_id[sid]] == 1, "re-sent to a subscriber recorded as sent"
+    duplicates = sum(c - 1 for c in counts.values())
+    assert duplicates <= 8 + 500  # bounded by in-flight + one unflushed ledger batch
+
+
+def test_ctrl_c_stops_cleanly_and_exits_130(e2e) -> None:
+    subs = e2e.subscribe(300)
+    e2e.import_subs(subs)
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.05)
+    campaign = e2e.campaign()
+    proc = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "--json",
+                             "--concurrency", "4"], cwd=e2e.dir, env=e2e.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    report = json.loads(stdout)
+    assert report["run"]["interrupted"] is True
+    assert 0 < report["sent"] < 300
+    # every message the emulator accepted is in the ledger: in-flight ones finished
+    assert report["sent"] == e2e.emu.stats()["accepted"]
+    e2e.emu.clear_faults()
+    code, report = e2e.send(campaign)
+    assert code == 0 and report["sent"] == 300
+    assert all(len(e2e.emu.messages(s["endpoint"])) == 1 for s in subs)
+
+
+def test_second_send_of_same_campaign_is_refused_while_first_runs(e2e) -> None:
+    e2e.import_subs(e2e.subscribe(100))
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.1)
+    campaign = e2e.campaign()
+    first = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "-q",
+                              "--concurrency", "2"], cwd=e2e.dir, env=e2e.env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and e2e.emu.stats()["total_requests"] < 2:
+        time.sleep(0.05)
+    second = e2e.pushcli("send", str(campaign), "-q")
+    assert second.returncode == 75
+    assert "campaign:e2e is locked by pid" in second.stderr
+    first.kill()
+    first.wait()
+    # the dead owner's lock does not block the next run
+    e2e.emu.clear_faults()
+    code, report = e2e.send(campaign)
+    assert code == 0 and report["sent"] == 100
