@@ -133,9 +133,11 @@ def _check_template(source: str) -> None:
         _ENV.compile(ast)
     except TemplateSyntaxError as exc:
         where = f" (template line {exc.lineno})" if "\n" in source and exc.lineno else ""
-        raise _fail(f"template syntax error: {exc.message or exc}{where}") from None
+        reason = str(exc.message or exc).rstrip(".")
+        raise _fail(f"template syntax error: {reason}{where}") from None
     if any(ast.find_all((jnodes.Include, jnodes.Extends, jnodes.Import, jnodes.FromImport))):
         raise _fail("include, extends and import are not allowed in templates")
+    unsafe: list[object] = []
     for node in ast.find_all((jnodes.Getattr, jnodes.Getitem, jnodes.Filter)):
         bad: object = None
         if isinstance(node, jnodes.Getattr):
@@ -146,7 +148,10 @@ def _check_template(source: str) -> None:
             arg = node.args[0]
             bad = arg.value if isinstance(arg, jnodes.Const) else None
         if _unsafe_name(bad):
-            raise _fail(f"unsafe template: access to attribute '{bad}' is not allowed")
+            unsafe.append(bad)
+    if unsafe:
+        # find_all is outermost-first; the innermost access is the one the author wrote first.
+        raise _fail(f"unsafe template: access to attribute '{unsafe[-1]}' is not allowed")
 
 
 # --------------------------------------------------------------------------- validators
@@ -522,12 +527,16 @@ class _Problem:
     line: int | None
     field: str
     message: str
+    missing: bool = False
 
 
 @dataclass
 class _Tree:
     data: dict[str, Any]
     lines: dict[tuple[str | int, ...], int]
+    # Unquoted scalars YAML turned into numbers/bools (`tag: 2026`, `action: no`), by path:
+    # where a string is expected the text the author wrote is what they meant.
+    raw: dict[tuple[str | int, ...], str] = field(default_factory=dict)
     problems: list[_Problem] = field(default_factory=list)
 
 
@@ -549,7 +558,10 @@ def _to_python(loader: _Loader, node: yaml.Node, path: tuple[str | int, ...], tr
         if node.tag not in _SCALAR_TAGS:
             tree.problems.append(_Problem(line, _dotted(path), f"unsupported YAML tag {node.tag}"))
             return node.value
-        return loader.construct_object(node)
+        value = loader.construct_object(node)
+        if node.style is None and not isinstance(value, str) and value is not None:
+            tree.raw[path] = node.value
+        return value
     if isinstance(node, yaml.SequenceNode):
         if node.tag != _YAML + "seq":
             tree.problems.append(_Problem(line, _dotted(path), f"unsupported YAML tag {node.tag}"))
@@ -582,7 +594,13 @@ def _to_python(loader: _Loader, node: yaml.Node, path: tuple[str | int, ...], tr
 
 
 def _compose(text: str, source: str) -> _Tree:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader rejects control characters up front
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise InputError(
+            f"character #x{exc.character:04x} is not allowed in YAML", file=source, line=line
+        ) from None
     try:
         root = loader.get_single_node()
     except _Refused as exc:
@@ -590,6 +608,8 @@ def _compose(text: str, source: str) -> _Tree:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and problem.startswith("but "):
+            problem = f"{exc.context}, {problem}"
         raise InputError(
             f"YAML syntax error: {problem}",
             file=source,
@@ -663,6 +683,20 @@ def _model_at(path: Iterable[str | int]) -> type[BaseModel] | None:
     return None
 
 
+def _use_raw_text(error: Any, tree: _Tree) -> bool:
+    """Replace a YAML-typed scalar by its source text where a string was expected."""
+    path = tuple(error["loc"])
+    raw = tree.raw.get(path)
+    if raw is None:
+        return False
+    parent: Any = tree.data
+    for elem in path[:-1]:
+        parent = parent[elem]
+    parent[path[-1]] = raw
+    del tree.raw[path]
+    return True
+
+
 def _problem_from(error: Any, tree: _Tree) -> _Problem:
     loc: list[str | int] = list(error["loc"])
     ctx = error.get("ctx") or {}
@@ -698,9 +732,7 @@ def _problem_from(error: Any, tree: _Tree) -> _Problem:
         message = f"must be one of: {expected}"
     else:
         message = _TYPE_MESSAGES.get(kind) or str(error["msg"])
-        if kind == "string_type" and isinstance(node, bool | int | float):
-            message += " (put it in quotes)"
-    return _Problem(line, _dotted(shown), message)
+    return _Problem(line, _dotted(shown), message, missing=kind == "missing")
 
 
 # --------------------------------------------------------------------------- loading
@@ -721,13 +753,20 @@ def parse_campaign(
         del tree.data["source"]
     campaign: Campaign | None = None
     context = {"base_dir": base_dir if base_dir is not None else Path.cwd()}
-    try:
-        campaign = Campaign.model_validate(tree.data, context=context)
-    except ValidationError as exc:
-        problems.extend(_problem_from(err, tree) for err in exc.errors())
+    for _attempt in range(5):
+        try:
+            campaign = Campaign.model_validate(tree.data, context=context)
+            break
+        except ValidationError as exc:
+            errors = exc.errors()
+        if not any(_use_raw_text(err, tree) for err in errors if err["type"] == "string_type"):
+            problems.extend(_problem_from(err, tree) for err in errors)
+            break
     if problems:
         order = {id(p): i for i, p in enumerate(problems)}
-        first = min(problems, key=lambda p: (p.line or 0, order[id(p)]))
+        # A missing key is usually the consequence of a typo elsewhere in the same
+        # mapping (`tittle:`), so the typo is reported first.
+        first = min(problems, key=lambda p: (p.missing, p.line or 0, order[id(p)]))
         raise InputError(first.message, file=source, line=first.line, field=first.field or None)
     assert campaign is not None
     return campaign.model_copy(update={"source": source})

@@ -106,7 +106,8 @@ def _version(value: bool) -> None:
 def root(
     db: Annotated[str | None, typer.Option(
         "--db", envvar=DB_ENV, show_envvar=True,
-        help=f"Store: a SQLite path or a SQLAlchemy URL (default: {DEFAULT_DB} in the working directory).")] = None,
+        help=f"Store: a SQLite path or a SQLAlchemy URL "
+        f"(default: {DEFAULT_DB} in the working directory).")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
@@ -302,6 +303,9 @@ def send(
     concurrency: Annotated[int | None, typer.Option(
         help="Requests in flight (overrides delivery.concurrency).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
+    workers: Annotated[int | None, typer.Option(
+        help="Sender processes (default: 1 below 20,000 pending, else one per core, max 4).")
+    ] = None,
     report: Annotated[list[Path] | None, typer.Option(
         "--report", help="Write the report to FILE.json and/or FILE.csv (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")
@@ -328,6 +332,8 @@ def send(
         fail("--concurrency must be between 1 and 1000")
     if timeout <= 0:
         fail("--timeout must be positive")
+    if workers is not None and not 1 <= workers <= 64:
+        fail("--workers must be between 1 and 64")
     campaign = load_campaign(campaign_file)
     allowed = allowed_hosts_from_env(allow_host or ())
     key_path = key or (Path(campaign.vapid.private_key) if campaign.vapid.private_key
@@ -370,7 +376,8 @@ def send(
         try:
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
                                    options=options, retry_failed=retry_failed, limit=limit,
-                                   to=to, on_progress=progress.update, handle_signals=True)
+                                   to=to, workers=workers, on_progress=progress.update,
+                                   handle_signals=True)
         finally:
             progress.close()
         stats = result.stats
@@ -567,7 +574,75 @@ def testing_serve(
     """Run the push-service emulator on loopback until Ctrl-C (JSON API in README)."""
     from pushcli.testing import serve_forever
 
-    serve_forever(host=host, port=port)
+    serve_forever(host=host, port=port,
+                  on_ready=lambda url: print(f"push-service emulator listening on {url} "
+                                             "(Ctrl-C to stop)", file=sys.stderr, flush=True))
+
+
+@app.command("demo")
+@handle_errors
+def demo(
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="Where to put the demo's files (default: a new temporary folder).")
+    ] = None,
+    subscribers: Annotated[int, typer.Option(help="How many emulated browsers.")] = 3000,
+    expire_share: Annotated[float, typer.Option(
+        help="Share of subscriptions the push service expires before the second send.")
+    ] = 0.1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the whole flow offline: keys, emulator, import, two sends, expiry, prune."""
+    import tempfile
+
+    from pushcli.demo import run_demo
+    from pushcli.report import summary_tables
+
+    if not 1 <= subscribers <= 1_000_000:
+        fail("--subscribers must be between 1 and 1,000,000")
+    if not 0 <= expire_share <= 1:
+        fail("--expire-share must be between 0 and 1")
+    folder = directory or Path(tempfile.mkdtemp(prefix="pushcli-demo-"))
+    if (folder / "vapid_private.pem").exists():
+        fail(f"{folder}: already holds a demo (vapid_private.pem); choose another --dir")
+    say = (lambda msg: print(msg, file=sys.stderr)) if as_json else (
+        lambda msg: err.print(f"[bold cyan]>[/bold cyan] {msg}"))
+    progress: _Progress | None = None
+
+    def on_progress(stats: Any) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = _Progress(as_json, "sending")
+        progress.update(stats)
+
+    def step(msg: str) -> None:
+        nonlocal progress
+        if progress is not None:
+            progress.close()
+            progress = None
+        say(msg)
+
+    result = run_demo(folder, subscribers=subscribers, expire_share=expire_share,
+                      on_step=step, on_progress=on_progress)
+    if progress is not None:
+        progress.close()
+    doc = {"directory": str(result.directory), "subscribers": result.subscribers,
+           "expired_at_push_service": result.expired_at_service,
+           "first_campaign": result.first, "second_campaign": result.second,
+           "pruned": result.pruned, "remaining": result.remaining,
+           "seconds": round(result.seconds, 2), "files": result.files}
+    if as_json:
+        emit_json(doc)
+        return
+    for table in summary_tables(result.second):
+        out.print(table)
+    out.print(f"Sent {result.first['sent']:,} in the first campaign, {result.second['sent']:,} "
+              f"in the second; {result.second['expired']:,} expired and "
+              f"{result.pruned:,} pruned; {result.remaining:,} subscribers remain. "
+              f"({result.seconds:.1f} s)")
+    out.print("Files:")
+    for name, path in result.files.items():
+        out.print(f"  {name:<32} {path}")
+    out.print(f"Try: pushcli --db {result.files['store']} campaigns list")
 
 
 def main() -> None:

@@ -13,15 +13,18 @@ Two layers:
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+import queue
 import random
 import signal
 import ssl
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -30,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushcli.campaign import Campaign, Renderer, RenderError
 from pushcli.encoding import b64_decode
-from pushcli.errors import InputError
+from pushcli.errors import InputError, PushcliError
 from pushcli.keys import VapidSigner
 from pushcli.pushservices import (
     EndpointRefused,
@@ -42,6 +45,8 @@ from pushcli.store import DeliveryRecord, Store, StoredSubscription
 
 _CURVE = ec.SECP256R1()
 MAX_BODY = 4096
+#: Below this many pending messages one process is quicker than spawning more.
+AUTO_WORKERS_FROM = 20_000
 
 
 @dataclass(frozen=True)
@@ -412,7 +417,6 @@ class SendResult:
     stats: Stats
     duration: float
     interrupted: bool = False
-    blocked_hosts: Counter[str] = field(default_factory=Counter)
 
 
 def audience_matcher(campaign: Campaign) -> Callable[[StoredSubscription], bool] | None:
@@ -458,7 +462,7 @@ def iter_jobs(
     retry_failed: bool,
     limit: int | None,
     to: str | None,
-    blocked_hosts: Counter[str],
+    partition: tuple[int, int] | None = None,
 ) -> Iterator[list[Job]]:
     """Batches of jobs for pending subscribers; refused endpoints are finished as blocked."""
     def wanted(s: StoredSubscription) -> bool:
@@ -467,15 +471,13 @@ def iter_jobs(
         return match is None or match(s)
 
     for batch in store.pending(campaign_id, retry_failed=retry_failed, match=wanted,
-                               limit=limit):
+                               limit=limit, partition=partition):
         jobs: list[Job] = []
         for s in batch:
             sub = s.subscription
             try:
                 ep = check_endpoint(sub.endpoint, allowed_hosts)
             except EndpointRefused as exc:
-                host = sub.endpoint.split("/")[2] if sub.endpoint.count("/") >= 2 else "?"
-                blocked_hosts[host] += 1
                 jobs.append(Job(s.id, sub.endpoint, "", "blocked", b"", b"", b"",
                                 blocked=str(exc)))
                 continue
@@ -497,15 +499,19 @@ def send_campaign(
     retry_failed: bool = False,
     limit: int | None = None,
     to: str | None = None,
+    workers: int | None = 1,
     on_progress: Callable[[Stats], None] | None = None,
     handle_signals: bool = False,
 ) -> SendResult:
     """Send a campaign to every pending subscriber in its audience.
 
-    Takes the campaign's lock (Busy if another run holds it), records every
-    outcome as it happens, and on Ctrl-C (when ``handle_signals``) stops taking
-    new work, lets in-flight requests finish and returns ``interrupted=True``;
-    a second Ctrl-C aborts in-flight requests too.
+    Takes the campaign's lock (Busy if another run holds it) and records every
+    outcome as it happens. With ``workers > 1`` the audience is split by
+    subscriber id over that many sender processes (encryption and HTTP are
+    CPU-bound; one process tops out on one core). On Ctrl-C (when
+    ``handle_signals``) it stops taking new work, lets in-flight requests
+    finish and returns ``interrupted=True``; a second Ctrl-C aborts in-flight
+    requests too.
     """
     renderer = Renderer(campaign)
     validate_variants(store, campaign, renderer, to=to)
@@ -514,18 +520,198 @@ def send_campaign(
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
         stats = Stats()
         stats.total = _pending_count(store, info.id, campaign, retry_failed, limit, to)
-        engine = Engine(signer, options, lambda recs: store.record(info.id, recs),
-                        on_progress=on_progress, stats=stats)
-        blocked: Counter[str] = Counter()
-        jobs = iter_jobs(store, info.id, renderer, allowed_hosts=allowed_hosts,
-                         match=audience_matcher(campaign), retry_failed=retry_failed,
-                         limit=limit, to=to, blocked_hosts=blocked)
+        if workers is None:
+            workers = 1 if stats.total < AUTO_WORKERS_FROM else min(os.cpu_count() or 1, 4)
+        if limit is not None or to is not None:
+            workers = 1  # a handful of test sends is not worth splitting
+        control = _Control()
         started = time.monotonic()
-        interrupted = _run_engine(engine, jobs, lock, handle_signals)
-        store.finish_campaign(info.id, "interrupted" if interrupted else "finished")
-        return SendResult(info.id, stats, time.monotonic() - started, interrupted, blocked)
+        with _signals(control, handle_signals):
+            if workers <= 1:
+                _run_partition(store, campaign, renderer, signer, info.id, allowed_hosts,
+                               options, retry_failed, limit, to, None, stats, on_progress,
+                               control, lock.heartbeat)
+            else:
+                _run_workers(store, campaign, signer, info.id, allowed_hosts, options,
+                             retry_failed, workers, stats, on_progress, control, lock.heartbeat)
+        store.finish_campaign(info.id, "interrupted" if control.stop else "finished")
+        return SendResult(info.id, stats, time.monotonic() - started, control.stop)
     finally:
         lock.release()
+
+
+class _Control:
+    """Stop requests, from signals (in-process) or from the parent (in a worker)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.abort = False
+        self.presses = 0
+
+    def press(self) -> None:
+        self.presses += 1
+        self.stop = True
+        if self.presses > 1:
+            self.abort = True
+
+
+@contextmanager
+def _signals(control: _Control, enabled: bool) -> Iterator[None]:
+    """Ctrl-C / SIGTERM set flags instead of raising, while a send runs."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: control.press())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_partition(
+    store: Store, campaign: Campaign, renderer: Renderer, signer: VapidSigner,
+    campaign_id: int, allowed_hosts: frozenset[str], options: DeliveryOptions,
+    retry_failed: bool, limit: int | None, to: str | None,
+    partition: tuple[int, int] | None, stats: Stats,
+    on_progress: Callable[[Stats], None] | None, control: _Control,
+    heartbeat: Callable[[], None] | None,
+) -> None:
+    """Send one share of the campaign in this process, on a fresh event loop."""
+    engine = Engine(signer, options, lambda recs: store.record(campaign_id, recs),
+                    on_progress=on_progress, stats=stats)
+    jobs = iter_jobs(store, campaign_id, renderer, allowed_hosts=allowed_hosts,
+                     match=audience_matcher(campaign), retry_failed=retry_failed, limit=limit,
+                     to=to, partition=partition)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        run = asyncio.ensure_future(engine.run(jobs))
+        last_beat = time.monotonic()
+        stopped = False
+        while not run.done():
+            await asyncio.wait([run], timeout=0.1)
+            if control.stop and not stopped:
+                stopped = True
+                engine.stop()
+            if control.abort and not run.done():
+                run.cancel()
+            if heartbeat is not None and time.monotonic() - last_beat > 15:
+                last_beat = time.monotonic()
+                await loop.run_in_executor(None, heartbeat)
+        if not run.cancelled():
+            run.result()
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        control.stop = True
+
+
+def _run_workers(
+    store: Store, campaign: Campaign, signer: VapidSigner, campaign_id: int,
+    allowed_hosts: frozenset[str], options: DeliveryOptions, retry_failed: bool,
+    workers: int, stats: Stats, on_progress: Callable[[Stats], None] | None,
+    control: _Control, heartbeat: Callable[[], None],
+) -> None:
+    """Split the campaign over ``workers`` processes and aggregate their progress.
+
+    Workers ignore SIGINT; the parent relays stop/abort through events, so one
+    Ctrl-C at a terminal (which signals the whole process group) counts once.
+    A worker whose parent dies stops by itself: the lock died with the parent.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    stop_event, abort_event = ctx.Event(), ctx.Event()
+    updates: Any = ctx.Queue()
+    share = replace(options, concurrency=max(1, options.concurrency // workers),
+                    rate_limit=options.rate_limit / workers if options.rate_limit else None)
+    procs = [
+        ctx.Process(target=_worker_main, name=f"pushcli-sender-{i}", daemon=True, args=(
+            store.url, campaign, signer.private_pem(), signer.subject, campaign_id,
+            allowed_hosts, share, retry_failed, (i, workers), updates, stop_event,
+            abort_event, os.getpid()))
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    latest: dict[int, dict[str, Any]] = {}
+    last_beat = time.monotonic()
+    try:
+        while any(p.is_alive() for p in procs) or not updates.empty():
+            try:
+                index, snapshot = updates.get(timeout=0.2)
+                latest[index] = snapshot
+            except queue.Empty:
+                pass
+            if control.stop:
+                stop_event.set()
+            if control.abort:
+                abort_event.set()
+            _merge(stats, latest.values())
+            if on_progress is not None:
+                on_progress(stats)
+            if time.monotonic() - last_beat > 15:
+                last_beat = time.monotonic()
+                heartbeat()
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    failed = [p for p in procs if p.exitcode not in (0, None)]
+    if failed and not control.stop:
+        raise PushcliError(f"a sender process exited with code {failed[0].exitcode}; "
+                           "re-run the same command to finish the campaign")
+
+
+def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
+    outcomes: Counter[str] = Counter()
+    retries = ambiguous = signatures = 0
+    for snap in snapshots:
+        outcomes.update(snap["outcomes"])
+        retries += snap["retries"]
+        ambiguous += snap["ambiguous"]
+        signatures += snap["signatures"]
+    stats.outcomes = outcomes
+    stats.retries, stats.ambiguous, stats.signatures = retries, ambiguous, signatures
+
+
+def _worker_main(
+    db_url: str, campaign: Campaign, private_pem: bytes, subject: str, campaign_id: int,
+    allowed_hosts: frozenset[str], options: DeliveryOptions, retry_failed: bool,
+    partition: tuple[int, int], updates: Any, stop_event: Any, abort_event: Any,
+    parent_pid: int,
+) -> None:
+    """Entry point of one sender process (spawned, so it shares no state but its args)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from py_vapid import Vapid02
+
+    signer = VapidSigner(Vapid02.from_pem(private_pem), subject)
+    control = _Control()
+    stats = Stats()
+    last_sent = 0.0
+
+    def report(s: Stats, force: bool = False) -> None:
+        nonlocal last_sent
+        orphaned = os.getppid() != parent_pid
+        if stop_event.is_set() or orphaned:
+            control.stop = True
+        if abort_event.is_set() or orphaned:
+            control.abort = True
+        now = time.monotonic()
+        if force or now - last_sent > 0.2:
+            last_sent = now
+            updates.put((partition[0], {"outcomes": dict(s.outcomes), "retries": s.retries,
+                                        "ambiguous": s.ambiguous,
+                                        "signatures": signer.signatures}))
+
+    with Store.open(db_url) as store:
+        _run_partition(store, campaign, Renderer(campaign), signer, campaign_id,
+                       allowed_hosts, options, retry_failed, None, None, partition, stats,
+                       report, control, None)
+    report(stats, force=True)
 
 
 def _pending_count(store: Store, campaign_id: int, campaign: Campaign, retry_failed: bool,
@@ -537,50 +723,6 @@ def _pending_count(store: Store, campaign_id: int, campaign: Campaign, retry_fai
                                and (match is None or match(s)), limit=limit):
         n += len(batch)
     return n
-
-
-def _run_engine(engine: Engine, jobs: Iterator[list[Job]], lock: Any,
-                handle_signals: bool) -> bool:
-    """Run the engine on a fresh loop with a lock heartbeat; True if interrupted."""
-    interrupted = False
-
-    async def main() -> None:
-        nonlocal interrupted
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        presses = 0
-
-        def on_sigint() -> None:
-            nonlocal interrupted, presses
-            presses += 1
-            interrupted = True
-            if presses == 1:
-                engine.stop()
-            elif task is not None:
-                task.cancel()
-
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-            loop.add_signal_handler(signal.SIGTERM, on_sigint)
-
-        async def heartbeat() -> None:
-            while True:
-                await asyncio.sleep(15)
-                await loop.run_in_executor(None, lock.heartbeat)
-
-        beat = asyncio.create_task(heartbeat())
-        try:
-            await engine.run(jobs)
-        except asyncio.CancelledError:
-            interrupted = True
-        finally:
-            beat.cancel()
-            if handle_signals and threading.current_thread() is threading.main_thread():
-                loop.remove_signal_handler(signal.SIGINT)
-                loop.remove_signal_handler(signal.SIGTERM)
-
-    asyncio.run(main())
-    return interrupted
 
 
 def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[str],

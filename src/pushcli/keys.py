@@ -217,6 +217,14 @@ class VapidSigner:
         self.signatures = 0
         self.public_key = application_server_key(vapid)
 
+    @property
+    def subject(self) -> str:
+        return self._subject
+
+    def private_pem(self) -> bytes:
+        """The key, for handing to a sender process over a pipe (never logged)."""
+        return self._vapid.private_pem()
+
     def header(self, origin: str) -> str:
         """The ``Authorization`` header value for an endpoint origin (``aud``)."""
         now = self._clock()

@@ -585,17 +585,21 @@ class Store:
         batch_size: int = 500,
         match: Callable[[StoredSubscription], bool] | None = None,
         limit: int | None = None,
+        partition: tuple[int, int] | None = None,
     ) -> Iterator[list[StoredSubscription]]:
         """Stream batches of active subscribers with no final outcome in this campaign.
 
         One short keyset query per batch, so the whole audience is never in
         memory and no read transaction stays open across the send.
+        ``partition=(i, k)`` keeps the subscribers with ``id % k == i``, so k
+        sender processes split a campaign without ever sharing a subscriber.
         """
         d = deliveries
         s = subscriptions
         unresolved = d.c.outcome.is_(None)
         if retry_failed:
             unresolved = or_(unresolved, d.c.outcome == Outcome.FAILED.value)
+        part = [] if partition is None else [s.c.id % partition[1] == partition[0]]
         after = 0
         given = 0
         while True:
@@ -603,7 +607,7 @@ class Store:
                 select(*_SUB_COLUMNS)
                 .select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
                                                  d.c.campaign_id == campaign_id)))
-                .where(s.c.id > after, s.c.status == "active", unresolved)
+                .where(s.c.id > after, s.c.status == "active", unresolved, *part)
                 .order_by(s.c.id)
                 .limit(batch_size)
             )

@@ -177,6 +177,7 @@
             + 'again later.');
         return;
       }
+      button.textContent = 'Update my topics';
       setStatus('ok', 'Subscribed! You will get notifications about: '
         + (record.tags.length ? record.tags.join(', ') : 'general news') + '.');
     } catch (err) {

@@ -1,0 +1,28 @@
+# The two commands README promises: `make demo` (install + run the main job on the
+# embedded SQLite default) and `make test` (install everything + run the whole suite).
+.PHONY: install deps demo test lint bench
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+install:
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+
+deps:
+	bash scripts/install-deps.sh
+
+demo: install
+	$(VENV)/bin/pushcli demo
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+
+test: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(PY) -m pytest -q
+
+bench: deps
+	$(PY) bench/import_bench.py --rows 1000000
+	$(PY) bench/send_bench.py --subscribers 100000
