@@ -518,15 +518,21 @@ def prune(
     failed_campaigns: Annotated[int | None, typer.Option(
         help="Also prune subscribers whose last N campaigns all failed or were rejected.")
     ] = None,
+    wait: Annotated[float, typer.Option(
+        help="Seconds to wait for running sends before giving up (exit 75).")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")
                      ] = False,
 ) -> None:
-    """Delete subscribers marked expired (404/410), never for 401/403 or blocked."""
+    """Delete subscribers marked expired (404/410), never for 401/403 or blocked.
+
+    Waits up to --wait seconds while a send is running, then exits 75.
+    """
+    prune_wait = wait
     if failed_campaigns is not None and failed_campaigns < 1:
         fail("--failed-campaigns must be at least 1")
     with open_store() as store:
-        lock = store.acquire_lock("prune", wait=0)
+        lock = store.acquire_lock("prune", wait=prune_wait, blocked_by=("campaign:",))
         try:
             ids = store.prunable(failed_campaigns=failed_campaigns)
             deleted = 0 if dry_run else store.delete_subscriptions(ids)
@@ -577,6 +583,39 @@ def testing_serve(
     serve_forever(host=host, port=port,
                   on_ready=lambda url: print(f"push-service emulator listening on {url} "
                                              "(Ctrl-C to stop)", file=sys.stderr, flush=True))
+
+
+@app.command("doctor")
+@handle_errors
+def doctor(
+    campaign_file: Annotated[Path | None, typer.Argument(help="Also check this campaign.")
+                             ] = None,
+    key: Annotated[Path | None, typer.Option(
+        "--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY", help="VAPID private key.")] = None,
+    subject: Annotated[str | None, typer.Option(envvar="PUSHCLI_VAPID_SUBJECT",
+                                                help="VAPID subject.")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Also allow this host (repeatable; PUSHCLI_ALLOW_HOSTS).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only problems.")] = False,
+) -> None:
+    """Check the store, key, subject, push services and (given) a campaign; exit 1 on problems."""
+    from pushcli.doctor import run_doctor
+    from pushcli.pushservices import allowed_hosts_from_env
+
+    checks = run_doctor(state.db, key_path=key, subject=subject, campaign_path=campaign_file,
+                        allowed_hosts=allowed_hosts_from_env(allow_host or ()))
+    ok = all(c.ok for c in checks)
+    if as_json:
+        emit_json({"ok": ok, "checks": [c.to_json() for c in checks]})
+    else:
+        for c in checks:
+            if c.ok and quiet:
+                continue
+            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+            out.print(f"{mark} {c.name}: {c.detail}", soft_wrap=True)
+    if not ok:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command("demo")

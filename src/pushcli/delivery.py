@@ -45,6 +45,8 @@ from pushcli.store import DeliveryRecord, Store, StoredSubscription
 
 _CURVE = ec.SECP256R1()
 MAX_BODY = 4096
+#: How long a send waits for a running prune (prunes are short) before refusing.
+PRUNE_WAIT = 10.0
 #: Below this many pending messages one process is quicker than spawning more.
 AUTO_WORKERS_FROM = 20_000
 
@@ -210,7 +212,7 @@ class Engine:
                                         connect=min(self.options.timeout, 10.0))
         async with aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
         ) as session:
             self._session = session
             workers = [asyncio.create_task(self._worker())
@@ -515,7 +517,8 @@ def send_campaign(
     """
     renderer = Renderer(campaign)
     validate_variants(store, campaign, renderer, to=to)
-    lock = store.acquire_lock(f"campaign:{campaign.name}")
+    lock = store.acquire_lock(f"campaign:{campaign.name}", wait=PRUNE_WAIT,
+                              blocked_by=("prune",))
     try:
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
         stats = Stats()

@@ -153,7 +153,9 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
         service = host
     else:
         if scheme != "https":
-            raise EndpointRefused("endpoint must be an absolute https URL")
+            raise EndpointRefused(
+                f"endpoint must be an absolute https URL (plain http only to a loopback host "
+                f"allowed with {ALLOW_HOSTS_ENV}): {host}")
         service = service_for_host(host)
         if service is None:
             raise EndpointRefused(

@@ -756,11 +756,15 @@ class Store:
 
     # --- locks --------------------------------------------------------------------------
 
-    def acquire_lock(self, name: str, *, wait: float = 0.0, poll: float = 0.2) -> Lock:
+    def acquire_lock(self, name: str, *, wait: float = 0.0, poll: float = 0.2,
+                     blocked_by: Sequence[str] = ()) -> Lock:
         """Take a named cross-process lock, or raise Busy naming the holder.
 
-        A lock whose process is gone (same host) or whose heartbeat is older
-        than LOCK_STALE_AFTER is taken over: kill -9 never blocks the next run.
+        ``blocked_by`` lists name prefixes of other locks that must not be held
+        either (prune waits for every ``campaign:`` lock). A lock whose process
+        is gone (same host) or whose heartbeat is older than LOCK_STALE_AFTER is
+        taken over: kill -9 never blocks the next run. ``wait`` applies only to
+        blockers: the same name held elsewhere refuses at once.
         """
         deadline = time.monotonic() + wait
         host = socket.gethostname()
@@ -768,25 +772,28 @@ class Store:
         owner = f"pid {pid} on {host}"
         while True:
             now = time.time()
+            holder: str | None = None
+            same_name = False
             with self._write() as conn:
-                row = conn.execute(select(locks).where(locks.c.name == name)).first()
-                holder: str | None = None
-                if row is not None:
+                for row in conn.execute(select(locks)).all():
                     m = row._mapping
+                    if m["name"] != name and not m["name"].startswith(tuple(blocked_by)):
+                        continue
                     stale = now - m["heartbeat_at"] > LOCK_STALE_AFTER or (
                         m["host"] == host and not _pid_alive(m["pid"]))
                     if stale:
-                        conn.execute(delete(locks).where(locks.c.name == name))
-                    else:
-                        holder = (f"{m['owner']}, since "
-                                  f"{time.strftime('%H:%M:%S', time.localtime(m['acquired_at']))}")
+                        conn.execute(delete(locks).where(locks.c.name == m["name"]))
+                    elif holder is None or m["name"] == name:
+                        since = time.strftime("%H:%M:%S", time.localtime(m["acquired_at"]))
+                        holder = f"{m['name']} is locked by {m['owner']}, since {since}"
+                        same_name = m["name"] == name
                 if holder is None:
                     conn.execute(locks.insert().values(
                         name=name, owner=owner, pid=pid, host=host, acquired_at=now,
                         heartbeat_at=now))
                     return Lock(self, name, pid, host)
-            if time.monotonic() >= deadline:
-                raise Busy(f"{name} is locked by {holder}; try again when it has finished")
+            if same_name or time.monotonic() >= deadline:
+                raise Busy(f"{holder}; try again when it has finished")
             time.sleep(poll)
 
     def _heartbeat(self, lock: Lock) -> None:
