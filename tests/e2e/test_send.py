@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 
+from sqlalchemy import select
+
 from pushcli.campaign import Renderer, load_campaign
 from pushcli.store import Store, deliveries
-from sqlalchemy import select
 
 
 def ledger(db) -> dict[int, str]:
