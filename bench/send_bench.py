@@ -84,7 +84,8 @@ def write_subscriptions(path: Path, n: int, port: int) -> None:
                         b64url_encode(os.urandom(16)), "news"])
 
 
-def run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+def run(cmd: list[str], env: dict[str, str],
+        cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     return time.perf_counter() - t, proc
