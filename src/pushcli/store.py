@@ -49,7 +49,7 @@ DEFAULT_DB = "pushcli.db"
 DB_ENV = "PUSHCLI_DB"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
-IMPORT_BATCH = 1000
+IMPORT_BATCH = 2000
 #: A lock whose owner has not refreshed it for this long is considered dead
 #: even when we cannot check its process (another host).
 LOCK_STALE_AFTER = 120.0
@@ -192,8 +192,14 @@ class CampaignInfo:
     spec: dict[str, Any] | None
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    """Canonical JSON (sorted, compact), so equal values compare equal as text."""
+    if not value:
+        return "[]" if isinstance(value, list | tuple) else "{}"
+    return _ENCODER.encode(value)
 
 
 def _row_values(sub: Subscription) -> dict[str, Any]:
