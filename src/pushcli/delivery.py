@@ -18,6 +18,7 @@ import os
 import queue
 import random
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -29,6 +30,8 @@ from typing import Any
 
 import aiohttp
 import http_ece
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pushcli.campaign import Campaign, Renderer, RenderError
@@ -40,6 +43,7 @@ from pushcli.pushservices import (
     Outcome,
     check_endpoint,
     classify,
+    is_public_address,
 )
 from pushcli.store import DeliveryRecord, Store, StoredSubscription
 
@@ -149,6 +153,38 @@ def encrypt(payload: bytes, p256dh: bytes, auth: bytes) -> bytes:
     )
 
 
+class PrivateAddress(OSError):
+    """A push-service host name resolved only to non-public addresses (DNS rebinding)."""
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp's default, but never hands out a private address.
+
+    The endpoint policy vets host names at import; this closes the gap where a
+    name resolves to 10.x, 127.x, 169.254.x ... at send time. Hosts that the
+    operator allowed explicitly (the emulator, a staging service) are exempt.
+    """
+
+    def __init__(self, allowed_hosts: frozenset[str]) -> None:
+        self._inner = ThreadedResolver()
+        self._allowed = allowed_hosts
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        infos = await self._inner.resolve(host, port, family)
+        if host.lower().rstrip(".") in self._allowed:
+            return infos
+        public = [i for i in infos if is_public_address(i["host"])]
+        if not public:
+            addresses = ", ".join(sorted({i["host"] for i in infos}))
+            raise PrivateAddress(f"{host} resolves to non-public address {addresses}; "
+                                 "not contacted")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 def make_ssl_context() -> ssl.SSLContext:
     """Verified TLS against the system store (honours SSL_CERT_FILE / SSL_CERT_DIR)."""
     return ssl.create_default_context()
@@ -171,8 +207,10 @@ class Engine:
         on_progress: Callable[[Stats], None] | None = None,
         stats: Stats | None = None,
         rng: random.Random | None = None,
+        allowed_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.signer = signer
+        self.allowed_hosts = allowed_hosts
         self.options = options
         self.sink = sink
         self.on_progress = on_progress
@@ -205,6 +243,7 @@ class Engine:
         connector = aiohttp.TCPConnector(
             limit=self.options.concurrency,
             ssl=make_ssl_context(),
+            resolver=GuardedResolver(self.allowed_hosts),
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
@@ -304,6 +343,12 @@ class Engine:
                 status = resp.status
                 text = b"" if status in (201, 202) else await resp.content.read(1024)
                 resp_headers = resp.headers
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PrivateAddress):
+                self._finish(job, Outcome.BLOCKED, str(exc.os_error), None)
+            else:
+                self._transport_error(job, host, exc, False)
+            return
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             ambiguous = sent_body or isinstance(
                 exc, TimeoutError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
@@ -584,7 +629,7 @@ def _run_partition(
 ) -> None:
     """Send one share of the campaign in this process, on a fresh event loop."""
     engine = Engine(signer, options, lambda recs: store.record(campaign_id, recs),
-                    on_progress=on_progress, stats=stats)
+                    on_progress=on_progress, stats=stats, allowed_hosts=allowed_hosts)
     jobs = iter_jobs(store, campaign_id, renderer, allowed_hosts=allowed_hosts,
                      match=audience_matcher(campaign), retry_failed=retry_failed, limit=limit,
                      to=to, partition=partition)

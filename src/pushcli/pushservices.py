@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,19 @@ KNOWN_SERVICES: dict[str, tuple[str, ...]] = {
 
 MAX_ENDPOINT_LENGTH = 4096
 ALLOW_HOSTS_ENV = "PUSHCLI_ALLOW_HOSTS"
+
+#: One DNS label in letters-digits-hyphen form (what push services hand out):
+#: no empty labels, no IDN/Unicode, no percent-escapes or backslashes.
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+#: IPv6 ranges Python's ``is_global`` (3.11) still calls global but that must
+#: never be contacted: IPv4-compatible (::a.b.c.d, deprecated), IPv4-translated
+#: (::ffff:0:a.b.c.d), local-use NAT64 (RFC 8215), deprecated site-local.
+_NOT_PUBLIC_V6 = tuple(ipaddress.IPv6Network(n) for n in (
+    "::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10",
+))
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class Outcome(StrEnum):
@@ -100,36 +114,68 @@ def is_public_address(address: str) -> bool:
     multicast and reserved ranges, and unwraps IPv4-mapped and NAT64
     (64:ff9b::/96) IPv6 forms so they cannot smuggle a private IPv4 address.
     """
+    if not isinstance(address, str):
+        return False
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        elif ip in ipaddress.IPv6Network("64:ff9b::/96"):
+        elif ip in _NAT64:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         elif ip.sixtofour is not None:
             ip = ip.sixtofour
-    if ip in ipaddress.IPv4Network("100.64.0.0/10"):
+        elif ip.teredo is not None:
+            return False
+        elif any(ip in net for net in _NOT_PUBLIC_V6):
+            return False
+    if ip in _CGNAT:
         return False
-    return ip.is_global and not ip.is_multicast
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+def address_allowed(host: str, address: str, allowed_hosts: frozenset[str]) -> bool:
+    """May a connection to ``host`` go to ``address`` (what its name resolved to)?
+
+    For the resolver at send time: a host the operator allowed explicitly
+    (``PUSHCLI_ALLOW_HOSTS`` / ``--allow-host``, how tests reach a loopback
+    emulator) may resolve anywhere; any other host, i.e. a known push service,
+    only to a public unicast address (``is_public_address``), so a DNS answer
+    pointing into the private network is never contacted.
+    """
+    if isinstance(host, str) and _normalize_host(host) in allowed_hosts:
+        return True
+    return is_public_address(address)
+
+
+def _is_ldh_host(host: str) -> bool:
+    if len(host) > 253:
+        return False
+    return all(_LABEL_RE.match(label) for label in host.split("."))
 
 
 def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> Endpoint:
     """The one endpoint policy, applied at import, at send and by doctor.
 
-    https only, to a known push-service host on the default port, with no
-    userinfo; hosts in ``allowed_hosts`` may use any port, and plain http when
-    they are loopback. IP literals are refused unless allowed explicitly.
-    Raises EndpointRefused with a short reason.
+    https only, to a known push-service host (plain ASCII letters, digits and
+    hyphens; exact ``fcm.googleapis.com`` or a subdomain of the other services)
+    on the default port, with no userinfo, fragment, backslash, whitespace or
+    control characters. Host names are case-insensitive; a trailing-dot host
+    (``fcm.googleapis.com.``) is refused. Hosts in ``allowed_hosts`` may use
+    any port, and plain http when they are loopback. IP literals, and numeric
+    host spellings (``2130706433``, ``0x7f.1``), are refused unless allowed
+    explicitly. Raises EndpointRefused with a short reason.
     """
     if not isinstance(url, str) or not url.strip():
         raise EndpointRefused("endpoint is missing")
     if len(url) > MAX_ENDPOINT_LENGTH:
         raise EndpointRefused(f"endpoint is longer than {MAX_ENDPOINT_LENGTH} characters")
-    if url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
+    if url != url.strip() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise EndpointRefused("endpoint contains whitespace or control characters")
+    if "\\" in url:
+        raise EndpointRefused("endpoint must not contain a backslash")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -140,9 +186,15 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
         raise EndpointRefused("endpoint must be an absolute https URL")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise EndpointRefused("endpoint must not contain user information")
-    host = _normalize_host(parts.hostname or "")
+    raw_host = parts.hostname or ""
+    host = _normalize_host(raw_host)
     if not host:
         raise EndpointRefused("endpoint has no host")
+    if raw_host.endswith("."):
+        # Browsers never hand these out; the VAPID aud (origin without the dot)
+        # would not match the Host the service sees, and a second spelling of
+        # one endpoint would defeat de-duplication by endpoint.
+        raise EndpointRefused(f"endpoint host must not end with a dot: {host}.")
     if parts.fragment:
         raise EndpointRefused("endpoint must not contain a fragment")
     if host in allowed_hosts:
@@ -156,7 +208,7 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
             raise EndpointRefused(
                 f"endpoint must be an absolute https URL (plain http only to a loopback host "
                 f"allowed with {ALLOW_HOSTS_ENV}): {host}")
-        service = service_for_host(host)
+        service = service_for_host(host) if _is_ldh_host(host) else None
         if service is None:
             raise EndpointRefused(
                 f"host {host} is not a known push service "
