@@ -195,7 +195,7 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
         # would not match the Host the service sees, and a second spelling of
         # one endpoint would defeat de-duplication by endpoint.
         raise EndpointRefused(f"endpoint host must not end with a dot: {host}.")
-    if parts.fragment:
+    if "#" in url:
         raise EndpointRefused("endpoint must not contain a fragment")
     if host in allowed_hosts:
         if scheme == "http" and not _is_loopback(host):

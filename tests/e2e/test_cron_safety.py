@@ -1,0 +1,272 @@
+"""Cron-safe operation end to end: prune, its history rule, reports after prune,
+and real concurrent processes (send + send, prune during a send, kill -9).
+
+Every command runs as ``python -m pushcli`` in a subprocess against the
+loopback push-service emulator (see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pushcli.store import Store
+
+
+def dump(db: Path) -> list[str]:
+    """The whole store as SQL text: schema, subscribers, ledger, campaigns, locks."""
+    conn = sqlite3.connect(db)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def rows(db: Path, table: str) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+    finally:
+        conn.close()
+
+
+def ids_by_endpoint(db: Path) -> dict[str, int]:
+    with Store.open(db, create=False) as store:
+        return {s.subscription.endpoint: s.id for s in store.iter_subscriptions(status="all")}
+
+
+def endpoints(subs: list[dict]) -> set[str]:
+    return {s["endpoint"] for s in subs}
+
+
+def popen_pushcli(e2e, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "pushcli", *args], cwd=e2e.dir,
+                            env=e2e.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def json_ok(proc: subprocess.CompletedProcess[str], code: int = 0):
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+# --- prune: exactly the expired, dry run changes nothing, reports survive ----------------
+
+
+def test_prune_deletes_exactly_the_expired_and_dry_run_changes_nothing(e2e) -> None:
+    subs = e2e.subscribe(12)
+    blocked = e2e.emu.create_subscriptions(
+        3, e2e.server_key, base_url=e2e.emu.url.replace("127.0.0.1", "localhost"))
+    e2e.import_subs(subs + blocked, "--allow-host", "localhost")
+    gone = subs[:4]
+    for s in gone:
+        e2e.emu.expire(s["endpoint"])  # 410
+    e2e.emu.add_fault(404, client_hash=subs[4]["endpoint"])
+    expired = gone + [subs[4]]
+    for s in subs[5:7]:
+        e2e.emu.add_fault(403, client_hash=s["endpoint"])  # auth: the sender's problem
+    e2e.emu.add_fault(400, client_hash=subs[7]["endpoint"])  # rejected
+    code, report = e2e.send(e2e.campaign("weekly"))
+    assert code == 1
+    assert (report["expired"], report["auth"], report["rejected"], report["blocked"],
+            report["sent"]) == (5, 2, 1, 3, 4)
+    ids = ids_by_endpoint(e2e.db)
+    expired_ids = sorted(ids[s["endpoint"]] for s in expired)
+
+    before = dump(e2e.db)
+    report_before = json_ok(e2e.pushcli("report", "weekly", "--json"))
+    dry = json_ok(e2e.pushcli("prune", "--dry-run", "--json"))
+    assert dry == {"dry_run": True, "count": 5, "deleted": 0, "ids": expired_ids}
+    assert dump(e2e.db) == before, "prune --dry-run changed the store"
+
+    subs_before = {r[0]: r for r in rows(e2e.db, "subscriptions")}
+    ledger_before = rows(e2e.db, "deliveries")
+    campaigns_before = rows(e2e.db, "campaigns")
+    done = json_ok(e2e.pushcli("prune", "--json"))
+    assert done["deleted"] == 5 and done["count"] == 5 and done["dry_run"] is False
+    subs_after = {r[0]: r for r in rows(e2e.db, "subscriptions")}
+    assert set(subs_after) == set(subs_before) - set(expired_ids)
+    for sid, row in subs_after.items():  # survivors untouched, auth/blocked/rejected included
+        assert row == subs_before[sid]
+    assert set(ids_by_endpoint(e2e.db)) == endpoints(subs + blocked) - endpoints(expired)
+    assert rows(e2e.db, "deliveries") == ledger_before, "prune must keep the ledger"
+    assert rows(e2e.db, "campaigns") == campaigns_before
+    assert rows(e2e.db, "locks") == []
+
+    # the report reads the same after the prune
+    assert json_ok(e2e.pushcli("report", "weekly", "--json")) == report_before
+    # and a second prune has nothing left to do
+    assert json_ok(e2e.pushcli("prune", "--json"))["deleted"] == 0
+
+
+def test_prune_failed_campaigns_uses_the_last_n_campaigns_of_each_subscriber(e2e) -> None:
+    subs = e2e.subscribe(11)
+    groups = {
+        "good": subs[0:2],  # sent, sent
+        "fail_then_reject": subs[2:4],  # failed (500 x5), rejected -> pruned with N=2
+        "reject_both": subs[4:6],  # rejected, rejected -> pruned with N=2
+        "auth": subs[6:8],  # auth, auth -> never pruned
+        "reject_then_auth": subs[8:9],  # rejected, auth -> not pruned
+        "recovered": subs[9:10],  # rejected, sent -> not pruned
+        "expired": subs[10:11],  # expired in campaign 1 -> always pruned
+    }
+    blocked = e2e.emu.create_subscriptions(
+        2, e2e.server_key, base_url=e2e.emu.url.replace("127.0.0.1", "localhost"))
+    e2e.import_subs(subs + blocked, "--allow-host", "localhost")
+
+    def fault(status: int, *names: str) -> None:
+        for name in names:
+            for s in groups[name]:
+                e2e.emu.add_fault(status, client_hash=s["endpoint"])
+
+    fault(500, "fail_then_reject")
+    fault(400, "reject_both", "reject_then_auth", "recovered")
+    fault(403, "auth")
+    e2e.emu.expire(groups["expired"][0]["endpoint"])
+    code, first = e2e.send(e2e.campaign("c1"), "--timeout", "2")
+    assert code == 1
+    assert (first["sent"], first["failed"], first["rejected"], first["auth"], first["expired"],
+            first["blocked"], first["total"]) == (2, 2, 4, 2, 1, 2, 13)
+
+    late = e2e.subscribe(1)  # joins after campaign 1: only one campaign of history
+    e2e.import_subs(late)
+    groups["late"] = late
+    e2e.emu.clear_faults()
+    fault(400, "fail_then_reject", "reject_both", "late")
+    fault(403, "auth", "reject_then_auth")
+    code, second = e2e.send(e2e.campaign("c2"), "--timeout", "2")
+    assert code == 1
+    assert (second["sent"], second["failed"], second["rejected"], second["auth"],
+            second["expired"], second["blocked"], second["total"]) == (3, 0, 5, 3, 0, 2, 13)
+
+    ids = ids_by_endpoint(e2e.db)
+
+    def ids_of(*names: str) -> list[int]:
+        return sorted(ids[s["endpoint"]] for n in names for s in groups[n])
+
+    def dry(n: int) -> list[int]:
+        return json_ok(e2e.pushcli("prune", "--dry-run", "--failed-campaigns", str(n),
+                                   "--json"))["ids"]
+
+    assert dry(3) == ids_of("expired"), "nobody has three campaigns of history"
+    assert dry(1) == ids_of("expired", "fail_then_reject", "reject_both", "late")
+    assert dry(2) == ids_of("expired", "fail_then_reject", "reject_both")
+    bad = e2e.pushcli("prune", "--failed-campaigns", "0")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+    reports = {c: json_ok(e2e.pushcli("report", c, "--json")) for c in ("c1", "c2")}
+    listed_before = json_ok(e2e.pushcli("campaigns", "list", "--json"))
+    done = json_ok(e2e.pushcli("prune", "--failed-campaigns", "2", "--json"))
+    assert done["deleted"] == done["count"] == 5
+    kept = {n for n in groups if n not in ("expired", "fail_then_reject", "reject_both")}
+    expected = {s["endpoint"] for n in kept for s in groups[n]} | endpoints(blocked)
+    assert set(ids_by_endpoint(e2e.db)) == expected
+
+    # reports and history read the same after the prune
+    for c, doc in reports.items():
+        assert json_ok(e2e.pushcli("report", c, "--json")) == doc
+    listed = json_ok(e2e.pushcli("campaigns", "list", "--json"))
+    assert listed == listed_before
+    assert [r["campaign"] for r in listed] == ["c1", "c2"]
+    for row, doc in zip(listed, (first, second), strict=True):
+        assert row["status"] == "finished" and row["runs"] == 1
+        assert isinstance(row["started_at"], float) and isinstance(row["finished_at"], float)
+        assert row["started_at"] <= row["finished_at"]
+        for k in ("total", "sent", "expired", "rejected", "auth", "blocked", "failed"):
+            assert row[k] == doc[k], k
+    assert listed[0]["finished_at"] <= listed[1]["started_at"]
+
+
+# --- real concurrent processes ----------------------------------------------------------
+
+
+def test_two_sends_of_different_campaigns_at_once_both_deliver_exactly_once(e2e) -> None:
+    subs = e2e.subscribe(30)
+    e2e.import_subs(subs)
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.1)  # ~1.5 s per campaign at concurrency 2
+    a = e2e.campaign("spring", body="Spring sale")
+    b = e2e.campaign("autumn", body="Autumn sale")
+    procs = [popen_pushcli(e2e, "send", str(c), "--json", "--concurrency", "2")
+             for c in (a, b)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, stderr
+        doc = json.loads(stdout)
+        assert doc["sent"] == doc["total"] == 30 and doc["run"]["attempted"] == 30
+    listed = {r["campaign"]: r for r in json_ok(e2e.pushcli("campaigns", "list", "--json"))}
+    assert listed["spring"]["started_at"] < listed["autumn"]["finished_at"]
+    assert listed["autumn"]["started_at"] < listed["spring"]["finished_at"], "did not overlap"
+    for s in subs:
+        bodies = sorted(json.loads(m)["notification"]["body"]
+                        for m in e2e.emu.messages(s["endpoint"]))
+        assert bodies == ["Autumn sale", "Spring sale"]
+    assert e2e.emu.stats()["total_requests"] == 60
+    assert rows(e2e.db, "locks") == []
+
+
+def test_prune_during_a_send_waits_or_refuses_quickly(e2e) -> None:
+    subs = e2e.subscribe(40)
+    e2e.import_subs(subs)
+    for s in subs[:3]:
+        e2e.emu.expire(s["endpoint"])
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.25)  # ~4.6 s at concurrency 2
+    send = popen_pushcli(e2e, "send", str(e2e.campaign("slow")), "--json",
+                         "--concurrency", "2")
+    wait_for(lambda: e2e.emu.stats()["total_requests"] >= 4)
+
+    t0 = time.monotonic()
+    refused = e2e.pushcli("prune", "--wait", "1", "--json")
+    elapsed = time.monotonic() - t0
+    assert refused.returncode == 75, refused.stderr
+    assert elapsed < 5, f"prune --wait 1 took {elapsed:.1f} s"
+    assert f"campaign:slow is locked by pid {send.pid}" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and refused.stdout == ""
+    assert send.poll() is None, "the send ended too early for this test to mean anything"
+
+    started = time.time()
+    waiting = popen_pushcli(e2e, "prune", "--wait", "60", "--json")
+    stdout, stderr = send.communicate(timeout=60)
+    assert send.returncode == 0, stderr
+    assert json.loads(stdout)["expired"] == 3
+    p_out, p_err = waiting.communicate(timeout=60)
+    ended = time.time()
+    assert waiting.returncode == 0, p_err
+    assert json.loads(p_out)["deleted"] == 3
+    finished_at = json_ok(e2e.pushcli("report", "slow", "--json"))["finished_at"]
+    assert started < finished_at - 1, "prune was not started while the send ran"
+    assert ended >= finished_at
+    assert json_ok(e2e.pushcli("subscribers", "count", "--status", "all",
+                               "--json"))["count"] == 37
+    assert rows(e2e.db, "locks") == []
+
+
+def test_prune_right_after_kill_9_of_a_sender_does_not_wait(e2e) -> None:
+    subs = e2e.subscribe(100)
+    e2e.import_subs(subs)
+    e2e.emu.expire(subs[0]["endpoint"])
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.1)
+    send = popen_pushcli(e2e, "send", str(e2e.campaign("killed")), "-q", "--concurrency", "2")
+    wait_for(lambda: e2e.emu.stats()["accepted"] >= 6)
+    send.send_signal(signal.SIGKILL)
+    send.communicate(timeout=30)  # reaped: its pid is really gone
+    assert [r[0] for r in rows(e2e.db, "locks")] == ["campaign:killed"]
+
+    t0 = time.monotonic()
+    done = e2e.pushcli("prune", "--wait", "0", "--json")
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 5
+    assert json.loads(done.stdout)["deleted"] == 1  # the 410 was recorded before the kill
+    assert rows(e2e.db, "locks") == [], "the dead sender's lock must be cleared"
