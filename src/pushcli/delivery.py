@@ -482,6 +482,14 @@ def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
     """
     match = audience_matcher(campaign)
     seen: set[Any] = set()
+    if not renderer.placeholders and to is None:
+        # Without placeholders a variant is a locale: render each one the store holds.
+        for locale in [None, *store.distinct_locales()]:
+            key = renderer.variant_key(locale, {})
+            if key not in seen:
+                renderer.render(locale, {})
+                seen.add(key)
+        return len(seen)
     for s in store.iter_subscriptions(status="active"):
         if to is not None and s.subscription.endpoint != to:
             continue
@@ -765,6 +773,9 @@ def _worker_main(
 def _pending_count(store: Store, campaign_id: int, campaign: Campaign, retry_failed: bool,
                    limit: int | None, to: str | None) -> int:
     match = audience_matcher(campaign)
+    if match is None and to is None:
+        n = store.count_pending(campaign_id, retry_failed=retry_failed)
+        return n if limit is None else min(n, limit)
     n = 0
     for batch in store.pending(campaign_id, retry_failed=retry_failed, batch_size=5000,
                                match=lambda s: (to is None or s.subscription.endpoint == to)

@@ -127,9 +127,7 @@ def is_public_address(address: str) -> bool:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         elif ip.sixtofour is not None:
             ip = ip.sixtofour
-        elif ip.teredo is not None:
-            return False
-        elif any(ip in net for net in _NOT_PUBLIC_V6):
+        elif ip.teredo is not None or any(ip in net for net in _NOT_PUBLIC_V6):
             return False
     if ip in _CGNAT:
         return False

@@ -633,6 +633,29 @@ class Store:
             if limit is not None and given >= limit:
                 return
 
+    def count_pending(self, campaign_id: int, *, retry_failed: bool = False) -> int:
+        """How many active subscribers have no final outcome in this campaign (one query)."""
+        d, s = deliveries, subscriptions
+        unresolved = d.c.outcome.is_(None)
+        if retry_failed:
+            unresolved = or_(unresolved, d.c.outcome == Outcome.FAILED.value)
+        stmt = (
+            select(func.count())
+            .select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
+                                             d.c.campaign_id == campaign_id)))
+            .where(s.c.status == "active", unresolved)
+        )
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def distinct_locales(self) -> list[str]:
+        """The locales of active subscribers (a campaign renders one payload per locale)."""
+        stmt = (select(subscriptions.c.locale).where(subscriptions.c.status == "active",
+                                                     subscriptions.c.locale.is_not(None))
+                .distinct())
+        with self._read() as conn:
+            return sorted(r[0] for r in conn.execute(stmt))
+
     def record(self, campaign_id: int, records: Sequence[DeliveryRecord]) -> None:
         """Commit a batch of outcomes in one transaction; mark expired subscribers."""
         if not records:

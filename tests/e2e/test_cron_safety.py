@@ -258,7 +258,8 @@ def test_prune_right_after_kill_9_of_a_sender_does_not_wait(e2e) -> None:
     e2e.emu.expire(subs[0]["endpoint"])
     e2e.emu.add_fault("slow", rate=1.0, delay=0.1)
     send = popen_pushcli(e2e, "send", str(e2e.campaign("killed")), "-q", "--concurrency", "2")
-    wait_for(lambda: e2e.emu.stats()["accepted"] >= 6)
+    wait_for(lambda: e2e.emu.stats()["accepted"] >= 6
+             and any(r[2] == "expired" for r in rows(e2e.db, "deliveries")))
     send.send_signal(signal.SIGKILL)
     send.communicate(timeout=30)  # reaped: its pid is really gone
     assert [r[0] for r in rows(e2e.db, "locks")] == ["campaign:killed"]
