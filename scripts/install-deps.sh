@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite and benchmarks need on a bare Debian machine:
-# system packages (Chromium for the browser tests, nginx for the send benchmark),
+# system packages (Chromium for the browser tests, nginx for the send benchmark,
+# PostgreSQL for the store suite's second backend),
 # a virtualenv with pushcli and its test extras, and the npm package web-push-testing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+  || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -53,6 +53,8 @@ IMPORT_BATCH = 2000
 #: A lock whose owner has not refreshed it for this long is considered dead
 #: even when we cannot check its process (another host).
 LOCK_STALE_AFTER = 120.0
+#: PostgreSQL advisory lock key serializing schema creation/migration ("pushcli").
+_MIGRATION_LOCK_KEY = 0x70757368636C69
 
 metadata = MetaData()
 
@@ -126,10 +128,16 @@ def database_url(value: str | os.PathLike[str] | None = None) -> str:
     """A SQLAlchemy URL from ``--db``/``PUSHCLI_DB``: a URL as is, else a SQLite path."""
     raw = os.fspath(value) if value is not None else os.environ.get(DB_ENV) or DEFAULT_DB
     if "://" in raw:
+        for plain in ("postgresql://", "postgres://"):
+            if raw.startswith(plain):  # psycopg 3 is the driver we ship, not psycopg2
+                raw = "postgresql+psycopg://" + raw[len(plain):]
         try:
-            make_url(raw)
+            url = make_url(raw)
         except ArgumentError as exc:
             raise InputError(f"invalid database URL: {exc}", field="--db") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise InputError(f"unsupported database {url.get_backend_name()!r} "
+                             "(sqlite or postgresql)", field="--db")
         return raw
     return f"sqlite:///{Path(raw).expanduser().absolute()}"
 
@@ -331,6 +339,9 @@ class Store:
 
     def _migrate(self) -> None:
         with self._write() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Two first runs at once must not both create the tables.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
             metadata.create_all(conn)
             row = conn.execute(
                 select(meta_table.c.value).where(meta_table.c.key == "schema_version")
@@ -817,10 +828,16 @@ class Store:
                         holder = f"{m['name']} is locked by {m['owner']}, since {since}"
                         same_name = m["name"] == name
                 if holder is None:
-                    conn.execute(locks.insert().values(
-                        name=name, owner=owner, pid=pid, host=host, acquired_at=now,
-                        heartbeat_at=now))
-                    return Lock(self, name, pid, host)
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(locks.insert().values(
+                                name=name, owner=owner, pid=pid, host=host, acquired_at=now,
+                                heartbeat_at=now))
+                    except IntegrityError:  # another process took it between our read and write
+                        holder = f"{name} is locked by another process"
+                        same_name = True
+                    else:
+                        return Lock(self, name, pid, host)
             if same_name or time.monotonic() >= deadline:
                 raise Busy(f"{holder}; try again when it has finished")
             time.sleep(poll)

@@ -1,0 +1,372 @@
+"""CLI conventions every command keeps, checked on real processes (real stdout, no TTY):
+
+- ``--json`` prints exactly one JSON document on stdout and nothing else there;
+- ``--quiet`` prints nothing at all on success;
+- no ANSI colour off a terminal or under ``NO_COLOR`` (also on a pseudo-terminal);
+- bad input is one line on stderr and exit 2, never a traceback;
+- ``--version`` and ``--help`` work and name the default store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pushcli.keys import generate_keys
+from pushcli.store import Store
+from pushcli.subscriptions import parse_stream
+from pushcli.testing import PushServiceEmulator
+
+#: Variables that make rich or typer colour output even off a terminal.
+COLOUR_FORCING = ("FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "GITHUB_ACTIONS",
+                  "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "COLUMNS", "LINES")
+ANSI = "\x1b["
+SGR_RE = re.compile(rb"\x1b\[([0-9;:]*)m")
+#: SGR parameters that set a colour (foreground, background, bright, 256/truecolour).
+COLOUR_PARAMS = {*range(30, 39), *range(40, 49), *range(90, 98), *range(100, 108)}
+
+CAMPAIGN = """\
+name: {name}
+notification:
+  title: Big news
+  body: "Hello {{{{ first_name | default('you') }}}}"
+  url: https://shop.example.com/news
+vapid:
+  subject: mailto:ops@shop.example.com
+"""
+
+
+def colour_codes(data: bytes) -> list[bytes]:
+    """The SGR sequences in ``data`` that set a colour (bold/italic/reset are fine)."""
+    found = []
+    for m in SGR_RE.finditer(data):
+        params = [p for p in re.split(rb"[;:]", m.group(1)) if p]
+        if any(int(p) in COLOUR_PARAMS for p in params):
+            found.append(m.group(0))
+    return found
+
+
+class World:
+    """A folder with a 0600 key, a store of emulated subscribers and a campaign file."""
+
+    def __init__(self, folder: Path, emu: PushServiceEmulator, n: int = 20) -> None:
+        self.dir = folder
+        self.emu = emu
+        self.key = folder / "vapid_private.pem"
+        self.db = folder / "pushcli.db"
+        self.server_key = generate_keys(folder).application_server_key
+        self.subs = emu.create_subscriptions(n, self.server_key)
+        self.subs_file = folder / "subs.json"
+        self.subs_file.write_text(json.dumps(self.subs))
+        allowed = frozenset({"127.0.0.1"})
+        with open(self.subs_file, "rb") as fh, Store.open(self.db) as store:
+            recs = [("subs.json", r) for r in parse_stream(fh, "json", source="subs.json",
+                                                             allowed_hosts=allowed)]
+            assert store.import_subscriptions(recs).added == n
+
+    def campaign(self, name: str) -> Path:
+        path = self.dir / f"{name}.yml"
+        path.write_text(CAMPAIGN.format(name=name))
+        return path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in COLOUR_FORCING}
+        env.update(PUSHCLI_DB=str(self.db), PUSHCLI_ALLOW_HOSTS="127.0.0.1",
+                   PUSHCLI_VAPID_PRIVATE_KEY=str(self.key), TERM="xterm-256color")
+        for k in ("PUSHCLI_VAPID_SUBJECT",):
+            env.pop(k, None)
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pushcli", *args], cwd=self.dir,
+                              env=self.env(**env), capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+
+def run_many(world: World, jobs: dict[str, tuple[list[str], dict[str, str]]],
+             parallel: int = 2) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run independent read-only commands a few at a time (start-up dominates their cost)."""
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+    pending = list(jobs.items())
+    running: list[tuple[str, list[str], subprocess.Popen[str]]] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, (argv, extra) = pending.pop(0)
+            running.append((name, argv, subprocess.Popen(
+                [sys.executable, "-m", "pushcli", *argv], cwd=world.dir,
+                env=world.env(**extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)))
+        name, argv, proc = running.pop(0)
+        out, err = proc.communicate(timeout=120)
+        results[name] = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return results
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with PushServiceEmulator(port=0, seed=3) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, emulator: PushServiceEmulator) -> World:
+    """A store that already ran campaign ``sent``; tests on it must not change it."""
+    world = World(tmp_path_factory.mktemp("shared"), emulator)
+    proc = world.run("send", str(world.campaign("sent")), "-q")
+    assert proc.returncode == 0, proc.stderr
+    return world
+
+
+@pytest.fixture
+def world(tmp_path: Path, emulator: PushServiceEmulator) -> World:
+    return World(tmp_path, emulator)
+
+
+def one_json_document(proc: subprocess.CompletedProcess[str]) -> object:
+    assert ANSI not in proc.stdout
+    try:
+        return json.loads(proc.stdout)  # all of stdout: one document, nothing around it
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"stdout is not one JSON document ({exc}):\n{proc.stdout!r}\n"
+                             f"stderr: {proc.stderr}") from None
+
+
+# --- --json: one document on stdout ------------------------------------------------------
+
+READ_ONLY_JSON = {
+    "keys show": (["keys", "show", "--json"], 0),
+    "subscribers count": (["subscribers", "count", "--json"], 0),
+    "send --dry-run": (["send", "{campaign}", "--dry-run", "--json"], 0),
+    "report": (["report", "sent", "--json"], 0),
+    "campaigns list": (["campaigns", "list", "--json"], 0),
+    "prune --dry-run": (["prune", "--dry-run", "--json"], 0),
+    "doctor": (["doctor", "{campaign}", "--json"], 0),
+}
+
+
+def with_campaign(world: World, argv: list[str]) -> list[str]:
+    campaign = str(world.campaign("sent"))
+    return [a.replace("{campaign}", campaign) for a in argv]
+
+
+@pytest.fixture(scope="module")
+def json_results(shared: World) -> dict[str, subprocess.CompletedProcess[str]]:
+    return run_many(shared, {name: (with_campaign(shared, argv), {})
+                             for name, (argv, _) in READ_ONLY_JSON.items()})
+
+
+@pytest.mark.parametrize("name", list(READ_ONLY_JSON))
+def test_json_is_one_document_on_stdout(json_results, name: str) -> None:
+    proc = json_results[name]
+    assert proc.returncode == READ_ONLY_JSON[name][1], proc.stderr
+    doc = one_json_document(proc)
+    if name == "report":
+        assert doc["campaign"] == "sent" and doc["sent"] == 20
+    if name == "campaigns list":
+        assert [r["campaign"] for r in doc] == ["sent"]
+        assert {"campaign", "status", "started_at", "finished_at", "total", "sent",
+                "expired", "failed"} <= set(doc[0])
+    if name == "doctor":
+        assert doc["ok"] is True, doc
+
+
+def test_json_of_commands_that_change_things(world: World) -> None:
+    gen = world.run("keys", "generate", "--dir", str(world.dir / "k2"), "--json",
+                    "--subject", "mailto:ops@shop.example.com")
+    assert gen.returncode == 0, gen.stderr
+    assert one_json_document(gen)["application_server_key"]
+
+    imp = world.run("subscribers", "import", str(world.subs_file), "--json")
+    assert imp.returncode == 0, imp.stderr
+    assert one_json_document(imp)["unchanged"] == 20
+
+    send = world.run("send", str(world.campaign("news")), "--json")
+    assert send.returncode == 0, send.stderr
+    assert one_json_document(send)["sent"] == 20
+
+    world.emu.expire(world.subs[0]["endpoint"])
+    send = world.run("send", str(world.campaign("more")), "--json")
+    assert send.returncode == 0, send.stderr
+    assert one_json_document(send)["expired"] == 1
+
+    prune = world.run("prune", "--json")
+    assert prune.returncode == 0, prune.stderr
+    assert one_json_document(prune)["deleted"] == 1
+
+
+def test_demo_json_is_one_document(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in COLOUR_FORCING}
+    proc = subprocess.run([sys.executable, "-m", "pushcli", "demo", "--subscribers", "200",
+                           "--json", "--dir", str(tmp_path / "demo")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = one_json_document(proc)
+    assert doc["subscribers"] == 200 and doc["second_campaign"]["campaign"]
+
+
+def test_reject_messages_do_not_leak_into_json(world: World) -> None:
+    bad = world.dir / "bad.json"
+    bad.write_text(json.dumps([{"endpoint": "https://evil.example.com/x",
+                                "keys": {"p256dh": "x", "auth": "y"}}]))
+    proc = world.run("subscribers", "import", str(bad), "--json")
+    assert proc.returncode == 1
+    assert one_json_document(proc)["rejected"] == 1
+    assert "rejected" in proc.stderr
+
+
+# --- --quiet: nothing at all on success --------------------------------------------------
+
+
+def test_quiet_prints_nothing_on_success(world: World) -> None:
+    world.emu.expire(world.subs[0]["endpoint"])
+    for argv in (["subscribers", "import", str(world.subs_file), "-q"],
+                 ["send", str(world.campaign("quiet")), "--quiet"],
+                 ["prune", "-q"]):
+        proc = world.run(*argv)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert (proc.stdout, proc.stderr) == ("", ""), argv
+    assert Store.open(world.db).count(status="all") == 19
+
+
+# --- colour ------------------------------------------------------------------------------
+
+PLAIN_OUTPUT = {
+    "--help": (["--help"], 0),
+    "report": (["report", "sent"], 0),
+    # a failing doctor prints both the green "ok" and the red "FAIL" marks
+    "doctor": (["doctor", "{campaign}", "--subject", "mailto:a@localhost"], 1),
+    "error message": (["report", "no-such-campaign"], 2),
+}
+
+
+@pytest.fixture(scope="module")
+def plain_results(shared: World) -> dict[str, subprocess.CompletedProcess[str]]:
+    return run_many(shared, {
+        f"{name}-{no_color}": (with_campaign(shared, argv), {"NO_COLOR": "1"} if no_color else {})
+        for name, (argv, _) in PLAIN_OUTPUT.items() for no_color in (False, True)})
+
+
+@pytest.mark.parametrize("no_color", [False, True], ids=["not-a-tty", "NO_COLOR"])
+@pytest.mark.parametrize("name", list(PLAIN_OUTPUT))
+def test_no_ansi_off_a_terminal(plain_results, name: str, no_color: bool) -> None:
+    proc = plain_results[f"{name}-{no_color}"]
+    assert proc.returncode == PLAIN_OUTPUT[name][1], proc.stderr
+    assert proc.stdout or proc.stderr
+    assert ANSI not in proc.stdout and ANSI not in proc.stderr
+
+
+def test_no_ansi_in_a_send_summary(world: World) -> None:
+    for name, extra in (("plain", {}), ("nocolor", {"NO_COLOR": "1"})):
+        proc = world.run("send", str(world.campaign(name)), **extra)
+        assert proc.returncode == 0, proc.stderr
+        assert "sent" in proc.stdout and "20" in proc.stdout
+        assert ANSI not in proc.stdout and ANSI not in proc.stderr, name
+
+
+def run_in_pty(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, bytes]:
+    """Run with a pseudo-terminal as stdout and stderr; return exit code and all output."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed its side
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+    return proc.wait(timeout=30), b"".join(chunks)
+
+
+@pytest.mark.parametrize("argv", [["doctor", "{campaign}", "--subject", "mailto:a@localhost"],
+                                  ["--help"]], ids=["doctor", "help"])
+def test_no_colour_codes_on_a_terminal_with_no_color(shared: World, argv: list[str]) -> None:
+    cmd = [sys.executable, "-m", "pushcli", *with_campaign(shared, argv)]
+    if argv[0] == "doctor":
+        # the probe: on a terminal without NO_COLOR it is coloured (else this proves nothing)
+        code, out = run_in_pty(cmd, shared.dir, shared.env())
+        assert code == 1 and colour_codes(out), "expected colour on a terminal"
+    code, out = run_in_pty(cmd, shared.dir, shared.env(NO_COLOR="1"))
+    assert code in (0, 1) and out
+    assert colour_codes(out) == [], out[:500]
+
+
+# --- bad input: one line, exit 2, no traceback -------------------------------------------
+
+TYPO_CAMPAIGN = CAMPAIGN.replace("notification:", "notificaton:")
+
+BAD_INPUT = {
+    "missing campaign file": ["send", "missing.yml"],
+    "campaign key typo": ["send", "typo.yml"],
+    "unknown database dialect": ["--db", "nosuchdb://user@host/db", "subscribers", "count"],
+    "database driver not installed": ["--db", "postgresql+nosuchdriver://u@127.0.0.1:1/db",
+                                      "subscribers", "count"],
+    "unparseable database URL": ["--db", "://nothing", "subscribers", "count"],
+    "missing key file": ["send", "ok.yml", "--key", "missing.pem"],
+    "export --format xml": ["subscribers", "export", "--format", "xml"],
+    "send --limit 0": ["send", "ok.yml", "--limit", "0"],
+    "report of unknown campaign": ["report", "nope"],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_results(shared: World) -> dict[str, subprocess.CompletedProcess[str]]:
+    (shared.dir / "typo.yml").write_text(TYPO_CAMPAIGN.format(name="typo"))
+    shared.campaign("ok")
+    return run_many(shared, {name: (argv, {}) for name, argv in BAD_INPUT.items()})
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_2(bad_results, name: str) -> None:
+    proc = bad_results[name]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.stdout == ""
+    if name == "campaign key typo":
+        assert "notificaton" in lines[0] and "notification" in lines[0]
+
+
+# --- version and help --------------------------------------------------------------------
+
+
+def test_version_and_help(world: World) -> None:
+    from pushcli import __version__
+
+    proc = world.run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"pushcli {__version__}"
+    script = Path(sys.executable).parent / "pushcli"
+    if script.exists():
+        proc = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                              env=world.env(), timeout=60)
+        assert proc.returncode == 0 and __version__ in proc.stdout
+
+    proc = world.run("--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "pushcli.db" in text and "PUSHCLI_DB" in text
+    for command in ("send", "report", "prune", "doctor", "demo", "subscribers", "campaigns"):
+        assert command in text
+    assert "75" in text  # the exit codes are documented

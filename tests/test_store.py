@@ -1,0 +1,196 @@
+"""The store suite: the same tests on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import real_subscription
+from pg import fresh_database, postgres_server
+
+from pushcli.errors import Busy
+from pushcli.pushservices import Outcome
+from pushcli.store import SCHEMA_VERSION, DeliveryRecord, Store, locks
+from pushcli.subscriptions import make_subscription
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path):
+    """A URL for an empty store on each backend."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return fresh_database(request.getfixturevalue("pg_admin"))
+
+
+@pytest.fixture
+def st(backend):
+    s = Store.open(backend)
+    yield s
+    s.close()
+
+
+def subs(n: int, **extra) -> list:
+    return [make_subscription(real_subscription(**extra)) for _ in range(n)]
+
+
+def load(store: Store, items, strict: bool = False):
+    return store.import_subscriptions((("f", s) for s in items), strict=strict)
+
+
+def test_schema_is_created_and_versioned(st: Store, backend: str) -> None:
+    assert st.schema_version() == SCHEMA_VERSION
+    assert st.integrity_ok()
+    st.close()
+    again = Store.open(backend)  # re-opening migrates nothing and keeps the version
+    assert again.schema_version() == SCHEMA_VERSION
+    again.close()
+
+
+def test_upsert_counts_added_updated_unchanged(st: Store) -> None:
+    batch = subs(2500)
+    r = load(st, batch)
+    assert (r.added, r.updated, r.unchanged) == (2500, 0, 0)
+    r = load(st, batch)
+    assert (r.added, r.updated, r.unchanged) == (0, 0, 2500)
+    changed = make_subscription(real_subscription(batch[0].endpoint, tags=["vip"]))
+    r = load(st, [changed])
+    assert r.updated == 1
+    assert st.find_by_endpoint(batch[0].endpoint).subscription.tags == ("vip",)
+    assert st.count() == 2500
+
+
+def test_strict_import_rolls_back_everything(st: Store) -> None:
+    from pushcli.subscriptions import Rejected
+
+    load(st, subs(3))
+    items = [("f", s) for s in subs(2100)] + [("f", Rejected("[9]", "bad"))]
+    r = st.import_subscriptions(iter(items), strict=True)
+    assert r.committed is False and r.rejected == 1
+    assert st.count(status="all") == 3
+
+
+def test_tags_filter_is_exact_even_with_like_wildcards(st: Store) -> None:
+    load(st, subs(2, tags=["a_b"]) + subs(3, tags=["axb"]) + subs(1, tags=["a_b", "vip"]))
+    assert st.count(tags=["a_b"]) == 3
+    assert st.count(tags=["axb"]) == 3
+    assert st.count(tags=["vip", "axb"]) == 4
+    assert st.count(tags=["a"]) == 0
+
+
+def test_iter_subscriptions_pages_in_id_order(st: Store) -> None:
+    load(st, subs(250))
+    ids = [s.id for s in st.iter_subscriptions(batch_size=60)]
+    assert len(ids) == 250 and ids == sorted(ids) and len(set(ids)) == 250
+
+
+def test_ledger_resume_retry_failed_and_expiry(st: Store) -> None:
+    load(st, subs(10, locale="fr"))
+    c = st.start_campaign("c1", {"name": "c1"})
+    all_ids = [s.id for b in st.pending(c.id) for s in b]
+    assert len(all_ids) == 10 and st.count_pending(c.id) == 10
+    st.record(c.id, [DeliveryRecord(all_ids[0], Outcome.SENT, "fcm", 201),
+                     DeliveryRecord(all_ids[1], Outcome.FAILED, "fcm", 503, "HTTP 503"),
+                     DeliveryRecord(all_ids[2], Outcome.EXPIRED, "fcm", 410)])
+    pending = [s.id for b in st.pending(c.id) for s in b]
+    assert all_ids[0] not in pending and all_ids[1] not in pending and len(pending) == 7
+    assert st.count_pending(c.id) == 7
+    retry = [s.id for b in st.pending(c.id, retry_failed=True) for s in b]
+    assert all_ids[1] in retry and len(retry) == 8
+    assert st.count_pending(c.id, retry_failed=True) == 8
+    assert st.count(status="expired") == 1 and st.count() == 9
+    # a retried failure that now succeeds replaces the outcome and adds its attempts
+    st.record(c.id, [DeliveryRecord(all_ids[1], Outcome.SENT, "fcm", 201, attempts=2)])
+    counts = st.outcome_counts(c.id)
+    assert counts["fcm"] == {"sent": 2, "expired": 1}
+    rows = {r["subscription_id"]: r for r in st.delivery_rows(c.id)}
+    assert rows[all_ids[1]]["attempts"] == 3 and rows[all_ids[1]]["outcome"] == "sent"
+    assert st.distinct_locales() == ["fr"]
+
+
+def test_partitions_split_the_audience_without_overlap(st: Store) -> None:
+    load(st, subs(100))
+    c = st.start_campaign("p", {})
+    parts = [{s.id for b in st.pending(c.id, partition=(i, 3), batch_size=7) for s in b}
+             for i in range(3)]
+    assert sum(len(p) for p in parts) == 100
+    assert not (parts[0] & parts[1]) and not (parts[1] & parts[2]) and not (parts[0] & parts[2])
+
+
+def test_prune_candidates_and_ledger_survives_delete(st: Store) -> None:
+    load(st, subs(6))
+    ids = [s.id for s in st.iter_subscriptions()]
+    history = {
+        ids[0]: [Outcome.EXPIRED],
+        ids[1]: [Outcome.FAILED, Outcome.REJECTED],
+        ids[2]: [Outcome.FAILED, Outcome.SENT],
+        ids[3]: [Outcome.AUTH, Outcome.AUTH],
+        ids[4]: [Outcome.BLOCKED, Outcome.BLOCKED],
+        ids[5]: [Outcome.FAILED],
+    }
+    for n in range(2):
+        c = st.start_campaign(f"c{n}", {})
+        st.record(c.id, [DeliveryRecord(sid, h[n], "fcm") for sid, h in history.items()
+                         if len(h) > n])
+    assert st.prunable() == [ids[0]]
+    # ids[2]: last two are failed+sent -> kept; ids[5] has only one campaign -> kept
+    assert st.prunable(failed_campaigns=2) == [ids[0], ids[1]]
+    assert st.prunable(failed_campaigns=1) == [ids[0], ids[1], ids[5]]
+    assert st.delete_subscriptions([ids[0], ids[1]]) == 2
+    assert st.count(status="all") == 4
+    c0 = st.get_campaign("c0")
+    assert sum(st.outcome_counts(c0.id)["fcm"].values()) == 6
+    assert {r["endpoint"] is None for r in st.delivery_rows(c0.id)} == {True, False}
+
+
+def test_locks_are_exclusive_blocking_and_recover_from_dead_owners(st: Store) -> None:
+    lock = st.acquire_lock("campaign:a")
+    with pytest.raises(Busy, match="campaign:a is locked by pid"):
+        st.acquire_lock("campaign:a", wait=5)  # same name: refused at once, no waiting
+    t = time.monotonic()
+    with pytest.raises(Busy, match="campaign:a"):
+        st.acquire_lock("prune", wait=0.5, blocked_by=("campaign:",))
+    assert 0.4 < time.monotonic() - t < 5
+    other = st.acquire_lock("campaign:b")  # different campaigns do not block each other
+    other.release()
+    lock.release()
+    st.acquire_lock("prune", blocked_by=("campaign:",)).release()
+    # a lock whose process is dead is taken over at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    with st.engine.begin() as conn:
+        conn.execute(locks.insert().values(name="campaign:a", owner=f"pid {dead}", pid=int(dead),
+                                           host=os.uname().nodename, acquired_at=time.time(),
+                                           heartbeat_at=time.time()))
+    st.acquire_lock("campaign:a").release()
+
+
+def test_concurrent_imports_of_overlapping_files_lose_nothing(backend: str) -> None:
+    shared = subs(1500)
+    own = [subs(500), subs(500)]
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            with Store.open(backend) as s:
+                load(s, shared + own[i])
+        except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with Store.open(backend) as s:
+        assert s.count() == 2500
