@@ -12,10 +12,10 @@ really encrypted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -91,6 +91,49 @@ def run(cmd: list[str], env: dict[str, str],
     return time.perf_counter() - t, proc
 
 
+def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
+                 ) -> tuple[float, subprocess.CompletedProcess, int, int]:
+    """Run and sample the RSS of the whole process tree (sender + worker processes).
+
+    Returns (seconds, result, peak RSS of the largest process, peak RSS summed over
+    the tree), both in bytes, sampled every 0.2 s.
+    """
+    import threading
+
+    import psutil
+
+    t = time.perf_counter()
+    popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    peak_one = peak_sum = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_one, peak_sum
+        root = psutil.Process(popen.pid)
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                sizes = []
+                for p in procs:
+                    with contextlib.suppress(psutil.NoSuchProcess):  # exited between calls
+                        sizes.append(p.memory_info().rss)
+                if sizes:
+                    peak_one = max(peak_one, max(sizes))
+                    peak_sum = max(peak_sum, sum(sizes))
+            except psutil.NoSuchProcess:
+                break  # the sender itself has exited
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = popen.communicate()
+    done.set()
+    sampler.join()
+    result = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
+    return time.perf_counter() - t, result, peak_one, peak_sum
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subscribers", type=int, default=100_000)
@@ -141,9 +184,7 @@ def main() -> None:
             cmd += ["--concurrency", str(args.concurrency)]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        t_send, proc = run(cmd, env, work)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t_send, proc, peak_one, peak_sum = run_measured(cmd, env, work)
         if proc.returncode != 0:
             sys.exit(f"send exited {proc.returncode}: {proc.stderr[-2000:]}")
         report = json.loads(proc.stdout)
@@ -156,7 +197,9 @@ def main() -> None:
               f"{report['sent'] / t_send:,.0f} (wall)")
         print(f"sent / failed      {report['sent']:,} / {report['failed']:,}")
         print(f"VAPID signatures   {run_info['vapid_signatures']}")
-        print(f"peak RSS           {max(peak, before) / 1024:.0f} MB (largest child so far)")
+        print(f"peak RSS           {peak_one / 2**20:.0f} MB largest process, "
+              f"{peak_sum / 2**20:.0f} MB whole sender tree")
+        print(f"load average       {os.getloadavg()[0]:.2f} (2 cores; other work on the machine)")
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
