@@ -16,11 +16,10 @@ deps:
 demo: install
 	$(VENV)/bin/pushcli demo
 
-lint: deps
-	$(VENV)/bin/ruff check src tests bench
+lint:
+	$(VENV)/bin/ruff check src tests bench stress
 
 test: deps
-	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
 bench: deps

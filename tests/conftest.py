@@ -46,3 +46,12 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
                  "PUSHCLI_VAPID_SUBJECT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """A real PostgreSQL server for the whole session (see tests/pg.py)."""
+    from pg import postgres_server
+
+    with postgres_server() as url:
+        yield url

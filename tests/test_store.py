@@ -10,18 +10,12 @@ import time
 
 import pytest
 from conftest import real_subscription
-from pg import fresh_database, postgres_server
+from pg import fresh_database
 
 from pushcli.errors import Busy
 from pushcli.pushservices import Outcome
 from pushcli.store import SCHEMA_VERSION, DeliveryRecord, Store, locks
 from pushcli.subscriptions import make_subscription
-
-
-@pytest.fixture(scope="session")
-def pg_admin():
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -306,6 +306,9 @@ def send(
     workers: Annotated[int | None, typer.Option(
         help="Sender processes (default: 1 below 20,000 pending, else one per core, max 4).")
     ] = None,
+    lease: Annotated[float, typer.Option(
+        help="PostgreSQL shared sends: seconds a claimed batch stays reserved; a dead "
+        "sender's work returns to the others after it.")] = 60.0,
     report: Annotated[list[Path] | None, typer.Option(
         "--report", help="Write the report to FILE.json and/or FILE.csv (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")
@@ -334,6 +337,8 @@ def send(
         fail("--timeout must be positive")
     if workers is not None and not 1 <= workers <= 64:
         fail("--workers must be between 1 and 64")
+    if not 1 <= lease <= 3600:
+        fail("--lease must be between 1 and 3600 seconds")
     campaign = load_campaign(campaign_file)
     allowed = allowed_hosts_from_env(allow_host or ())
     key_path = key or (Path(campaign.vapid.private_key) if campaign.vapid.private_key
@@ -376,8 +381,8 @@ def send(
         try:
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
                                    options=options, retry_failed=retry_failed, limit=limit,
-                                   to=to, workers=workers, on_progress=progress.update,
-                                   handle_signals=True)
+                                   to=to, workers=workers, lease=lease,
+                                   on_progress=progress.update, handle_signals=True)
         finally:
             progress.close()
         stats = result.stats

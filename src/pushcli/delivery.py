@@ -51,6 +51,9 @@ _CURVE = ec.SECP256R1()
 MAX_BODY = 4096
 #: How long a send waits for a running prune (prunes are short) before refusing.
 PRUNE_WAIT = 10.0
+#: Seconds a claimed batch stays reserved for its sender without renewal (shared sends).
+DEFAULT_LEASE = 60.0
+CLAIM_SIZE = 500
 #: Below this many pending messages one process is quicker than spawning more.
 AUTO_WORKERS_FROM = 20_000
 
@@ -507,31 +510,70 @@ def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
     return len(seen)
 
 
-def iter_jobs(
-    store: Store,
-    campaign_id: int,
-    renderer: Renderer,
-    *,
-    allowed_hosts: frozenset[str],
-    match: Callable[[StoredSubscription], bool] | None,
-    retry_failed: bool,
-    limit: int | None,
-    to: str | None,
-    partition: tuple[int, int] | None = None,
-) -> Iterator[list[Job]]:
-    """Batches of jobs for pending subscribers; refused endpoints are finished as blocked."""
-    def wanted(s: StoredSubscription) -> bool:
-        if to is not None and s.subscription.endpoint != to:
-            return False
-        return match is None or match(s)
+@dataclass(frozen=True)
+class Plan:
+    """What one sender process sends: the campaign, its share and how to pick it up.
 
-    for batch in store.pending(campaign_id, retry_failed=retry_failed, match=wanted,
-                               limit=limit, partition=partition):
+    ``partition`` splits the audience by id (local workers on SQLite); ``lease``
+    (set on stores that support shared work) makes this sender claim batches
+    from the campaign's queue instead, cooperating with any number of others.
+    """
+
+    campaign: Campaign
+    campaign_id: int
+    allowed_hosts: frozenset[str]
+    options: DeliveryOptions
+    retry_failed: bool = False
+    limit: int | None = None
+    to: str | None = None
+    partition: tuple[int, int] | None = None
+    lease: float | None = None
+
+    def wanted(self) -> Callable[[StoredSubscription], bool] | None:
+        match = audience_matcher(self.campaign)
+        if self.to is None:
+            return match
+        to = self.to
+        return lambda s: s.subscription.endpoint == to and (match is None or match(s))
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _batches(store: Store, plan: Plan, control: _Control) -> Iterator[list[StoredSubscription]]:
+    """This sender's work: its id partition, or batches claimed from the shared queue.
+
+    In shared mode a sender that finds nothing to claim keeps polling while
+    others still hold leases: if one of them dies, its work returns to the
+    pool when the lease runs out and is finished here.
+    """
+    if plan.lease is None:
+        yield from store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
+                                 match=plan.wanted(), limit=plan.limit,
+                                 partition=plan.partition)
+        return
+    owner = _owner()
+    while not control.stop:
+        batch = store.claim(plan.campaign_id, owner, size=CLAIM_SIZE, lease=plan.lease,
+                            retry_failed=plan.retry_failed)
+        if batch:
+            yield batch
+        elif store.queued(plan.campaign_id, retry_failed=plan.retry_failed) == 0:
+            return
+        else:
+            time.sleep(min(1.0, plan.lease / 4))
+
+
+def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
+              control: _Control) -> Iterator[list[Job]]:
+    """Batches of jobs for pending subscribers; refused endpoints are finished as blocked."""
+    for batch in _batches(store, plan, control):
         jobs: list[Job] = []
         for s in batch:
             sub = s.subscription
             try:
-                ep = check_endpoint(sub.endpoint, allowed_hosts)
+                ep = check_endpoint(sub.endpoint, plan.allowed_hosts)
             except EndpointRefused as exc:
                 jobs.append(Job(s.id, sub.endpoint, "", "blocked", b"", b"", b"",
                                 blocked=str(exc)))
@@ -555,27 +597,37 @@ def send_campaign(
     limit: int | None = None,
     to: str | None = None,
     workers: int | None = 1,
+    lease: float = DEFAULT_LEASE,
     on_progress: Callable[[Stats], None] | None = None,
     handle_signals: bool = False,
 ) -> SendResult:
     """Send a campaign to every pending subscriber in its audience.
 
-    Takes the campaign's lock (Busy if another run holds it) and records every
-    outcome as it happens. With ``workers > 1`` the audience is split by
-    subscriber id over that many sender processes (encryption and HTTP are
-    CPU-bound; one process tops out on one core). On Ctrl-C (when
+    On SQLite a send takes the campaign's lock (Busy if another run holds it);
+    ``workers > 1`` splits the audience by subscriber id over that many sender
+    processes (encryption and HTTP are CPU-bound: one process tops out on one
+    core). On PostgreSQL the audience is queued in the ledger and any number
+    of senders, here or on other hosts, claim batches of it with leases of
+    ``lease`` seconds, so none sends to a subscriber another live one holds.
+    Every outcome is recorded as it happens. On Ctrl-C (when
     ``handle_signals``) it stops taking new work, lets in-flight requests
-    finish and returns ``interrupted=True``; a second Ctrl-C aborts in-flight
-    requests too.
+    finish and returns ``interrupted=True``; a second Ctrl-C aborts them too.
     """
     renderer = Renderer(campaign)
     validate_variants(store, campaign, renderer, to=to)
-    lock = store.acquire_lock(f"campaign:{campaign.name}", wait=PRUNE_WAIT,
-                              blocked_by=("prune",))
+    shared = store.supports_shared_work and limit is None and to is None
+    lock_name = f"campaign:{campaign.name}" + (f"#{_owner()}" if shared else "")
+    lock = store.acquire_lock(lock_name, wait=PRUNE_WAIT, blocked_by=("prune",))
     try:
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
+        plan = Plan(campaign, info.id, allowed_hosts, options, retry_failed, limit, to,
+                    lease=lease if shared else None)
         stats = Stats()
-        stats.total = _pending_count(store, info.id, campaign, retry_failed, limit, to)
+        if shared:
+            _enqueue_audience(store, plan)
+            stats.total = store.queued(info.id, retry_failed=retry_failed)
+        else:
+            stats.total = _pending_count(store, plan)
         if workers is None:
             workers = 1 if stats.total < AUTO_WORKERS_FROM else min(os.cpu_count() or 1, 4)
         if limit is not None or to is not None:
@@ -584,16 +636,32 @@ def send_campaign(
         started = time.monotonic()
         with _signals(control, handle_signals):
             if workers <= 1:
-                _run_partition(store, campaign, renderer, signer, info.id, allowed_hosts,
-                               options, retry_failed, limit, to, None, stats, on_progress,
-                               control, lock.heartbeat)
+                _run_partition(store, plan, renderer, signer, stats, on_progress, control,
+                               lock.heartbeat)
             else:
-                _run_workers(store, campaign, signer, info.id, allowed_hosts, options,
-                             retry_failed, workers, stats, on_progress, control, lock.heartbeat)
-        store.finish_campaign(info.id, "interrupted" if control.stop else "finished")
+                _run_workers(store, plan, signer, workers, stats, on_progress, control,
+                             lock.heartbeat)
+        unfinished = control.stop or (shared and store.queued(info.id) > 0)
+        store.finish_campaign(info.id, "interrupted" if control.stop else
+                              "running" if unfinished else "finished")
         return SendResult(info.id, stats, time.monotonic() - started, control.stop)
     finally:
         lock.release()
+
+
+def _enqueue_audience(store: Store, plan: Plan) -> None:
+    """Queue every audience member without a ledger row (idempotent across senders)."""
+    if plan.retry_failed:
+        store.reset_failed_claims(plan.campaign_id)
+    match = plan.wanted()
+    ids: list[int] = []
+    for s in store.iter_subscriptions(status="active", batch_size=5000):
+        if match is None or match(s):
+            ids.append(s.id)
+            if len(ids) >= 5000:
+                store.enqueue(plan.campaign_id, ids)
+                ids = []
+    store.enqueue(plan.campaign_id, ids)
 
 
 class _Control:
@@ -628,19 +696,26 @@ def _signals(control: _Control, enabled: bool) -> Iterator[None]:
 
 
 def _run_partition(
-    store: Store, campaign: Campaign, renderer: Renderer, signer: VapidSigner,
-    campaign_id: int, allowed_hosts: frozenset[str], options: DeliveryOptions,
-    retry_failed: bool, limit: int | None, to: str | None,
-    partition: tuple[int, int] | None, stats: Stats,
+    store: Store, plan: Plan, renderer: Renderer, signer: VapidSigner, stats: Stats,
     on_progress: Callable[[Stats], None] | None, control: _Control,
     heartbeat: Callable[[], None] | None,
 ) -> None:
-    """Send one share of the campaign in this process, on a fresh event loop."""
-    engine = Engine(signer, options, lambda recs: store.record(campaign_id, recs),
-                    on_progress=on_progress, stats=stats, allowed_hosts=allowed_hosts)
-    jobs = iter_jobs(store, campaign_id, renderer, allowed_hosts=allowed_hosts,
-                     match=audience_matcher(campaign), retry_failed=retry_failed, limit=limit,
-                     to=to, partition=partition)
+    """Send one share of the campaign in this process, on a fresh event loop.
+
+    Every ``beat`` seconds it refreshes the campaign lock (when it holds one)
+    and, in shared mode, the leases on the work it has claimed.
+    """
+    engine = Engine(signer, plan.options, lambda recs: store.record(plan.campaign_id, recs),
+                    on_progress=on_progress, stats=stats, allowed_hosts=plan.allowed_hosts)
+    jobs = iter_jobs(store, plan, renderer, control)
+    beat = 15.0 if plan.lease is None else min(15.0, plan.lease / 3)
+    owner = _owner()
+
+    def keep_alive() -> None:
+        if heartbeat is not None:
+            heartbeat()
+        if plan.lease is not None:
+            store.renew_leases(plan.campaign_id, owner, plan.lease)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -654,9 +729,9 @@ def _run_partition(
                 engine.stop()
             if control.abort and not run.done():
                 run.cancel()
-            if heartbeat is not None and time.monotonic() - last_beat > 15:
+            if time.monotonic() - last_beat > beat:
                 last_beat = time.monotonic()
-                await loop.run_in_executor(None, heartbeat)
+                await loop.run_in_executor(None, keep_alive)
         if not run.cancelled():
             run.result()
 
@@ -667,13 +742,13 @@ def _run_partition(
 
 
 def _run_workers(
-    store: Store, campaign: Campaign, signer: VapidSigner, campaign_id: int,
-    allowed_hosts: frozenset[str], options: DeliveryOptions, retry_failed: bool,
-    workers: int, stats: Stats, on_progress: Callable[[Stats], None] | None,
-    control: _Control, heartbeat: Callable[[], None],
+    store: Store, plan: Plan, signer: VapidSigner, workers: int, stats: Stats,
+    on_progress: Callable[[Stats], None] | None, control: _Control,
+    heartbeat: Callable[[], None],
 ) -> None:
-    """Split the campaign over ``workers`` processes and aggregate their progress.
+    """Run the campaign in ``workers`` processes and aggregate their progress.
 
+    Each gets an id partition (or, in shared mode, claims from the queue).
     Workers ignore SIGINT; the parent relays stop/abort through events, so one
     Ctrl-C at a terminal (which signals the whole process group) counts once.
     A worker whose parent dies stops by itself: the lock died with the parent.
@@ -681,13 +756,16 @@ def _run_workers(
     ctx = multiprocessing.get_context("spawn")
     stop_event, abort_event = ctx.Event(), ctx.Event()
     updates: Any = ctx.Queue()
+    options = plan.options
     share = replace(options, concurrency=max(1, options.concurrency // workers),
                     rate_limit=options.rate_limit / workers if options.rate_limit else None)
     procs = [
         ctx.Process(target=_worker_main, name=f"pushcli-sender-{i}", daemon=True, args=(
-            store.url, campaign, signer.private_pem(), signer.subject, campaign_id,
-            allowed_hosts, share, retry_failed, (i, workers), updates, stop_event,
-            abort_event, os.getpid()))
+            store.url,
+            replace(plan, options=share,
+                    partition=None if plan.lease is not None else (i, workers)),
+            signer.private_pem(), signer.subject, i, updates, stop_event, abort_event,
+            os.getpid()))
         for i in range(workers)
     ]
     for p in procs:
@@ -735,10 +813,8 @@ def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
 
 
 def _worker_main(
-    db_url: str, campaign: Campaign, private_pem: bytes, subject: str, campaign_id: int,
-    allowed_hosts: frozenset[str], options: DeliveryOptions, retry_failed: bool,
-    partition: tuple[int, int], updates: Any, stop_event: Any, abort_event: Any,
-    parent_pid: int,
+    db_url: str, plan: Plan, private_pem: bytes, subject: str, index: int, updates: Any,
+    stop_event: Any, abort_event: Any, parent_pid: int,
 ) -> None:
     """Entry point of one sender process (spawned, so it shares no state but its args)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -759,27 +835,23 @@ def _worker_main(
         now = time.monotonic()
         if force or now - last_sent > 0.2:
             last_sent = now
-            updates.put((partition[0], {"outcomes": dict(s.outcomes), "retries": s.retries,
-                                        "ambiguous": s.ambiguous,
-                                        "signatures": signer.signatures}))
+            updates.put((index, {"outcomes": dict(s.outcomes), "retries": s.retries,
+                                 "ambiguous": s.ambiguous, "signatures": signer.signatures}))
 
     with Store.open(db_url) as store:
-        _run_partition(store, campaign, Renderer(campaign), signer, campaign_id,
-                       allowed_hosts, options, retry_failed, None, None, partition, stats,
-                       report, control, None)
+        _run_partition(store, plan, Renderer(plan.campaign), signer, stats, report, control,
+                       None)
     report(stats, force=True)
 
 
-def _pending_count(store: Store, campaign_id: int, campaign: Campaign, retry_failed: bool,
-                   limit: int | None, to: str | None) -> int:
-    match = audience_matcher(campaign)
-    if match is None and to is None:
-        n = store.count_pending(campaign_id, retry_failed=retry_failed)
-        return n if limit is None else min(n, limit)
+def _pending_count(store: Store, plan: Plan) -> int:
+    match = plan.wanted()
+    if match is None:
+        n = store.count_pending(plan.campaign_id, retry_failed=plan.retry_failed)
+        return n if plan.limit is None else min(n, plan.limit)
     n = 0
-    for batch in store.pending(campaign_id, retry_failed=retry_failed, batch_size=5000,
-                               match=lambda s: (to is None or s.subscription.endpoint == to)
-                               and (match is None or match(s)), limit=limit):
+    for batch in store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
+                               batch_size=5000, match=match, limit=plan.limit):
         n += len(batch)
     return n
 

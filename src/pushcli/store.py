@@ -47,7 +47,7 @@ from pushcli.subscriptions import Rejected, Subscription
 
 DEFAULT_DB = "pushcli.db"
 DB_ENV = "PUSHCLI_DB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 IMPORT_BATCH = 2000
 #: A lock whose owner has not refreshed it for this long is considered dead
@@ -109,7 +109,14 @@ deliveries = Table(
     Column("attempts", Integer, nullable=False, server_default="1"),
     Column("ambiguous", Integer, nullable=False, server_default="0"),
     Column("updated_at", Float, nullable=False),
+    # v2: shared sends. A ``pending`` row is queued work; a sender claims it by
+    # setting a lease, which it renews while alive and which others may take
+    # over once it has run out.
+    Column("lease_owner", String(255)),
+    Column("lease_until", Float),
 )
+Index("ix_deliveries_queue", deliveries.c.campaign_id, deliveries.c.outcome,
+      deliveries.c.subscription_id)
 Index("ix_deliveries_subscription", deliveries.c.subscription_id)
 
 locks = Table(
@@ -122,6 +129,20 @@ locks = Table(
     Column("acquired_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
 )
+
+
+#: DDL that takes a store from version N-1 to N (create_all makes new stores current).
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE deliveries ADD COLUMN lease_owner VARCHAR(255)",
+        "ALTER TABLE deliveries ADD COLUMN lease_until FLOAT",
+        "CREATE INDEX IF NOT EXISTS ix_deliveries_queue "
+        "ON deliveries (campaign_id, outcome, subscription_id)",
+    ],
+}
+
+#: Ledger outcome of queued, not yet final, work in a shared send.
+PENDING = "pending"
 
 
 def database_url(value: str | os.PathLike[str] | None = None) -> str:
@@ -355,7 +376,14 @@ class Store:
                     f"({SCHEMA_VERSION}); upgrade pushcli",
                     field="--db",
                 )
-            # Future migrations: `elif int(row[0]) < SCHEMA_VERSION: ...` step by step.
+            else:
+                version = int(row[0])
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for ddl in MIGRATIONS[step]:
+                        conn.exec_driver_sql(ddl)
+                if version < SCHEMA_VERSION:
+                    conn.execute(update(meta_table).where(meta_table.c.key == "schema_version")
+                                 .values(value=str(SCHEMA_VERSION)))
 
     def schema_version(self) -> int:
         with self._read() as conn:
@@ -613,9 +641,7 @@ class Store:
         """
         d = deliveries
         s = subscriptions
-        unresolved = d.c.outcome.is_(None)
-        if retry_failed:
-            unresolved = or_(unresolved, d.c.outcome == Outcome.FAILED.value)
+        unresolved = _unresolved(retry_failed)
         part = [] if partition is None else [s.c.id % partition[1] == partition[0]]
         after = 0
         given = 0
@@ -647,9 +673,7 @@ class Store:
     def count_pending(self, campaign_id: int, *, retry_failed: bool = False) -> int:
         """How many active subscribers have no final outcome in this campaign (one query)."""
         d, s = deliveries, subscriptions
-        unresolved = d.c.outcome.is_(None)
-        if retry_failed:
-            unresolved = or_(unresolved, d.c.outcome == Outcome.FAILED.value)
+        unresolved = _unresolved(retry_failed)
         stmt = (
             select(func.count())
             .select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
@@ -666,6 +690,90 @@ class Store:
                 .distinct())
         with self._read() as conn:
             return sorted(r[0] for r in conn.execute(stmt))
+
+    # --- shared sends (several processes or hosts on one campaign) -----------------------
+
+    @property
+    def supports_shared_work(self) -> bool:
+        """PostgreSQL can hand out work with FOR UPDATE SKIP LOCKED; SQLite cannot."""
+        return self.engine.dialect.name == "postgresql"
+
+    def enqueue(self, campaign_id: int, ids: Sequence[int]) -> int:
+        """Queue subscribers as ``pending`` work; rows already in the ledger are left alone."""
+        if not ids:
+            return 0
+        insert = _dialect_insert(self.engine)
+        now = time.time()
+        stmt = insert(deliveries).on_conflict_do_nothing(
+            index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id])
+        with self._write() as conn:
+            result = conn.execute(stmt, [
+                {"campaign_id": campaign_id, "subscription_id": i, "outcome": PENDING,
+                 "service": "", "attempts": 0, "updated_at": now} for i in ids])
+        return int(result.rowcount or 0)
+
+    def claim(self, campaign_id: int, owner: str, *, size: int, lease: float,
+              retry_failed: bool = False) -> list[StoredSubscription]:
+        """Claim up to ``size`` queued subscribers for ``lease`` seconds.
+
+        ``FOR UPDATE SKIP LOCKED`` lets concurrent senders take disjoint rows
+        without waiting for each other; the lease (re-checked by PostgreSQL on
+        the locked row) keeps a claimed row from being handed out again while
+        its owner lives, and returns it to the pool once the owner is gone.
+        """
+        d, s = deliveries, subscriptions
+        wanted = [PENDING, Outcome.FAILED.value] if retry_failed else [PENDING]
+        now = time.time()
+        free = _claimable(now)
+        pick = (
+            select(d.c.subscription_id)
+            .join(s, s.c.id == d.c.subscription_id)
+            .where(d.c.campaign_id == campaign_id, d.c.outcome.in_(wanted), free,
+                   s.c.status == "active")
+            .order_by(d.c.subscription_id)
+            .limit(size)
+        )
+        if self.supports_shared_work:
+            pick = pick.with_for_update(of=d, skip_locked=True)
+        with self._write() as conn:
+            ids = [r[0] for r in conn.execute(pick)]
+            if not ids:
+                return []
+            conn.execute(update(d).where(d.c.campaign_id == campaign_id,
+                                         d.c.subscription_id.in_(ids))
+                         .values(lease_owner=owner, lease_until=now + lease))
+            rows = conn.execute(select(*_SUB_COLUMNS).where(s.c.id.in_(ids))
+                                .order_by(s.c.id)).all()
+        return [_stored(r) for r in rows]
+
+    def renew_leases(self, campaign_id: int, owner: str, lease: float) -> int:
+        """Extend every lease this sender holds on unfinished work."""
+        d = deliveries
+        with self._write() as conn:
+            return int(conn.execute(
+                update(d).where(d.c.campaign_id == campaign_id, d.c.lease_owner == owner,
+                                d.c.outcome.in_([PENDING, Outcome.FAILED.value]))
+                .values(lease_until=time.time() + lease)).rowcount or 0)
+
+    def queued(self, campaign_id: int, *, retry_failed: bool = False) -> int:
+        """Queued work left in a shared send (claimed by someone or not)."""
+        d, s = deliveries, subscriptions
+        wanted = [PENDING, Outcome.FAILED.value] if retry_failed else [PENDING]
+        unfinished = or_(d.c.outcome == PENDING, d.c.lease_owner.is_(None),
+                         d.c.lease_until.is_not(None))
+        stmt = (select(func.count()).select_from(d.join(s, s.c.id == d.c.subscription_id))
+                .where(d.c.campaign_id == campaign_id, d.c.outcome.in_(wanted),
+                       s.c.status == "active", unfinished))
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def reset_failed_claims(self, campaign_id: int) -> None:
+        """Make failed rows claimable again for a --retry-failed run."""
+        d = deliveries
+        with self._write() as conn:
+            conn.execute(update(d).where(d.c.campaign_id == campaign_id,
+                                         d.c.outcome == Outcome.FAILED.value)
+                         .values(lease_owner=None, lease_until=None))
 
     def record(self, campaign_id: int, records: Sequence[DeliveryRecord]) -> None:
         """Commit a batch of outcomes in one transaction; mark expired subscribers."""
@@ -698,6 +806,9 @@ class Store:
                 "attempts": deliveries.c.attempts + stmt.excluded.attempts,
                 "ambiguous": deliveries.c.ambiguous + stmt.excluded.ambiguous,
                 "updated_at": stmt.excluded.updated_at,
+                "service": stmt.excluded.service,
+                # lease_owner stays: a failed row retried in this run is not retried again
+                "lease_until": None,
             },
         )
         with self._write() as conn:
@@ -714,7 +825,7 @@ class Store:
         stmt = (
             select(deliveries.c.service, deliveries.c.outcome, func.count(),
                    func.sum(deliveries.c.ambiguous))
-            .where(deliveries.c.campaign_id == campaign_id)
+            .where(deliveries.c.campaign_id == campaign_id, deliveries.c.outcome != PENDING)
             .group_by(deliveries.c.service, deliveries.c.outcome)
         )
         out: dict[str, dict[str, int]] = {}
@@ -735,7 +846,8 @@ class Store:
                 select(d.c.subscription_id, s.c.endpoint, d.c.service, d.c.outcome,
                        d.c.status_code, d.c.reason, d.c.attempts, d.c.updated_at)
                 .select_from(d.outerjoin(s, s.c.id == d.c.subscription_id))
-                .where(d.c.campaign_id == campaign_id, d.c.subscription_id > after)
+                .where(d.c.campaign_id == campaign_id, d.c.subscription_id > after,
+                       d.c.outcome != PENDING)
                 .order_by(d.c.subscription_id)
                 .limit(2000)
             )
@@ -772,7 +884,7 @@ class Store:
         stmt = (
             select(d.c.subscription_id, d.c.outcome)
             .join(subscriptions, subscriptions.c.id == d.c.subscription_id)
-            .where(subscriptions.c.status == "active")
+            .where(subscriptions.c.status == "active", d.c.outcome != PENDING)
             .order_by(d.c.subscription_id, d.c.campaign_id.desc())
         )
         for sid, outcome in conn.execute(stmt):
@@ -877,6 +989,25 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _unresolved(retry_failed: bool) -> Any:
+    """Ledger state of a subscriber who still needs this campaign's message."""
+    d = deliveries
+    states = [PENDING, Outcome.FAILED.value] if retry_failed else [PENDING]
+    return or_(d.c.outcome.is_(None), d.c.outcome.in_(states))
+
+
+def _claimable(now: float) -> Any:
+    """Queued work nobody holds: pending with no live lease, or failed (for
+    --retry-failed) not yet retried in this run or whose retrier died."""
+    d = deliveries
+    expired_lease = and_(d.c.lease_until.is_not(None), d.c.lease_until < now)
+    return or_(
+        and_(d.c.outcome == PENDING, or_(d.c.lease_until.is_(None), expired_lease)),
+        and_(d.c.outcome == Outcome.FAILED.value, or_(d.c.lease_owner.is_(None),
+                                                      expired_lease)),
+    )
 
 
 def _dialect_insert(engine: Engine) -> Any:
