@@ -139,8 +139,22 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=100_000)
     ap.add_argument("--concurrency", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None, help="sender processes (--workers)")
+    ap.add_argument("--pg", action="store_true",
+                    help="use a throwaway PostgreSQL server instead of SQLite")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
+    if args.pg:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from pg import fresh_database, postgres_server
+
+        with postgres_server() as admin:
+            bench(args, fresh_database(admin))
+    else:
+        bench(args, None)
+
+
+def bench(args: argparse.Namespace, db_url: str | None) -> None:
+    """One benchmark run against the SQLite file in the work folder or ``db_url``."""
 
     work = Path(tempfile.mkdtemp(prefix="pushcli-send-bench-"))
     port = free_port()
@@ -171,7 +185,7 @@ def main() -> None:
             "  icon: https://shop.example.com/icon.png\n"
             "delivery:\n  ttl: 3600\n  topic: bench\n"
             "vapid:\n  subject: mailto:bench@shop.example.com\n")
-        env = dict(os.environ, PUSHCLI_DB=str(work / "bench.db"),
+        env = dict(os.environ, PUSHCLI_DB=db_url or str(work / "bench.db"),
                    PUSHCLI_ALLOW_HOSTS="127.0.0.1", SSL_CERT_FILE=cert,
                    PUSHCLI_VAPID_PRIVATE_KEY=str(info.private_key), NO_COLOR="1")
         py = sys.executable
@@ -189,6 +203,8 @@ def main() -> None:
             sys.exit(f"send exited {proc.returncode}: {proc.stderr[-2000:]}")
         report = json.loads(proc.stdout)
         run_info = report["run"]
+        print(f"store              {'PostgreSQL' if db_url else 'SQLite'}, "
+              f"{args.workers or 'auto'} sender process(es)")
         print(f"subscribers        {args.subscribers:,}")
         print(f"import             {t_import:.1f} s ({args.subscribers / t_import:,.0f} rows/s)")
         print(f"send wall time     {t_send:.1f} s (process start to exit)")

@@ -323,10 +323,11 @@ BAD_INPUT = {
     "database driver not installed": ["--db", "postgresql+nosuchdriver://u@127.0.0.1:1/db",
                                       "subscribers", "count"],
     "unparseable database URL": ["--db", "://nothing", "subscribers", "count"],
+    # nothing listens on port 1: the driver's (multi-line) message must become one line
+    "database not reachable": ["--db", "postgresql://u@127.0.0.1:1/db", "subscribers", "count"],
     "missing key file": ["send", "ok.yml", "--key", "missing.pem"],
     "export --format xml": ["subscribers", "export", "--format", "xml"],
     "send --limit 0": ["send", "ok.yml", "--limit", "0"],
-    "report of unknown campaign": ["report", "nope"],
 }
 
 
@@ -370,3 +371,23 @@ def test_version_and_help(world: World) -> None:
     for command in ("send", "report", "prune", "doctor", "demo", "subscribers", "campaigns"):
         assert command in text
     assert "75" in text  # the exit codes are documented
+
+
+def test_send_progress_and_summary_on_a_terminal_with_no_color(world: World) -> None:
+    cmd = [sys.executable, "-m", "pushcli", "send", str(world.campaign("tty"))]
+    code, out = run_in_pty(cmd, world.dir, world.env(NO_COLOR="1"))
+    assert code == 0, out[-2000:]
+    assert b"sent" in out
+    assert colour_codes(out) == [], out[:500]
+
+
+def test_user_text_is_never_read_as_markup(world: World) -> None:
+    """File names with brackets print as they are, on a terminal and off it."""
+    name = "spring[/b].yml"
+    code, out = run_in_pty([sys.executable, "-m", "pushcli", "send", name], world.dir,
+                           world.env(NO_COLOR="1"))
+    assert b"Traceback" not in out, out[-800:]
+    assert code == 2 and f"error: {name}: file not found".encode() in out
+    proc = world.run("keys", "generate", "--dir", "k[/k]")  # relative: short enough not to wrap
+    assert "Traceback" not in proc.stderr, proc.stderr[-800:]
+    assert proc.returncode == 0 and "k[/k]/vapid_private.pem" in proc.stdout

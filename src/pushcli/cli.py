@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pushcli import __version__
 from pushcli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError
@@ -51,8 +52,8 @@ app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(testing_app, name="testing")
 app.add_typer(web_app, name="web")
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 class _State:
@@ -63,8 +64,10 @@ state = _State()
 
 
 def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True) if err.is_terminal \
-        else print(f"error: {message}", file=sys.stderr)
+    if err.is_terminal:
+        err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    else:
+        print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -136,7 +139,7 @@ def keys_generate(
     if as_json:
         emit_json(info.to_json())
         return
-    out.print(f"Wrote {info.private_key} (mode 0600) and {info.public_key}")
+    out.print(f"Wrote {info.private_key} (mode 0600) and {info.public_key}", markup=False)
     out.print("applicationServerKey (pass it to pushManager.subscribe):")
     out.print(info.application_server_key, soft_wrap=True)
     if subject:
@@ -359,7 +362,7 @@ def send(
             if as_json:
                 emit_json(doc)
             elif not quiet:
-                out.print(f"Campaign [bold]{campaign.name}[/bold]: valid; "
+                out.print(f"Campaign [bold]{escape(campaign.name)}[/bold]: valid; "
                           f"{doc['audience']:,} subscribers, {variants} distinct payloads")
                 for svc, n in sorted(services.items()):
                     out.print(f"  {svc:<30} {n:>10,}")
@@ -536,13 +539,17 @@ def prune(
     prune_wait = wait
     if failed_campaigns is not None and failed_campaigns < 1:
         fail("--failed-campaigns must be at least 1")
-    with open_store() as store:
-        lock = store.acquire_lock("prune", wait=prune_wait, blocked_by=("campaign:",))
-        try:
+    with open_store(create=False) as store:
+        if dry_run:  # reads only: no lock, so it never waits for (or blocks) a send
             ids = store.prunable(failed_campaigns=failed_campaigns)
-            deleted = 0 if dry_run else store.delete_subscriptions(ids)
-        finally:
-            lock.release()
+            deleted = 0
+        else:
+            lock = store.acquire_lock("prune", wait=prune_wait, blocked_by=("campaign:",))
+            try:
+                ids = store.prunable(failed_campaigns=failed_campaigns)
+                deleted = store.delete_subscriptions(ids)
+            finally:
+                lock.release()
     if as_json:
         emit_json({"dry_run": dry_run, "count": len(ids), "deleted": deleted,
                    "ids": ids if dry_run else None})
@@ -618,7 +625,7 @@ def doctor(
             if c.ok and quiet:
                 continue
             mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
-            out.print(f"{mark} {c.name}: {c.detail}", soft_wrap=True)
+            out.print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
     if not ok:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -649,7 +656,7 @@ def demo(
     if (folder / "vapid_private.pem").exists():
         fail(f"{folder}: already holds a demo (vapid_private.pem); choose another --dir")
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else (
-        lambda msg: err.print(f"[bold cyan]>[/bold cyan] {msg}"))
+        lambda msg: err.print(f"[bold cyan]>[/bold cyan] {escape(msg)}"))
     progress: _Progress | None = None
 
     def on_progress(stats: Any) -> None:
@@ -685,8 +692,8 @@ def demo(
               f"({result.seconds:.1f} s)")
     out.print("Files:")
     for name, path in result.files.items():
-        out.print(f"  {name:<32} {path}")
-    out.print(f"Try: pushcli --db {result.files['store']} campaigns list")
+        out.print(f"  {name:<32} {path}", markup=False)
+    out.print(f"Try: pushcli --db {result.files['store']} campaigns list", markup=False)
 
 
 def main() -> None:

@@ -42,9 +42,12 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
             totals[outcome] = totals.get(outcome, 0) + n
         row["total"] = sum(row.values())
         by_service[service] = row
+    status = info.status
+    if status == "running" and not store.running_senders(info.name):
+        status = "interrupted"  # its sender died (kill -9, power loss): re-run to finish
     report: dict[str, Any] = {
         "campaign": info.name,
-        "status": info.status,
+        "status": status,
         "runs": info.runs,
         "started_at": info.started_at,
         "finished_at": info.finished_at,

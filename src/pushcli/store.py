@@ -9,6 +9,7 @@ upgrading a read lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -320,18 +321,20 @@ class Store:
                                          file=str(p))
                     if not p.parent.is_dir():
                         raise InputError("directory does not exist", file=str(p.parent))
-                    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    os.close(fd)
-            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+                    # another process may create it first: fine, it is 0600 too
+                    with contextlib.suppress(FileExistsError):
+                        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            engine = _create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
             _configure_sqlite(engine)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = _create_engine(url, pool_pre_ping=True)
         store = cls(engine, url)
         try:
             store._migrate()
         except OperationalError as exc:
             engine.dispose()
-            raise InputError(f"cannot open database: {exc.orig}", field="--db") from None
+            reason = " ".join(str(exc.orig).split())  # drivers' messages span lines
+            raise InputError(f"cannot open database: {reason}", field="--db") from None
         return store
 
     def close(self) -> None:
@@ -954,6 +957,22 @@ class Store:
                 raise Busy(f"{holder}; try again when it has finished")
             time.sleep(poll)
 
+    def running_senders(self, campaign: str) -> int:
+        """Live holders of this campaign's lock(s): one on SQLite, one per sender on PostgreSQL."""
+        now = time.time()
+        host = socket.gethostname()
+        n = 0
+        with self._read() as conn:
+            for row in conn.execute(select(locks)):
+                m = row._mapping
+                if m["name"] != f"campaign:{campaign}" and \
+                        not m["name"].startswith(f"campaign:{campaign}#"):
+                    continue
+                dead = now - m["heartbeat_at"] > LOCK_STALE_AFTER or (
+                    m["host"] == host and not _pid_alive(m["pid"]))
+                n += not dead
+        return n
+
     def _heartbeat(self, lock: Lock) -> None:
         with self._write() as conn:
             conn.execute(update(locks).where(
@@ -1008,6 +1027,14 @@ def _claimable(now: float) -> Any:
         and_(d.c.outcome == Outcome.FAILED.value, or_(d.c.lease_owner.is_(None),
                                                       expired_lease)),
     )
+
+
+def _create_engine(url: str, **kwargs: Any) -> Engine:
+    try:
+        return create_engine(url, **kwargs)
+    except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
+        raise InputError(f"cannot use this database URL: {' '.join(str(exc).split())}",
+                         field="--db") from None
 
 
 def _dialect_insert(engine: Engine) -> Any:

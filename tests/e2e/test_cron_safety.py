@@ -207,11 +207,12 @@ def test_prune_failed_campaigns_uses_the_last_n_campaigns_of_each_subscriber(e2e
 def test_two_sends_of_different_campaigns_at_once_both_deliver_exactly_once(e2e) -> None:
     subs = e2e.subscribe(30)
     e2e.import_subs(subs)
-    e2e.emu.add_fault("slow", rate=1.0, delay=0.1)  # ~1.5 s per campaign at concurrency 2
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.2)  # ~3 s per campaign at concurrency 2
     a = e2e.campaign("spring", body="Spring sale")
     b = e2e.campaign("autumn", body="Autumn sale")
-    procs = [popen_pushcli(e2e, "send", str(c), "--json", "--concurrency", "2")
-             for c in (a, b)]
+    procs = [popen_pushcli(e2e, "send", str(a), "--json", "--concurrency", "2")]
+    wait_for(lambda: e2e.emu.stats()["total_requests"] >= 2)  # the first holds its lock
+    procs.append(popen_pushcli(e2e, "send", str(b), "--json", "--concurrency", "2"))
     outs = [p.communicate(timeout=60) for p in procs]
     for p, (stdout, stderr) in zip(procs, outs, strict=True):
         assert p.returncode == 0, stderr
