@@ -276,7 +276,7 @@ def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yml"
     with pytest.raises(InputError) as info:
         load_campaign(path)
-    assert str(info.value) == f"{path}: file not found"
+    assert str(info.value) == f"{path}: no such file"
     assert info.value.line is None
 
 

@@ -387,7 +387,7 @@ def test_user_text_is_never_read_as_markup(world: World) -> None:
     code, out = run_in_pty([sys.executable, "-m", "pushcli", "send", name], world.dir,
                            world.env(NO_COLOR="1"))
     assert b"Traceback" not in out, out[-800:]
-    assert code == 2 and f"error: {name}: file not found".encode() in out
+    assert code == 2 and f"error: {name}: no such file".encode() in out
     proc = world.run("keys", "generate", "--dir", "k[/k]")  # relative: short enough not to wrap
     assert "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert proc.returncode == 0 and "k[/k]/vapid_private.pem" in proc.stdout

@@ -45,6 +45,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pushcli.errors import InputError, PayloadTooLarge
+from pushcli.files import open_input
 
 __all__ = [
     "MAX_PLAINTEXT",
@@ -776,17 +777,8 @@ def load_campaign(path: str | os.PathLike[str]) -> Campaign:
     """Read and validate a campaign file; errors name the path exactly as given."""
     source = os.fspath(path)
     file = Path(source)
-    try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError("file not found", file=source) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a campaign file", file=source) from None
-    except PermissionError:
-        raise InputError("permission denied", file=source) from None
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", file=source) from None
+    with open_input(file) as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
     if len(raw) > MAX_FILE_BYTES:
         raise InputError(f"file is larger than {MAX_FILE_BYTES // (1 << 20)} MiB", file=source)
     try:

@@ -21,6 +21,7 @@ from typing import IO, Any, Literal
 
 from pushcli.encoding import b64_decode, b64url_encode
 from pushcli.errors import InputError
+from pushcli.files import open_input
 from pushcli.pushservices import EndpointRefused, check_endpoint
 
 Format = Literal["json", "ndjson", "csv"]
@@ -109,33 +110,34 @@ def _is_canonical(text: str, size: int) -> bool:
     return len(text) == (size * 4 + 2) // 3 and _CANONICAL.match(text) is not None
 
 
-def validate_p256dh(value: object) -> str:
-    """The subscriber's ECDH public key: a 65-byte uncompressed point on P-256."""
+def _decode_key(field: str, value: object, size: int) -> bytes:
+    """Decode a base64url key field to exactly ``size`` bytes, or say what is wrong."""
     if not isinstance(value, str):
-        raise ValueError("keys.p256dh: must be a base64url string")
+        raise ValueError(f"{field}: must be a base64url string")
     try:
         raw = b64_decode(value)
     except ValueError as exc:
-        raise ValueError(f"keys.p256dh: {exc}") from None
-    if len(raw) != 65:
-        raise ValueError(f"keys.p256dh: must decode to 65 bytes, got {len(raw)}")
+        raise ValueError(f"{field}: {exc}") from None
+    if len(raw) != size:
+        raise ValueError(f"{field}: must decode to {size} bytes, got {len(raw)}")
+    return raw
+
+
+def validate_p256dh(value: object) -> str:
+    """The subscriber's ECDH public key: a 65-byte uncompressed point on P-256."""
+    raw = _decode_key("keys.p256dh", value, 65)
     if raw[0] != 0x04:
         raise ValueError("keys.p256dh: must be an uncompressed point (first byte 0x04)")
     if not _on_p256(raw):
         raise ValueError("keys.p256dh: point is not on the P-256 curve")
+    assert isinstance(value, str)
     return value if _is_canonical(value, 65) else b64url_encode(raw)
 
 
 def validate_auth(value: object) -> str:
     """The 16-byte auth secret."""
-    if not isinstance(value, str):
-        raise ValueError("keys.auth: must be a base64url string")
-    try:
-        raw = b64_decode(value)
-    except ValueError as exc:
-        raise ValueError(f"keys.auth: {exc}") from None
-    if len(raw) != 16:
-        raise ValueError(f"keys.auth: must decode to 16 bytes, got {len(raw)}")
+    raw = _decode_key("keys.auth", value, 16)
+    assert isinstance(value, str)
     return value if _is_canonical(value, 16) else b64url_encode(raw)
 
 
@@ -284,14 +286,7 @@ def open_source(name: str) -> IO[bytes]:
     """A binary stream for a path or ``-`` (standard input)."""
     if name == "-":
         return sys.stdin.buffer
-    try:
-        return open(name, "rb")  # noqa: SIM115 - closed by the caller
-    except FileNotFoundError:
-        raise InputError("no such file", file=name) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a file", file=name) from None
-    except PermissionError:
-        raise InputError("permission denied", file=name) from None
+    return open_input(name)
 
 
 def parse_stream(
