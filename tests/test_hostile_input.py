@@ -9,6 +9,7 @@ fields and bytes; a few fixed cases cover the classic attacks (alias bombs,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -98,7 +99,7 @@ def records(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(json_values)  # not even an object
     rec = copy.deepcopy(draw(st.sampled_from(POOL)))
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.sampled_from([0, 0, 0, 0, 0, 1, 1, 2, 3]))):
         path = draw(st.sampled_from(FIELDS))
         parent = rec
         for part in path[:-1]:
@@ -112,11 +113,6 @@ def records(draw: st.DrawFn) -> Any:
         else:
             parent[path[-1]] = draw(json_values)
     return rec
-
-
-def _jsonable(value: Any) -> Any:
-    """json.dumps with NaN allowed would write NaN; keep some, drop the rest."""
-    return value
 
 
 def serialize(recs: list[Any], fmt: str) -> bytes:
@@ -147,7 +143,7 @@ def subscription_files(draw: st.DrawFn, fmt: str) -> bytes:
     if draw(st.integers(0, 7)) == 0:
         return draw(st.binary(max_size=400))
     data = bytearray(serialize(draw(st.lists(records(), min_size=0, max_size=6)), fmt))
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3]))):
         pos = draw(st.integers(0, len(data)))
         kind = draw(st.sampled_from(["replace", "insert", "delete", "truncate"]))
         chunk = draw(st.binary(min_size=1, max_size=4)
@@ -243,10 +239,8 @@ def test_import_of_mutated_files_never_crashes_and_strict_is_all_or_nothing(
         else:
             assert len(after) == len(before) + len(new) and doc["added"] == len(new)
             assert {row[1] for row in after} == {row[1] for row in before} | valid
-    else:
-        assert expected is None or strict is False or after == before
-        if strict:
-            assert after == before
+    elif strict:  # a file-level error (exit 2) in the middle of a strict import
+        assert after == before
 
 
 @pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
@@ -414,10 +408,8 @@ def test_mutated_campaign_yaml_raises_only_input_error(fuzz_dir: Path, data: byt
         assert "\n" not in str(exc)
         return
     renderer = Renderer(campaign)
-    try:
+    with contextlib.suppress(InputError):
         renderer.render("fr-CA", {"first_name": "{{ 7*7 }}"})
-    except InputError:
-        pass
 
 
 @settings(max_examples=100, deadline=None,
@@ -545,10 +537,10 @@ def test_template_cpu_and_memory_bombs_fail_fast(template: str) -> None:
     text = _campaign_with(template)
     try:
         proc = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, text], capture_output=True,
-                              text=True, timeout=4, preexec_fn=lambda: resource.setrlimit(
+                              text=True, timeout=3, preexec_fn=lambda: resource.setrlimit(
                                   resource.RLIMIT_CPU, (6, 6)))
     except subprocess.TimeoutExpired:
-        pytest.fail(f"template {template!r} did not finish within 4 s")
+        pytest.fail(f"template {template!r} did not finish within 3 s")
     out = proc.stdout.strip()
     assert out.startswith("refused"), (out, proc.stderr[-500:])
     assert float(out.split()[1]) < 1.0, out
@@ -572,7 +564,7 @@ def test_neutralize_cell(value: str) -> None:
 def test_report_csv_neutralises_formula_reasons(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     reasons = ["=cmd|' /C calc'!A0", "+SUM(1,2)", "-2+3+cmd|' /C calc'!A0", "@SUM(A1)",
-               "\t=1+1", "\r=1+1", "HTTP 400: fine"]
+               "\t=1+1", "HTTP 400: fine"]
     with Store.open(db) as store:
         store.import_subscriptions([("t", s) for s in parse_stream(
             io.BytesIO(serialize(POOL[:len(reasons)], "json")), "json", source="t")])
@@ -596,6 +588,29 @@ def test_report_csv_neutralises_formula_reasons(tmp_path: Path) -> None:
     for row in rows:
         for cell in row.values():
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+
+
+def test_report_csv_cell_with_carriage_return_stays_one_cell(tmp_path: Path) -> None:
+    """A bare CR in an unquoted cell ends the row for spreadsheets (and Python's csv),
+    so ``'x\r=1+1`` would reach them as a new row starting with a formula."""
+    with Store.open(tmp_path / "s.db") as store:
+        store.import_subscriptions([("t", s) for s in parse_stream(
+            io.BytesIO(serialize(POOL[:2], "json")), "json", source="t")])
+        info = store.start_campaign("cr", {})
+        ids = [s.id for s in store.iter_subscriptions()]
+        store.record(info.id, [
+            DeliveryRecord(ids[0], Outcome.FAILED, "fcm", None, "internal error: x\r=1+1"),
+            DeliveryRecord(ids[1], Outcome.FAILED, "fcm", None, "\r=2+2\n@SUM(A1)"),
+        ])
+        out = io.StringIO()
+        write_csv_rows(store, info.id, out)
+    text = out.getvalue()
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        pytest.fail(f"report CSV is not parseable ({exc}): {text!r}")
+    assert len(rows) == 3, rows
+    assert [r[5] for r in rows[1:]] == ["internal error: x\r=1+1", "'\r=2+2\n@SUM(A1)"]
 
 
 # --- secrets --------------------------------------------------------------------------------
@@ -630,7 +645,7 @@ def test_send_output_and_reports_hold_no_secrets_and_files_are_private(tmp_path:
                 "--json", "--timeout", "5", "--report", str(tmp_path / "x.json"),
                 "--report", str(tmp_path / "x.csv")]
         result = runner.invoke(app, args, env=env)
-        _assert_clean_cli(result) if result.exit_code != 1 else None
+        assert result.exception is None or isinstance(result.exception, SystemExit)
         assert result.exit_code == 1, result.output
         report = json.loads(result.stdout)
         assert report["sent"] == 8 and report["failed"] == 1 and report["rejected"] == 1

@@ -94,11 +94,13 @@ class _Sandbox(SandboxedEnvironment):
     ``9 ** 9 ** 9`` through; a campaign author should not be able to stall a send.
     """
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int) and abs(right) > 128:
             raise SecurityError("exponent too large")
+        if operator == "%" and isinstance(left, str):
+            raise SecurityError("string formatting with % is not allowed")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if (
@@ -110,8 +112,34 @@ class _Sandbox(SandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+#: Filters whose integer argument sets the size of the result: bounded by the payload limit.
+_SIZED_FILTERS = ("center", "indent", "wordwrap", "truncate", "batch", "slice")
+
+
+def _bounded(filter_fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for value in (*args[1:], *kwargs.values()):
+            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_PLAINTEXT:
+                raise SecurityError(f"filter argument {value} is larger than a payload can be")
+        return filter_fn(*args, **kwargs)
+    return wrapper
+
+
 def _environment() -> _Sandbox:
-    return _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+    """The sandbox personalization renders in: no loops, no unbounded allocations.
+
+    Title, body and url need substitution and ``default``, not a programming
+    language; every construct that can burn CPU or memory without bound is
+    removed rather than policed.
+    """
+    env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+    for name in ("range", "lipsum", "cycler", "joiner", "namespace"):
+        env.globals.pop(name, None)
+    env.filters.pop("format", None)
+    for name in _SIZED_FILTERS:
+        if name in env.filters:
+            env.filters[name] = _bounded(env.filters[name])
+    return env
 
 
 _ENV = _environment()
@@ -138,6 +166,8 @@ def _check_template(source: str) -> None:
         raise _fail(f"template syntax error: {reason}{where}") from None
     if any(ast.find_all((jnodes.Include, jnodes.Extends, jnodes.Import, jnodes.FromImport))):
         raise _fail("include, extends and import are not allowed in templates")
+    if any(ast.find_all((jnodes.For, jnodes.Macro, jnodes.CallBlock))):
+        raise _fail("loops, macros and call blocks are not allowed in templates")
     unsafe: list[object] = []
     for node in ast.find_all((jnodes.Getattr, jnodes.Getitem, jnodes.Filter)):
         bad: object = None

@@ -13,6 +13,7 @@ Two layers:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -228,6 +229,7 @@ class Engine:
         self._stopping = False
         self._delayed: set[asyncio.TimerHandle] = set()
         self._flush_lock = asyncio.Lock()
+        self._flush_now = asyncio.Event()
 
     # --- public ---------------------------------------------------------------------
 
@@ -436,6 +438,8 @@ class Engine:
             outcome is not Outcome.BLOCKED else 0, ambiguous=job.ambiguous,
         ))
         self.stats.outcomes[outcome.value] += 1
+        if len(self._buffer) >= self.options.flush_size:
+            self._flush_now.set()  # bound what a crash can lose, whatever the send rate
         self._outstanding -= 1
         if self._outstanding <= 0:
             self._idle.set()
@@ -444,7 +448,9 @@ class Engine:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.options.flush_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.options.flush_interval)
+            self._flush_now.clear()
             await self._flush()
 
     async def _flush(self) -> None:
@@ -698,7 +704,7 @@ def _signals(control: _Control, enabled: bool) -> Iterator[None]:
 def _run_partition(
     store: Store, plan: Plan, renderer: Renderer, signer: VapidSigner, stats: Stats,
     on_progress: Callable[[Stats], None] | None, control: _Control,
-    heartbeat: Callable[[], None] | None,
+    heartbeat: Callable[[], None] | None, poll: Callable[[], None] | None = None,
 ) -> None:
     """Send one share of the campaign in this process, on a fresh event loop.
 
@@ -724,6 +730,8 @@ def _run_partition(
         stopped = False
         while not run.done():
             await asyncio.wait([run], timeout=0.1)
+            if poll is not None:
+                poll()
             if control.stop and not stopped:
                 stopped = True
                 engine.stop()
@@ -838,9 +846,11 @@ def _worker_main(
             updates.put((index, {"outcomes": dict(s.outcomes), "retries": s.retries,
                                  "ambiguous": s.ambiguous, "signatures": signer.signatures}))
 
+    if os.getppid() != parent_pid:
+        return  # the parent (and its lock) died while we started: send nothing
     with Store.open(db_url) as store:
         _run_partition(store, plan, Renderer(plan.campaign), signer, stats, report, control,
-                       None)
+                       None, poll=lambda: report(stats))
     report(stats, force=True)
 
 

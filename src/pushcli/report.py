@@ -85,7 +85,8 @@ def write_report_files(store: Store, report: dict[str, Any],
             raise InputError("report file must end in .json or .csv", file=str(path))
         tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds endpoints
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 if suffix == ".json":
                     json.dump(report, fh, indent=2, sort_keys=False)
                     fh.write("\n")
@@ -102,7 +103,9 @@ def write_report_files(store: Store, report: dict[str, Any],
 
 
 def write_csv_rows(store: Store, campaign_id: int, out: IO[str]) -> int:
-    writer = csv.writer(out, lineterminator="\n")
+    # \r\n makes the csv module quote any cell holding a bare \r, which a spreadsheet
+    # would otherwise read as a new row starting with the rest (a formula).
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["subscription_id", "endpoint", "service", "outcome", "http_status",
                      "reason", "attempts"])
     n = 0
