@@ -42,14 +42,13 @@ from pushcli.keys import VapidSigner
 from pushcli.pushservices import (
     EndpointRefused,
     Outcome,
+    address_allowed,
     check_endpoint,
     classify,
-    is_public_address,
 )
 from pushcli.store import DeliveryRecord, Store, StoredSubscription
 
 _CURVE = ec.SECP256R1()
-MAX_BODY = 4096
 #: How long a send waits for a running prune (prunes are short) before refusing.
 PRUNE_WAIT = 10.0
 #: Seconds a claimed batch stays reserved for its sender without renewal (shared sends).
@@ -176,9 +175,7 @@ class GuardedResolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         infos = await self._inner.resolve(host, port, family)
-        if host.lower().rstrip(".") in self._allowed:
-            return infos
-        public = [i for i in infos if is_public_address(i["host"])]
+        public = [i for i in infos if address_allowed(host, i["host"], self._allowed)]
         if not public:
             addresses = ", ".join(sorted({i["host"] for i in infos}))
             raise PrivateAddress(f"{host} resolves to non-public address {addresses}; "
