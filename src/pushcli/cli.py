@@ -354,7 +354,10 @@ def send(
 
             variants = validate_variants(store, campaign, renderer, to=to)
             services = count_by_service(store, campaign, allowed, limit=limit, to=to)
-            sample = renderer.render(None, {})  if not renderer.placeholders else None
+            try:  # a subscriber without attributes; templates with defaults still render
+                sample: bytes | None = renderer.render(None, {})
+            except PushcliError:
+                sample = None
             doc = {"campaign": campaign.name, "audience": sum(services.values()),
                    "by_service": dict(services), "variants": variants,
                    "sample_payload": json.loads(sample) if sample else None,
@@ -380,7 +383,7 @@ def send(
             concurrency=concurrency or campaign.delivery.concurrency,
             rate_limit=campaign.delivery.rate_limit, timeout=timeout,
         )
-        progress = _progress_display(quiet, campaign.name)
+        progress = _Progress(quiet, campaign.name)
         try:
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
                                    options=options, retry_failed=retry_failed, limit=limit,
@@ -453,10 +456,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def _progress_display(quiet: bool, name: str) -> _Progress:
-    return _Progress(quiet, name)
 
 
 # --- reports and history -------------------------------------------------------------------
