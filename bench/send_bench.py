@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,8 +99,6 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
     Returns (seconds, result, peak RSS of the largest process, peak RSS summed over
     the tree), both in bytes, sampled every 0.2 s.
     """
-    import threading
-
     import psutil
 
     t = time.perf_counter()
@@ -198,7 +197,23 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             cmd += ["--concurrency", str(args.concurrency)]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
+        latencies: list[float] = []
+        stop_probe = threading.Event()
+
+        def probe_report() -> None:
+            """`pushcli report` while the send runs: the store must stay responsive."""
+            while not stop_probe.wait(5.0):
+                t = time.perf_counter()
+                r = subprocess.run([py, "-m", "pushcli", "report", "bench", "--json"], env=env,
+                                   cwd=work, capture_output=True, text=True)
+                if r.returncode == 0:
+                    latencies.append(time.perf_counter() - t)
+
+        prober = threading.Thread(target=probe_report, daemon=True)
+        prober.start()
         t_send, proc, peak_one, peak_sum = run_measured(cmd, env, work)
+        stop_probe.set()
+        prober.join()
         if proc.returncode != 0:
             sys.exit(f"send exited {proc.returncode}: {proc.stderr[-2000:]}")
         report = json.loads(proc.stdout)
@@ -215,6 +230,9 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"VAPID signatures   {run_info['vapid_signatures']}")
         print(f"peak RSS           {peak_one / 2**20:.0f} MB largest process, "
               f"{peak_sum / 2**20:.0f} MB whole sender tree")
+        if latencies:
+            print(f"report during send {len(latencies)} runs, slowest {max(latencies):.2f} s "
+                  "(process start included)")
         print(f"load average       {os.getloadavg()[0]:.2f} (2 cores; other work on the machine)")
     finally:
         nginx.terminate()
