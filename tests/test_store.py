@@ -188,3 +188,14 @@ def test_concurrent_imports_of_overlapping_files_lose_nothing(backend: str) -> N
     assert not errors
     with Store.open(backend) as s:
         assert s.count() == 2500
+
+
+def test_display_url_never_shows_a_password(tmp_path) -> None:
+    from pushcli.store import database_url
+
+    url = database_url("postgresql://pushcli:s3cret@db.internal:5432/push")
+    assert url.startswith("postgresql+psycopg://")
+    shown = Store(None, url).display_url  # type: ignore[arg-type]
+    assert "s3cret" not in shown and "db.internal" in shown
+    with Store.open(tmp_path / "x.db") as s:
+        assert s.display_url == str(tmp_path / "x.db")

@@ -84,7 +84,7 @@ def run_doctor(
             raise PushcliError(f"schema version {version}, expected {SCHEMA_VERSION}")
         if not store.integrity_ok():
             raise PushcliError("integrity check failed")
-        return f"{store.url.split('///')[-1]} opens, schema v{version}, integrity ok"
+        return f"{store.display_url} opens, schema v{version}, integrity ok"
     checks.append(_run("store", check_store))
 
     if store is not None:

@@ -347,6 +347,14 @@ class Store:
         self.close()
 
     @property
+    def display_url(self) -> str:
+        """Where the store is, fit to print: a file path, or the URL without its password."""
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite":
+            return url.database or ":memory:"
+        return url.render_as_string(hide_password=True)
+
+    @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
