@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pushcli.delivery import DeliveryOptions, Engine, GuardedResolver, Job, PrivateAddress, encrypt
+from pushcli.engine import Engine, GuardedResolver, PrivateAddress, encrypt
 from pushcli.keys import VapidSigner, generate_keys, load_private_key
+from pushcli.messages import DeliveryOptions, Job
 from pushcli.pushservices import Outcome, classify, parse_retry_after
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from pushcli.delivery import DeliveryOptions, Engine, Job
+from pushcli.engine import Engine
+from pushcli.messages import DeliveryOptions, Job
 from pushcli.store import Store, deliveries
 
 CONCURRENCY = 16
