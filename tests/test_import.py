@@ -281,3 +281,9 @@ def test_store_file_is_created_0600(tmp_path: Path) -> None:
     write_json(tmp_path / "s.json", [real_subscription()])
     run("subscribers", "import", "s.json")
     assert (tmp_path / "test.db").stat().st_mode & 0o777 == 0o600
+    from pushcli.store import Store
+
+    with Store.open(tmp_path / "test.db") as store:  # an open store has its WAL files
+        assert store.count() == 1
+        for side in ("test.db-wal", "test.db-shm"):
+            assert (tmp_path / side).stat().st_mode & 0o777 == 0o600, side

@@ -85,7 +85,8 @@ def run_demo(
             sub["tags"] = ["news"] + (["vip"] if i % 10 == 0 else [])
             sub["locale"] = "fr-FR" if i % 4 == 0 else "en-US"
         subs_file = folder / "subscriptions.ndjson"
-        with open(subs_file, "w", encoding="utf-8") as fh:
+        fd = os.open(subs_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # auth secrets
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for sub in subs:
                 fh.write(json.dumps(sub) + "\n")
         on_step(f"{subscribers:,} emulated browsers subscribed; written to {subs_file.name}")

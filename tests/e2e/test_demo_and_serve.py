@@ -26,7 +26,8 @@ def test_demo_report_is_consistent_with_what_the_emulator_was_told(tmp_path: Pat
     assert doc["second_campaign"]["sent"] == 400
     assert doc["pruned"] == 100 and doc["remaining"] == 400
     assert doc["files"]["messages_received_by_emulator"] == "900"
-    assert (tmp_path / "demo" / "vapid_private.pem").stat().st_mode & 0o777 == 0o600
+    for secret in ("vapid_private.pem", "pushcli.db", "subscriptions.ndjson"):
+        assert (tmp_path / "demo" / secret).stat().st_mode & 0o777 == 0o600, secret
     # the demo's store is an ordinary store: its history is readable with the CLI
     listed = subprocess.run([sys.executable, "-m", "pushcli", "--db",
                              doc["files"]["store"], "campaigns", "list", "--json"],
