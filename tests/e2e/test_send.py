@@ -227,3 +227,28 @@ def test_second_send_of_same_campaign_is_refused_while_first_runs(e2e) -> None:
     e2e.emu.clear_faults()
     code, report = e2e.send(campaign)
     assert code == 0 and report["sent"] == 100
+
+
+def test_ctrl_c_with_worker_processes_counts_once_and_loses_nothing(e2e) -> None:
+    """One SIGINT to the parent stops both sender processes gracefully (exit 130)."""
+    subs = e2e.subscribe(1500)
+    e2e.import_subs(subs)
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.02)
+    campaign = e2e.campaign()
+    proc = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "--json",
+                             "--workers", "2", "--concurrency", "8"], cwd=e2e.dir,
+                            env=e2e.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < 100:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    report = json.loads(stdout)
+    assert report["run"]["interrupted"] is True and 0 < report["sent"] < 1500
+    assert report["sent"] == e2e.emu.stats()["accepted"]
+    e2e.emu.clear_faults()
+    code, report = e2e.send(campaign)
+    assert code == 0 and report["sent"] == 1500
+    assert all(len(e2e.emu.messages(s["endpoint"])) == 1 for s in subs)
