@@ -324,7 +324,8 @@ def send(
     Re-running the same campaign sends only to subscribers without a final
     outcome (resume after a crash or Ctrl-C). Exit 0 when everyone ended sent
     or expired, 1 when any failed/rejected/blocked/auth, 2 for invalid input,
-    75 when another run of this campaign holds its lock, 130 on Ctrl-C.
+    75 when another run of this campaign holds its lock (SQLite; on PostgreSQL
+    several senders share the campaign), 130 on Ctrl-C.
     """
     from pushcli.campaign import Renderer, load_campaign
     from pushcli.delivery import DeliveryOptions, count_by_service, send_campaign
