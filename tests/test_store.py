@@ -199,3 +199,79 @@ def test_display_url_never_shows_a_password(tmp_path) -> None:
     assert "s3cret" not in shown and "db.internal" in shown
     with Store.open(tmp_path / "x.db") as s:
         assert s.display_url == str(tmp_path / "x.db")
+
+
+def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
+    """A store written by schema v1 (no lease columns) opens, migrates and keeps its rows."""
+    import sqlalchemy as sa
+
+    from pushcli.store import database_url, deliveries, metadata
+
+    url = database_url(backend)
+    if url.startswith("sqlite"):
+        os.close(os.open(backend, os.O_CREAT | os.O_WRONLY, 0o600))
+    engine = sa.create_engine(url)
+    v1 = sa.MetaData()
+    for table in metadata.sorted_tables:
+        cols = [sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
+                          server_default=c.server_default.arg if c.server_default else None)
+                for c in table.columns if c.name not in ("lease_owner", "lease_until")]
+        sa.Table(table.name, v1, *cols)
+    with engine.begin() as conn:
+        v1.create_all(conn)
+        conn.execute(v1.tables["pushcli_meta"].insert().values(key="schema_version", value="1"))
+        old = conn.execute(v1.tables["campaigns"].insert().values(
+            name="old", created_at=1.0, status="finished", runs=1)).inserted_primary_key[0]
+        conn.execute(v1.tables["deliveries"].insert().values(
+            campaign_id=old, subscription_id=7, outcome="sent", service="fcm", attempts=1,
+            ambiguous=0, updated_at=1.0))
+    engine.dispose()
+    with Store.open(backend) as st:
+        assert st.schema_version() == SCHEMA_VERSION == 2
+        assert st.outcome_counts(st.get_campaign("old").id) == {"fcm": {"sent": 1}}
+        with st.engine.connect() as conn:
+            row = conn.execute(sa.select(deliveries.c.lease_owner, deliveries.c.lease_until)).one()
+        assert tuple(row) == (None, None)
+        load(st, subs(3))
+        c = st.start_campaign("new", {})
+        st.enqueue(c.id, [s.id for s in st.iter_subscriptions()])
+        assert st.queued(c.id) == 3
+        assert len(st.claim(c.id, "me", size=10, lease=5)) == 3
+        assert st.claim(c.id, "other", size=10, lease=5) == []  # leased: not handed out twice
+
+
+def test_claims_are_disjoint_and_expired_leases_return_to_the_pool(st: Store) -> None:
+    load(st, subs(5))
+    c = st.start_campaign("q", {})
+    st.enqueue(c.id, [s.id for s in st.iter_subscriptions()])
+    st.enqueue(c.id, [s.id for s in st.iter_subscriptions()])  # a second sender: idempotent
+    assert st.queued(c.id) == 5
+    a = {s.id for s in st.claim(c.id, "a", size=3, lease=0.3)}
+    b = {s.id for s in st.claim(c.id, "b", size=3, lease=60)}
+    assert len(a) == 3 and len(b) == 2 and not a & b
+    assert st.claim(c.id, "c", size=10, lease=60) == []
+    assert st.renew_leases(c.id, "b", 60) == 2
+    time.sleep(0.4)  # a died: its lease runs out, b's was renewed
+    taken = {s.id for s in st.claim(c.id, "c", size=10, lease=60)}
+    assert taken == a
+    st.record(c.id, [DeliveryRecord(i, Outcome.SENT, "fcm") for i in a | b])
+    assert st.queued(c.id) == 0
+    assert st.outcome_counts(c.id) == {"fcm": {"sent": 5}}  # queued rows never counted
+
+
+def test_retry_failed_claims_each_failed_row_once_per_run(st: Store) -> None:
+    load(st, subs(2))
+    c = st.start_campaign("r", {})
+    ids = [s.id for s in st.iter_subscriptions()]
+    st.enqueue(c.id, ids)
+    st.claim(c.id, "a", size=10, lease=60)
+    st.record(c.id, [DeliveryRecord(ids[0], Outcome.FAILED, "fcm", 503),
+                     DeliveryRecord(ids[1], Outcome.SENT, "fcm", 201)])
+    assert st.claim(c.id, "a", size=10, lease=60) == []  # failed is final without retry
+    st.reset_failed_claims(c.id)
+    assert st.queued(c.id, retry_failed=True) == 1
+    [again] = st.claim(c.id, "b", size=10, lease=60, retry_failed=True)
+    assert again.id == ids[0]
+    st.record(c.id, [DeliveryRecord(ids[0], Outcome.FAILED, "fcm", 503)])
+    assert st.claim(c.id, "b", size=10, lease=60, retry_failed=True) == []
+    assert st.queued(c.id, retry_failed=True) == 0

@@ -709,19 +709,18 @@ class Store:
         """PostgreSQL can hand out work with FOR UPDATE SKIP LOCKED; SQLite cannot."""
         return self.engine.dialect.name == "postgresql"
 
-    def enqueue(self, campaign_id: int, ids: Sequence[int]) -> int:
+    def enqueue(self, campaign_id: int, ids: Sequence[int]) -> None:
         """Queue subscribers as ``pending`` work; rows already in the ledger are left alone."""
         if not ids:
-            return 0
+            return
         insert = _dialect_insert(self.engine)
         now = time.time()
         stmt = insert(deliveries).on_conflict_do_nothing(
             index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id])
         with self._write() as conn:
-            result = conn.execute(stmt, [
+            conn.execute(stmt, [
                 {"campaign_id": campaign_id, "subscription_id": i, "outcome": PENDING,
                  "service": "", "attempts": 0, "updated_at": now} for i in ids])
-        return int(result.rowcount or 0)
 
     def claim(self, campaign_id: int, owner: str, *, size: int, lease: float,
               retry_failed: bool = False) -> list[StoredSubscription]:
