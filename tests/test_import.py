@@ -287,3 +287,18 @@ def test_store_file_is_created_0600(tmp_path: Path) -> None:
         assert store.count() == 1
         for side in ("test.db-wal", "test.db-shm"):
             assert (tmp_path / side).stat().st_mode & 0o777 == 0o600, side
+
+
+def test_reading_commands_never_create_a_store(tmp_path: Path) -> None:
+    for args in (["subscribers", "count"], ["subscribers", "export"], ["report", "x"],
+                 ["campaigns", "list"], ["prune"]):
+        r = run(*args)
+        assert r.exit_code == 2 and "no such database" in r.output, args
+    assert not (tmp_path / "test.db").exists()
+
+
+def test_import_checks_every_file_before_importing_any(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", [real_subscription()])
+    r = run("subscribers", "import", "a.json", "missing.json")
+    assert r.exit_code == 2 and "missing.json: no such file" in r.output
+    assert not (tmp_path / "test.db").exists()  # nothing was imported, not even a.json

@@ -195,8 +195,10 @@ def subscribers_import(
     allowed = allowed_hosts_from_env(allow_host or ())
     formats = [(name, detect_format(name, fmt)) for name in files]
     for name, _ in formats:
-        if name != "-" and not Path(name).is_file():
-            fail(f"{name}: no such file" if not Path(name).exists() else f"{name}: not a file")
+        # Open (and close) every file before importing any, so a typo in the third name
+        # does not leave the first two imported.
+        if name != "-":
+            open_source(name).close()
 
     def records() -> Any:
         for name, f in formats:
@@ -246,7 +248,7 @@ def subscribers_count(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Count subscribers (active ones by default)."""
-    with open_store() as store:
+    with open_store(create=False) as store:
         n = store.count(status=status, tags=tag or ())
     if as_json:
         emit_json({"count": n, "status": status, "tags": tag or []})
@@ -266,7 +268,7 @@ def subscribers_export(
     from pushcli.subscriptions import detect_format, write_csv, write_json
 
     f = detect_format("-", fmt)
-    with open_store() as store:
+    with open_store(create=False) as store:
         subs = (s.subscription for s in store.iter_subscriptions(status=status))
         if output is not None:
             fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
