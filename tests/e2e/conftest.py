@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,20 @@ class Env:
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        """Start ``pushcli ARGS`` in the background (for kill/interrupt/concurrency tests)."""
+        return subprocess.Popen([sys.executable, "-m", "pushcli", *args], cwd=self.dir,
+                                env=self.env(**env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def wait_until(self, stat: str, at_least: int, timeout: float = 60) -> None:
+        """Wait until the emulator's ``stats()[stat]`` reaches ``at_least``."""
+        deadline = time.monotonic() + timeout
+        while self.emu.stats()[stat] < at_least:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"emulator {stat} stayed below {at_least} for {timeout} s")
+            time.sleep(0.05)
 
     def subscribe(self, n: int, *, key: str | None = None, **fields: object) -> list[dict]:
         subs = self.emu.create_subscriptions(n, key or self.server_key)

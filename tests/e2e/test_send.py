@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 
 from sqlalchemy import select
 
@@ -159,14 +156,10 @@ def test_kill_9_mid_send_then_rerun_reaches_everyone_without_resending(e2e) -> N
     e2e.import_subs(subs)
     e2e.emu.add_fault("slow", rate=1.0, delay=0.05)
     campaign = e2e.campaign()
-    proc = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "-q",
-                             "--concurrency", "8"], cwd=e2e.dir, env=e2e.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < n // 3:
-        time.sleep(0.05)
+    proc = e2e.start("send", str(campaign), "-q", "--concurrency", "8")
+    e2e.wait_until("accepted", n // 3)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     recorded = {sid for sid, o in ledger(e2e.db).items() if o == "sent"}
     assert 0 < len(recorded) < n
     with Store.open(e2e.db) as store:
@@ -188,12 +181,8 @@ def test_ctrl_c_stops_cleanly_and_exits_130(e2e) -> None:
     e2e.import_subs(subs)
     e2e.emu.add_fault("slow", rate=1.0, delay=0.05)
     campaign = e2e.campaign()
-    proc = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "--json",
-                             "--concurrency", "4"], cwd=e2e.dir, env=e2e.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < 20:
-        time.sleep(0.05)
+    proc = e2e.start("send", str(campaign), "--json", "--concurrency", "4")
+    e2e.wait_until("accepted", 20)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
@@ -212,17 +201,13 @@ def test_second_send_of_same_campaign_is_refused_while_first_runs(e2e) -> None:
     e2e.import_subs(e2e.subscribe(100))
     e2e.emu.add_fault("slow", rate=1.0, delay=0.1)
     campaign = e2e.campaign()
-    first = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "-q",
-                              "--concurrency", "2"], cwd=e2e.dir, env=e2e.env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and e2e.emu.stats()["total_requests"] < 2:
-        time.sleep(0.05)
+    first = e2e.start("send", str(campaign), "-q", "--concurrency", "2")
+    e2e.wait_until("total_requests", 2)
     second = e2e.pushcli("send", str(campaign), "-q")
     assert second.returncode == 75
     assert "campaign:e2e is locked by pid" in second.stderr
     first.kill()
-    first.wait()
+    first.communicate()
     # the dead owner's lock does not block the next run
     e2e.emu.clear_faults()
     code, report = e2e.send(campaign)
@@ -235,13 +220,8 @@ def test_ctrl_c_with_worker_processes_counts_once_and_loses_nothing(e2e) -> None
     e2e.import_subs(subs)
     e2e.emu.add_fault("slow", rate=1.0, delay=0.02)
     campaign = e2e.campaign()
-    proc = subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "--json",
-                             "--workers", "2", "--concurrency", "8"], cwd=e2e.dir,
-                            env=e2e.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < 100:
-        time.sleep(0.05)
+    proc = e2e.start("send", str(campaign), "--json", "--workers", "2", "--concurrency", "8")
+    e2e.wait_until("accepted", 100)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

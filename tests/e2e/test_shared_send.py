@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 
 from pg import fresh_database
@@ -18,9 +16,7 @@ N = 20_000
 
 
 def _popen(e2e, db: str, campaign, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pushcli", "send", str(campaign), "--json",
-                             *args], cwd=e2e.dir, env=e2e.env(PUSHCLI_DB=db),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return e2e.start("send", str(campaign), "--json", *args, PUSHCLI_DB=db)
 
 
 def _received(e2e, subs) -> Counter:
@@ -67,12 +63,9 @@ def test_a_killed_senders_leased_work_is_finished_by_the_others(e2e, pg_admin) -
     campaign = e2e.campaign("killed")
     lease = ("--lease", "3", "--concurrency", "8")
     victim = _popen(e2e, db, campaign, *lease)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < 300:
-        time.sleep(0.05)
+    e2e.wait_until("accepted", 300)
     others = [_popen(e2e, db, campaign, *lease) for _ in range(2)]
-    while time.monotonic() < deadline and e2e.emu.stats()["accepted"] < 1500:
-        time.sleep(0.05)
+    e2e.wait_until("accepted", 1500)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     with Store.open(db) as store, store.engine.connect() as conn:
