@@ -9,6 +9,7 @@ the values both sides exchange live in ``messages``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import queue
@@ -49,11 +50,29 @@ class SendResult:
     interrupted: bool = False
 
 
-def audience_matcher(campaign: Campaign) -> Callable[[StoredSubscription], bool] | None:
+def audience_matcher(campaign: Campaign, to: str | None = None
+                     ) -> Callable[[StoredSubscription], bool] | None:
+    """The subscribers a send reaches: the campaign's audience, narrowed to ``--to``.
+
+    None means everyone, so callers can skip the per-row check (and count in SQL).
+    """
     aud = campaign.audience
-    if not (aud.tags or aud.exclude_tags or aud.where):
-        return None
-    return lambda s: aud.matches(s.subscription.tags, s.subscription.attributes)
+    targeted = bool(aud.tags or aud.exclude_tags or aud.where)
+    if to is None:
+        if not targeted:
+            return None
+        return lambda s: aud.matches(s.subscription.tags, s.subscription.attributes)
+    return lambda s: s.subscription.endpoint == to and (
+        not targeted or aud.matches(s.subscription.tags, s.subscription.attributes))
+
+
+def _audience(store: Store, campaign: Campaign,
+              to: str | None) -> Iterator[StoredSubscription]:
+    """Stream the active subscribers a send reaches."""
+    match = audience_matcher(campaign, to)
+    for s in store.iter_subscriptions(status="active"):
+        if match is None or match(s):
+            yield s
 
 
 def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
@@ -63,7 +82,6 @@ def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
     Returns the number of distinct payloads. A subscriber whose attributes
     cannot render raises RenderError naming the subscriber.
     """
-    match = audience_matcher(campaign)
     seen: set[Any] = set()
     if not renderer.placeholders and to is None:
         # Without placeholders a variant is a locale: render each one the store holds.
@@ -73,11 +91,7 @@ def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
                 renderer.render(locale, {})
                 seen.add(key)
         return len(seen)
-    for s in store.iter_subscriptions(status="active"):
-        if to is not None and s.subscription.endpoint != to:
-            continue
-        if match is not None and not match(s):
-            continue
+    for s in _audience(store, campaign, to):
         key = renderer.variant_key(s.subscription.locale, s.subscription.attributes)
         if key in seen:
             continue
@@ -110,11 +124,7 @@ class Plan:
     lease: float | None = None
 
     def wanted(self) -> Callable[[StoredSubscription], bool] | None:
-        match = audience_matcher(self.campaign)
-        if self.to is None:
-            return match
-        to = self.to
-        return lambda s: s.subscription.endpoint == to and (match is None or match(s))
+        return audience_matcher(self.campaign, self.to)
 
 
 def _owner() -> str:
@@ -233,14 +243,12 @@ def _enqueue_audience(store: Store, plan: Plan) -> None:
     """Queue every audience member without a ledger row (idempotent across senders)."""
     if plan.retry_failed:
         store.reset_failed_claims(plan.campaign_id)
-    match = plan.wanted()
     ids: list[int] = []
-    for s in store.iter_subscriptions(status="active", batch_size=5000):
-        if match is None or match(s):
-            ids.append(s.id)
-            if len(ids) >= 5000:
-                store.enqueue(plan.campaign_id, ids)
-                ids = []
+    for s in _audience(store, plan.campaign, plan.to):
+        ids.append(s.id)
+        if len(ids) >= 5000:
+            store.enqueue(plan.campaign_id, ids)
+            ids = []
     store.enqueue(plan.campaign_id, ids)
 
 
@@ -445,21 +453,12 @@ def _pending_count(store: Store, plan: Plan) -> int:
 def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[str],
                      limit: int | None = None, to: str | None = None) -> Counter[str]:
     """Audience per push service (``blocked`` for refused endpoints), for --dry-run."""
-    match = audience_matcher(campaign)
     counts: Counter[str] = Counter()
-    n = 0
-    for s in store.iter_subscriptions(status="active"):
-        if to is not None and s.subscription.endpoint != to:
-            continue
-        if match is not None and not match(s):
-            continue
+    for s in itertools.islice(_audience(store, campaign, to), limit):
         try:
             counts[check_endpoint(s.subscription.endpoint, allowed_hosts).service] += 1
         except EndpointRefused:
             counts["blocked"] += 1
-        n += 1
-        if limit is not None and n >= limit:
-            break
     return counts
 
 

@@ -650,18 +650,14 @@ class Store:
         ``partition=(i, k)`` keeps the subscribers with ``id % k == i``, so k
         sender processes split a campaign without ever sharing a subscriber.
         """
-        d = deliveries
         s = subscriptions
-        unresolved = _unresolved(retry_failed)
         part = [] if partition is None else [s.c.id % partition[1] == partition[0]]
         after = 0
         given = 0
         while True:
             stmt = (
-                select(*_SUB_COLUMNS)
-                .select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
-                                                 d.c.campaign_id == campaign_id)))
-                .where(s.c.id > after, s.c.status == "active", unresolved, *part)
+                _pending_query(select(*_SUB_COLUMNS), campaign_id, retry_failed)
+                .where(s.c.id > after, *part)
                 .order_by(s.c.id)
                 .limit(batch_size)
             )
@@ -683,14 +679,7 @@ class Store:
 
     def count_pending(self, campaign_id: int, *, retry_failed: bool = False) -> int:
         """How many active subscribers have no final outcome in this campaign (one query)."""
-        d, s = deliveries, subscriptions
-        unresolved = _unresolved(retry_failed)
-        stmt = (
-            select(func.count())
-            .select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
-                                             d.c.campaign_id == campaign_id)))
-            .where(s.c.status == "active", unresolved)
-        )
+        stmt = _pending_query(select(func.count()), campaign_id, retry_failed)
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -1015,6 +1004,17 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _pending_query(stmt: Any, campaign_id: int, retry_failed: bool) -> Any:
+    """Restrict ``stmt`` to the active subscribers who still need this campaign's message.
+
+    The one definition of "pending" that streaming and counting share.
+    """
+    d, s = deliveries, subscriptions
+    return (stmt.select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
+                                                 d.c.campaign_id == campaign_id)))
+            .where(s.c.status == "active", _unresolved(retry_failed)))
 
 
 def _unresolved(retry_failed: bool) -> Any:
