@@ -369,7 +369,14 @@ class Engine:
         async with self._flush_lock:
             if self._buffer:
                 batch, self._buffer = self._buffer, []
-                await asyncio.get_running_loop().run_in_executor(None, self.sink, batch)
+                written = asyncio.get_running_loop().run_in_executor(None, self.sink, batch)
+                try:
+                    await asyncio.shield(written)
+                except asyncio.CancelledError:
+                    # Shutting down mid-flush: the batch has left the buffer, so it must
+                    # still reach the ledger before we go (cancelling would drop it).
+                    await written
+                    raise
             if self.on_progress is not None:
                 self.on_progress(self.stats)
 
