@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # some subscribers failed / some records rejected / doctor found a problem
 EXIT_INPUT = 2  # invalid input: usage, file, campaign, key
+EXIT_STORE = 74  # EX_IOERR: the store could not be written; nothing lost, re-run to finish
 EXIT_BUSY = 75  # EX_TEMPFAIL: another run holds the lock
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
@@ -56,6 +57,16 @@ class KeyFileError(InputError):
 
 class PayloadTooLarge(InputError):
     """A rendered notification does not fit one aes128gcm record."""
+
+
+class StoreError(PushcliError):
+    """The store could not be read or written (disk full, read-only, database down).
+
+    The message is one line and never carries SQL parameters (endpoints, auth
+    secrets). Whatever was not written is still pending: re-running finishes it.
+    """
+
+    exit_code = EXIT_STORE
 
 
 class Busy(PushcliError):
