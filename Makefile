@@ -1,6 +1,6 @@
 # The two commands README promises: `make demo` (install + run the main job on the
 # embedded SQLite default) and `make test` (install everything + run the whole suite).
-.PHONY: install deps demo test lint bench
+.PHONY: install deps demo test lint bench wheel-check
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,6 +15,9 @@ deps:
 
 demo: install
 	$(VENV)/bin/pushcli demo
+
+wheel-check: deps
+	bash scripts/check-wheel.sh
 
 lint:
 	$(VENV)/bin/ruff check src tests bench stress
