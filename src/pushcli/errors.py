@@ -73,9 +73,3 @@ class Busy(PushcliError):
     """Another process holds the lock we need."""
 
     exit_code = EXIT_BUSY
-
-
-class Interrupted(PushcliError):
-    """The user pressed Ctrl-C; partial work is recorded."""
-
-    exit_code = EXIT_INTERRUPTED
