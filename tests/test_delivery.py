@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pushcli.engine import Engine, GuardedResolver, PrivateAddress, encrypt
 from pushcli.keys import VapidSigner, generate_keys, load_private_key
 from pushcli.messages import DeliveryOptions, Job
-from pushcli.pushservices import Outcome, classify, parse_retry_after
+from pushcli.pushservices import Fault, Outcome, classify, fcm_wp_endpoint, parse_retry_after
 
 
 def test_encrypt_is_rfc8291_aes128gcm_with_fresh_keys() -> None:
@@ -54,6 +54,48 @@ def test_classify(status: int, headers: dict, outcome: Outcome | None) -> None:
 def test_wns_reason_comes_from_header() -> None:
     v = classify(400, {"X-WNS-ERROR-DESCRIPTION": "Invalid channel"}, b"")
     assert v.outcome is Outcome.REJECTED and v.reason == "HTTP 400: Invalid channel"
+
+
+@pytest.mark.parametrize("status,headers,body,fault", [
+    # Apple's JSON reason
+    (400, {}, b'{"reason":"BadDeviceToken"}', Fault.SUBSCRIBER),
+    (410, {}, b'{"reason":"ExpiredSubscription"}', Fault.SUBSCRIBER),
+    (400, {}, b'{"reason":"BadWebPushTopic"}', Fault.SENDER),
+    (400, {}, b'{"reason":"BadTtl"}', Fault.SENDER),
+    (400, {}, b'{"reason":"BadUrgency"}', Fault.SENDER),
+    (413, {}, b'{"reason":"PayloadTooLarge"}', Fault.SENDER),
+    (403, {}, b'{"reason":"BadJwtToken"}', Fault.SENDER),
+    (403, {}, b'{"reason":"BadVapidPublicKey"}', Fault.SENDER),
+    # Mozilla autopush errno
+    (404, {}, b'{"code":404,"errno":102,"error":"Not Found"}', Fault.SUBSCRIBER),
+    (410, {}, b'{"code":410,"errno":106}', Fault.SUBSCRIBER),
+    (413, {}, b'{"code":413,"errno":104}', Fault.SENDER),
+    (400, {}, b'{"code":400,"errno":110}', Fault.SENDER),
+    (400, {}, b'{"code":400,"errno":111}', Fault.SENDER),
+    (400, {}, b'{"code":400,"errno":113}', Fault.SENDER),
+    (401, {}, b'{"code":401,"errno":109}', Fault.SENDER),
+    # WNS: the reason only in a header
+    (400, {"X-WNS-ERROR-DESCRIPTION": "The channel URI is not valid"}, b"", Fault.SUBSCRIBER),
+    (400, {"X-WNS-ERROR-DESCRIPTION": "Invalid header X-WNS-Type"}, b"", Fault.SENDER),
+    # nothing named: the status decides, and a bare 400/413 is nobody's for sure
+    (400, {}, b"", Fault.UNKNOWN), (413, {}, b"too big", Fault.UNKNOWN),
+    (400, {}, b"{not json", Fault.UNKNOWN),
+    (503, {}, b"", Fault.SERVICE), (401, {}, b"", Fault.SENDER), (404, {}, b"", Fault.SUBSCRIBER),
+])
+def test_classify_says_whose_fault_from_each_services_reason(
+        status: int, headers: dict, body: bytes, fault: Fault) -> None:
+    assert classify(status, headers, body).fault is fault
+
+
+def test_fcm_wrong_path_404_is_not_an_expiry() -> None:
+    body = (b"A valid push subscription endpoint should be specified in the URL as such: "
+            b"https://fcm.googleapis.com/wp/abc")
+    v = classify(404, {}, body)
+    assert v.wrong_path and v.outcome is Outcome.REJECTED and v.fault is Fault.SENDER
+    assert not classify(404, {}, b"").wrong_path  # a plain 404 stays an expiry
+    assert fcm_wp_endpoint("https://fcm.googleapis.com/fcm/send/abc:APA91b") == \
+        "https://fcm.googleapis.com/wp/abc:APA91b"
+    assert fcm_wp_endpoint("https://fcm.googleapis.com/wp/abc") is None
 
 
 def test_retry_after_seconds_and_http_date() -> None:

@@ -13,7 +13,7 @@ from conftest import real_subscription
 from pg import fresh_database
 
 from pushcli.errors import Busy
-from pushcli.pushservices import Outcome
+from pushcli.pushservices import Fault, Outcome
 from pushcli.store import SCHEMA_VERSION, DeliveryRecord, Store, locks
 from pushcli.subscriptions import make_subscription
 
@@ -139,11 +139,110 @@ def test_prune_candidates_and_ledger_survives_delete(st: Store) -> None:
     # ids[2]: last two are failed+sent -> kept; ids[5] has only one campaign -> kept
     assert st.prunable(failed_campaigns=2) == [ids[0], ids[1]]
     assert st.prunable(failed_campaigns=1) == [ids[0], ids[1], ids[5]]
-    assert st.delete_subscriptions([ids[0], ids[1]]) == 2
+    assert st.delete_subscriptions(st.prune_candidates(failed_campaigns=2)) == 2
     assert st.count(status="all") == 4
     c0 = st.get_campaign("c0")
     assert sum(st.outcome_counts(c0.id)["fcm"].values()) == 6
     assert {r["endpoint"] is None for r in st.delivery_rows(c0.id)} == {True, False}
+
+
+def _two_campaigns(st: Store, answers: dict[int, tuple[Outcome, int | None, Fault | None]],
+                   service: str = "apple") -> None:
+    for n in range(2):
+        c = st.start_campaign(f"c{n}", {})
+        st.record(c.id, [DeliveryRecord(sid, o, service, code, "x", fault=f)
+                         for sid, (o, code, f) in answers.items()])
+
+
+def test_prune_never_counts_held_back_auth_or_the_senders_rejections(st: Store) -> None:
+    """Issue 10 #1: wrong key / campaign-wide BadWebPushTopic twice must delete nobody."""
+    load(st, subs(10))
+    ids = [s.id for s in st.iter_subscriptions()]
+    answers = {i: (Outcome.AUTH, 403, Fault.SENDER) for i in ids[:3]}
+    answers.update({i: (Outcome.FAILED, None, Fault.HELD) for i in ids[3:6]})
+    answers.update({i: (Outcome.REJECTED, 400, Fault.SENDER) for i in ids[6:]})
+    _two_campaigns(st, answers)
+    assert st.prunable(failed_campaigns=2) == []
+    assert st.prunable(failed_campaigns=1) == []
+
+
+def test_prune_counts_an_unnamed_400_only_when_it_did_not_hit_most_recipients(st: Store) -> None:
+    load(st, subs(10))
+    ids = [s.id for s in st.iter_subscriptions()]
+    # the same unexplained 400 to 6 of 10 Apple recipients: the campaign's problem
+    _two_campaigns(st, {i: ((Outcome.REJECTED, 400, Fault.UNKNOWN) if k < 6 else
+                            (Outcome.SENT, 201, None)) for k, i in enumerate(ids)})
+    assert st.prunable(failed_campaigns=2) == []
+
+
+def test_prune_counts_answers_about_the_subscriber(st: Store) -> None:
+    load(st, subs(10))
+    ids = [s.id for s in st.iter_subscriptions()]
+    answers = {i: (Outcome.SENT, 201, None) for i in ids}
+    answers[ids[0]] = (Outcome.REJECTED, 400, Fault.UNKNOWN)  # 1 in 10: about this one
+    answers[ids[1]] = (Outcome.FAILED, 503, Fault.SERVICE)  # its own 5xx after all retries
+    _two_campaigns(st, answers)
+    assert st.prunable(failed_campaigns=2) == [ids[0], ids[1]]
+
+
+def test_prune_counts_a_reason_naming_the_subscription_even_campaign_wide(st: Store) -> None:
+    load(st, subs(4))
+    ids = [s.id for s in st.iter_subscriptions()]
+    _two_campaigns(st, {i: (Outcome.REJECTED, 400, Fault.SUBSCRIBER) for i in ids})
+    assert st.prunable(failed_campaigns=2) == ids
+
+
+def test_prune_delete_spares_a_subscriber_changed_after_selection(st: Store) -> None:
+    """Issue 10 #10: the DELETE re-checks; an import between select and delete wins."""
+    batch = subs(4)
+    load(st, batch)
+    ids = [s.id for s in st.iter_subscriptions()]
+    c = st.start_campaign("c", {})
+    st.record(c.id, [DeliveryRecord(ids[0], Outcome.EXPIRED, "fcm", 410),
+                     DeliveryRecord(ids[1], Outcome.EXPIRED, "fcm", 410),
+                     DeliveryRecord(ids[2], Outcome.REJECTED, "fcm", 400, fault=Fault.SUBSCRIBER),
+                     DeliveryRecord(ids[3], Outcome.SENT, "fcm", 201)])
+    selected = st.prune_candidates(failed_campaigns=1)
+    assert [p.id for p in selected] == ids[:3]
+    time.sleep(0.01)  # updated_at must differ from the selected one (wall-clock seconds)
+    load(st, [batch[1]])  # the user subscribed again: reactivated
+    load(st, [make_subscription(real_subscription(batch[2].endpoint))])  # new keys
+    assert st.delete_subscriptions(selected) == 1
+    assert [s.id for s in st.iter_subscriptions(status="all")] == ids[1:]
+    assert st.find_by_endpoint(batch[1].endpoint).status == "active"
+
+
+def test_retry_failed_sends_blocked_again(st: Store) -> None:
+    load(st, subs(3))
+    ids = [s.id for s in st.iter_subscriptions()]
+    c = st.start_campaign("b", {})
+    st.record(c.id, [DeliveryRecord(ids[0], Outcome.BLOCKED, "blocked", attempts=0),
+                     DeliveryRecord(ids[1], Outcome.SENT, "fcm", 201),
+                     DeliveryRecord(ids[2], Outcome.AUTH, "fcm", 403)])
+    assert st.count_pending(c.id) == 0
+    assert [s.id for b in st.pending(c.id, retry_failed=True) for s in b] == [ids[0]]
+    st.enqueue(c.id, ids)  # the shared-send path too
+    st.reset_failed_claims(c.id)
+    assert [s.id for s in st.claim(c.id, "me", size=10, lease=60, retry_failed=True)] == [ids[0]]
+
+
+def test_an_endpoint_moved_to_fcm_wp_form_is_kept_unless_taken(st: Store) -> None:
+    old = "https://fcm.googleapis.com/fcm/send/tok1"
+    load(st, [make_subscription(real_subscription(old)),
+              make_subscription(real_subscription("https://fcm.googleapis.com/fcm/send/tok2")),
+              make_subscription(real_subscription("https://fcm.googleapis.com/wp/tok2"))])
+    a, b, _ = [s.id for s in st.iter_subscriptions()]
+    c = st.start_campaign("m", {})
+    st.record(c.id, [
+        DeliveryRecord(a, Outcome.SENT, "fcm", 201,
+                       moved=(old, "https://fcm.googleapis.com/wp/tok1")),
+        DeliveryRecord(b, Outcome.SENT, "fcm", 201,  # the /wp/ form is another row already
+                       moved=("https://fcm.googleapis.com/fcm/send/tok2",
+                              "https://fcm.googleapis.com/wp/tok2")),
+    ])
+    assert st.find_by_endpoint("https://fcm.googleapis.com/wp/tok1").id == a
+    assert st.find_by_endpoint("https://fcm.googleapis.com/fcm/send/tok2").id == b
+    assert st.outcome_counts(c.id) == {"fcm": {"sent": 2}}
 
 
 def test_locks_are_exclusive_blocking_and_recover_from_dead_owners(st: Store) -> None:
@@ -215,7 +314,7 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
     for table in metadata.sorted_tables:
         cols = [sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
                           server_default=c.server_default.arg if c.server_default else None)
-                for c in table.columns if c.name not in ("lease_owner", "lease_until")]
+                for c in table.columns if c.name not in ("lease_owner", "lease_until", "fault")]
         sa.Table(table.name, v1, *cols)
     with engine.begin() as conn:
         v1.create_all(conn)
@@ -225,13 +324,19 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
         conn.execute(v1.tables["deliveries"].insert().values(
             campaign_id=old, subscription_id=7, outcome="sent", service="fcm", attempts=1,
             ambiguous=0, updated_at=1.0))
+        # held back by an auth stop before v3 knew the difference: plain "failed"
+        conn.execute(v1.tables["deliveries"].insert().values(
+            campaign_id=old, subscription_id=8, outcome="failed", service="fcm", attempts=1,
+            ambiguous=0, updated_at=1.0, reason="not sent: fcm answered 401/403 to 20 requests"))
     engine.dispose()
     with Store.open(backend) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 2
-        assert st.outcome_counts(st.get_campaign("old").id) == {"fcm": {"sent": 1}}
+        assert st.schema_version() == SCHEMA_VERSION == 3
+        assert st.outcome_counts(st.get_campaign("old").id) == {"fcm": {"sent": 1, "failed": 1}}
         with st.engine.connect() as conn:
-            row = conn.execute(sa.select(deliveries.c.lease_owner, deliveries.c.lease_until)).one()
-        assert tuple(row) == (None, None)
+            rows = conn.execute(sa.select(deliveries.c.subscription_id, deliveries.c.lease_owner,
+                                          deliveries.c.lease_until, deliveries.c.fault)
+                                .order_by(deliveries.c.subscription_id)).all()
+        assert [tuple(r) for r in rows] == [(7, None, None, None), (8, None, None, "held")]
         load(st, subs(3))
         c = st.start_campaign("new", {})
         st.enqueue(c.id, [s.id for s in st.iter_subscriptions()])

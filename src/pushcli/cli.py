@@ -3,33 +3,62 @@ result (rich tables, or one JSON document with --json), map errors to exit codes
 
 Exit codes (the same for every command):
   0 ok; 1 partial failure (rejected records, failed deliveries, doctor problems);
-  2 invalid input or usage; 75 busy (another run holds the lock); 130 interrupted.
+  2 invalid input or usage; 74 the store could not be written (nothing lost, re-run);
+  75 busy (another run holds the lock); 130 interrupted.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
-import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.exc import DBAPIError
 
 from pushcli import __version__
 from pushcli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError
-from pushcli.store import DB_ENV, DEFAULT_DB, Store
+from pushcli.store import DB_ENV, DEFAULT_DB, Store, store_error
+
+if TYPE_CHECKING:
+    from pushcli.campaign import Campaign
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok, 1 partial failure, 2 invalid input, 75 busy (locked), 130 interrupted."
+    "Exit codes: 0 ok, 1 partial failure, 2 invalid input, 74 store not writable, "
+    "75 busy (locked), 130 interrupted."
 )
+
+def _flags_take_no_value() -> None:
+    """Keep rich help from printing ``<bool>`` after flags such as ``--dry-run``.
+
+    Typer 0.29's rich help shows every option's type, flags included, which
+    reads as if ``--dry-run`` wanted a value (``--dry-run true``). A flag takes
+    none, so it gets no type column; every other option keeps its own.
+    """
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if option is None or shown is None or getattr(shown, "_pushcli_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._pushcli_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
 
 app = typer.Typer(
     name="pushcli",
@@ -56,6 +85,13 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
+class OnUncertain(enum.StrEnum):
+    """``send --on-uncertain``: what to do with subscribers an earlier run left in flight."""
+
+    resend = "resend"
+    skip = "skip"
+
+
 class _State:
     db: str | None = None
 
@@ -80,6 +116,9 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except PushcliError as exc:
             fail(str(exc), exc.exit_code)
+        except DBAPIError as exc:  # a database call past the store boundary: same one line
+            error = store_error(exc, None)
+            fail(str(error), error.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -265,23 +304,43 @@ def subscribers_export(
         "-o", "--output", help="Write to this file (0600) instead of standard output.")] = None,
 ) -> None:
     """Export subscribers in the import format (round-trips with import)."""
+    from pushcli.errors import InputError
+    from pushcli.files import private_file
     from pushcli.subscriptions import detect_format, write_csv, write_json
 
     f = detect_format("-", fmt)
+    skipped = 0
+
+    def usable(rows: Any) -> Any:
+        """The subscriptions to export; a malformed row (written into the table
+        directly) is skipped with one line on stderr, and export exits 1."""
+        nonlocal skipped
+        for s in rows:
+            if s.problem is None:
+                yield s.subscription
+                continue
+            skipped += 1
+            print(f"skipped subscriber {s.id}: {s.problem}", file=sys.stderr)
+
     with open_store(create=False) as store:
-        subs = (s.subscription for s in store.iter_subscriptions(status=status))
-        if output is not None:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        subs = usable(store.iter_subscriptions(status=status))
+
+        def write(fh: Any) -> int:
+            return write_csv(subs, fh) if f == "csv" else write_json(subs, fh, ndjson=f == "ndjson")
+
+        if output is None:
+            n = write(sys.stdout)
         else:
-            fh = sys.stdout
-        try:
-            n = write_csv(subs, fh) if f == "csv" else write_json(subs, fh, ndjson=f == "ndjson")
-        finally:
-            if output is not None:
-                fh.close()
+            try:
+                with private_file(output) as fh:  # 0600, exclusive temp file, atomic
+                    n = write(fh)
+            except OSError as exc:
+                raise InputError(f"cannot write: {exc.strerror or exc}", file=str(output)
+                                 ) from None
     if output is not None:
         print(f"exported {n} subscribers to {output}", file=sys.stderr)
+    if skipped:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 # --- send ----------------------------------------------------------------------------------
@@ -305,6 +364,10 @@ def send(
     to: Annotated[str | None, typer.Option(help="Send only to this endpoint.")] = None,
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Also retry subscribers whose last attempt failed.")] = False,
+    on_uncertain: Annotated[OnUncertain | None, typer.Option(
+        "--on-uncertain", help="Subscribers an earlier run left in flight (may have the "
+        "message): resend (counted as possible_duplicates) or skip (recorded uncertain). "
+        "Overrides delivery.on_uncertain.")] = None,
     concurrency: Annotated[int | None, typer.Option(
         help="Requests in flight (overrides delivery.concurrency).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
@@ -331,8 +394,8 @@ def send(
     """
     from pushcli.campaign import Renderer, load_campaign
     from pushcli.delivery import DeliveryOptions, count_by_service, send_campaign
-    from pushcli.keys import VapidSigner, load_private_key
-    from pushcli.pushservices import allowed_hosts_from_env
+    from pushcli.keys import resolve_vapid
+    from pushcli.pushservices import KNOWN_SERVICES, allowed_hosts_from_env, topic_problem
     from pushcli.report import build_report, exit_code_for, summary_tables, write_report_files
 
     if limit is not None and limit < 1:
@@ -347,16 +410,20 @@ def send(
         fail("--lease must be between 1 and 3600 seconds")
     campaign = load_campaign(campaign_file)
     allowed = allowed_hosts_from_env(allow_host or ())
-    key_path = key or (Path(campaign.vapid.private_key) if campaign.vapid.private_key
-                       else Path("vapid_private.pem"))
-    subj = subject or campaign.vapid.subject
+    # From here to the fork, --dry-run and send refuse the same things in the same order.
+    signer = resolve_vapid(campaign, key, subject)
     with open_store() as store:
+        if to is not None and store.find_by_endpoint(to) is None:
+            # The endpoint itself is never printed: its path is a bearer token.
+            fail("--to: no subscriber with this endpoint in the store (import it first)")
         if dry_run:
             renderer = Renderer(campaign)
             from pushcli.delivery import validate_variants
 
             variants = validate_variants(store, campaign, renderer, to=to)
-            services = count_by_service(store, campaign, allowed, limit=limit, to=to)
+            services = count_by_service(store, campaign, allowed, limit=limit, to=to,
+                                        renderer=renderer)
+            _refuse_topic(campaign, services)
             try:  # a subscriber without attributes; templates with defaults still render
                 sample: bytes | None = renderer.render(None, {})
             except PushcliError:
@@ -375,16 +442,30 @@ def send(
                 if sample:
                     out.print(f"Sample payload ({len(sample)} bytes):")
                     out.print_json(sample.decode())
+            if not doc["audience"] and not quiet:
+                print(_EMPTY_AUDIENCE, file=sys.stderr)
+            blocked = services.get("blocked", 0)
+            rejected = services.get("rejected", 0)
+            if rejected:  # malformed rows, duplicate endpoints, attributes that do not render
+                print(f"{rejected:,} of {doc['audience']:,} subscribers would be rejected "
+                      "without being contacted (see: pushcli doctor)", file=sys.stderr)
+            if blocked:  # a send would record them `blocked` and exit 1: so does the dry run
+                print(f"{blocked:,} of {doc['audience']:,} subscribers would be blocked by the "
+                      "endpoint policy (see: pushcli doctor; --allow-host)", file=sys.stderr)
+            if blocked or rejected:
+                raise typer.Exit(EXIT_PARTIAL)
             return
-        if not subj:
-            fail(f"{campaign_file}: vapid.subject: no VAPID subject (set vapid.subject, "
-                 "--subject or PUSHCLI_VAPID_SUBJECT)")
-        signer = VapidSigner(load_private_key(key_path), subj)
+        if campaign.delivery.topic and any(
+                topic_problem(svc, campaign.delivery.topic) for svc in KNOWN_SERVICES):
+            _refuse_topic(campaign, count_by_service(store, campaign, allowed, limit=limit,
+                                                     to=to))
         options = DeliveryOptions(
             ttl=campaign.delivery.ttl, urgency=campaign.delivery.urgency,
             topic=campaign.delivery.topic,
             concurrency=concurrency or campaign.delivery.concurrency,
             rate_limit=campaign.delivery.rate_limit, timeout=timeout,
+            on_uncertain=(on_uncertain.value if on_uncertain is not None
+                          else campaign.delivery.on_uncertain),
         )
         progress = _Progress(quiet, campaign.name)
         try:
@@ -402,6 +483,8 @@ def send(
         doc = build_report(store, campaign.name, run=run)
         if report:
             write_report_files(store, doc, report)
+    if not doc["total"] and not stats.total and not quiet:
+        print(_EMPTY_AUDIENCE, file=sys.stderr)
     if as_json:
         emit_json(doc)
     elif not quiet:
@@ -412,6 +495,28 @@ def send(
     if result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(exit_code_for(doc))
+
+
+_EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign "
+                   "(nothing sent; exit 0)")
+
+
+def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
+    """Refuse a ``delivery.topic`` that a push service in the audience rejects outright.
+
+    ``services`` counts the audience per push service; one Apple subscriber is
+    enough, since Apple would reject the topic for every one of them.
+    """
+    from pushcli.campaign import field_line
+    from pushcli.errors import InputError
+    from pushcli.pushservices import topic_problem
+
+    for svc, n in sorted(services.items()):
+        problem = topic_problem(svc, campaign.delivery.topic) if n else None
+        if problem:
+            raise InputError(f"{problem} ({n:,} subscribers at {svc} in the audience)",
+                             file=campaign.source, line=field_line(campaign, "delivery.topic"),
+                             field="delivery.topic")
 
 
 class _Progress:
@@ -498,21 +603,30 @@ def campaigns_list(
         docs = [build_report(store, c.name) for c in store.list_campaigns()]
     rows = [{k: d[k] for k in ("campaign", "status", "runs", "started_at", "finished_at",
                                 "total", "sent", "expired", "rejected", "auth", "blocked",
-                                "failed")} for d in docs]
+                                "failed", "pending")} for d in docs]
     if as_json:
         emit_json(rows)
+        return
+    columns = ("campaign", "status", "started", "finished", "total", "sent", "expired",
+               "failed", "other", "pending")
+    cells = [[r["campaign"], r["status"], _ts(r["started_at"]), _ts(r["finished_at"]),
+              r["total"], r["sent"], r["expired"], r["failed"],
+              r["rejected"] + r["auth"] + r["blocked"], r["pending"]] for r in rows]
+    if not out.is_terminal:
+        # Cron logs and pipes: whole values, one tab-separated line per campaign; a rich
+        # table would be cut to 80 columns there (`campa…`, `2026-…`).
+        for line in [list(columns), *cells]:
+            print("\t".join(str(c) for c in line))
         return
     from rich.table import Table
 
     table = Table(title="Campaigns", title_justify="left")
-    for col in ("campaign", "status", "started", "finished", "total", "sent", "expired",
-                "failed", "other"):
-        table.add_column(col, justify="right" if col in (
-            "total", "sent", "expired", "failed", "other") else "left")
-    for r in rows:
-        table.add_row(r["campaign"], r["status"], _ts(r["started_at"]), _ts(r["finished_at"]),
-                      f"{r['total']:,}", f"{r['sent']:,}", f"{r['expired']:,}",
-                      f"{r['failed']:,}", f"{r['rejected'] + r['auth'] + r['blocked']:,}")
+    for col in columns:
+        table.add_column(col, justify="left" if col in (
+            "campaign", "status", "started", "finished") else "right",
+                         overflow="fold")
+    for c in cells:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in c))
     out.print(table)
 
 
@@ -526,7 +640,8 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")
                        ] = False,
     failed_campaigns: Annotated[int | None, typer.Option(
-        help="Also prune subscribers whose last N campaigns all failed or were rejected.")
+        help="Also prune subscribers whose last N campaigns each ended with an answer about "
+             "that subscriber (see README).")
     ] = None,
     wait: Annotated[float, typer.Option(
         help="Seconds to wait for running sends before giving up (exit 75).")] = 30.0,
@@ -548,8 +663,9 @@ def prune(
         else:
             lock = store.acquire_lock("prune", wait=prune_wait, blocked_by=("campaign:",))
             try:
-                ids = store.prunable(failed_campaigns=failed_campaigns)
-                deleted = store.delete_subscriptions(ids)
+                candidates = store.prune_candidates(failed_campaigns=failed_campaigns)
+                ids = [c.id for c in candidates]
+                deleted = store.delete_subscriptions(candidates)
             finally:
                 lock.release()
     if as_json:
@@ -705,6 +821,16 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    # Outside a command's handle_errors (option callbacks, typer's own
+    # plumbing): still one line and the documented code, never a traceback
+    # that could quote an endpoint or an auth secret.
+    except PushcliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except DBAPIError as exc:
+        error = store_error(exc, None)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
 
 
 __all__ = ["app", "main"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from pushcli.campaign import load_campaign
 from pushcli.delivery import DeliveryOptions, Stats, send_campaign
+from pushcli.files import private_file
 from pushcli.keys import VapidSigner, generate_keys, load_private_key
 from pushcli.report import build_report
 from pushcli.store import Store
@@ -85,8 +86,7 @@ def run_demo(
             sub["tags"] = ["news"] + (["vip"] if i % 10 == 0 else [])
             sub["locale"] = "fr-FR" if i % 4 == 0 else "en-US"
         subs_file = folder / "subscriptions.ndjson"
-        fd = os.open(subs_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # auth secrets
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with private_file(subs_file) as fh:  # 0600: auth secrets
             for sub in subs:
                 fh.write(json.dumps(sub) + "\n")
         on_step(f"{subscribers:,} emulated browsers subscribed; written to {subs_file.name}")
@@ -130,8 +130,7 @@ def run_demo(
             on_step("Sending campaign demo-sale ...")
             second = send("demo-sale", "Spring sale starts now", "Les soldes commencent",
                           "Up to 30% off until Sunday", "sale")
-            ids = store.prunable()
-            pruned = store.delete_subscriptions(ids)
+            pruned = store.delete_subscriptions(store.prune_candidates())
             on_step(f"Pruned {pruned:,} expired subscriptions")
             remaining = store.count(status="all")
             received = emu.stats()["accepted"]

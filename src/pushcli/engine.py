@@ -15,7 +15,9 @@ import socket
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import http_ece
@@ -23,12 +25,30 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pushcli.errors import StoreError
 from pushcli.keys import VapidSigner
 from pushcli.messages import DeliveryOptions, Job, Stats
-from pushcli.pushservices import Outcome, address_allowed, classify
+from pushcli.pushservices import Fault, Outcome, address_allowed, classify, fcm_wp_endpoint
 from pushcli.store import DeliveryRecord
 
 _CURVE = ec.SECP256R1()
+
+UNCERTAIN_REASON = ("in flight when an earlier run stopped without recording it; may have "
+                    "arrived; not resent (on_uncertain: skip)")
+
+
+class _LedgerGaveUp(StoreError):
+    """The ledger stayed unwritable past the retry budget: the send stops (exit 74)."""
+
+
+def _why(exc: BaseException) -> str:
+    """One line for a failed ledger write; never SQL parameters (endpoints, auth secrets)."""
+    if isinstance(exc, StoreError):
+        text = str(exc)
+    else:
+        orig = getattr(exc, "orig", None)  # SQLAlchemy DBAPIError: the driver's own words
+        text = str(orig) if orig is not None else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:300]
 
 
 class _HostState:
@@ -124,8 +144,19 @@ class Engine:
         stats: Stats | None = None,
         rng: random.Random | None = None,
         allowed_hosts: frozenset[str] = frozenset(),
+        intent: Callable[[list[Job]], None] | None = None,
+        release: Callable[[list[int]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``intent`` commits a chunk of jobs as in flight before any of them is posted;
+        ``release`` returns in-flight ids whose request never started (graceful stop).
+        ``clock``/``sleep`` pace the ledger-write retries (tests pass fakes)."""
         self.signer = signer
+        self.intent = intent
+        self.release = release
+        self._clock = clock
+        self._sleep = sleep
         self.allowed_hosts = allowed_hosts
         self.options = options
         self.sink = sink
@@ -139,17 +170,22 @@ class Engine:
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._stopping = False
-        self._delayed: set[asyncio.TimerHandle] = set()
+        self._delayed: dict[asyncio.TimerHandle, Job] = {}
         self._flush_lock = asyncio.Lock()
         self._flush_now = asyncio.Event()
+        self._unsent: list[int] = []  # in flight in the ledger, never posted: released at the end
+        self._ledger_ok = asyncio.Event()  # cleared while ledger writes fail: start nothing new
+        self._ledger_ok.set()
+        self._ledger_error: StoreError | None = None
 
     # --- public ---------------------------------------------------------------------
 
     def stop(self) -> None:
         """Stop taking new work; in-flight requests finish, delayed retries are dropped."""
         self._stopping = True
-        for handle in self._delayed:
+        for handle, job in self._delayed.items():
             handle.cancel()
+            self._note_unsent(job)
         self._outstanding -= len(self._delayed)
         self._delayed.clear()
         if self._outstanding <= 0:
@@ -187,32 +223,80 @@ class Engine:
                 for _ in workers:
                     self._queue.put_nowait(None)
                 await asyncio.gather(*workers, return_exceptions=True)
+                while not self._queue.empty():  # aborted: jobs no worker took never went out
+                    left = self._queue.get_nowait()
+                    if left is not None:
+                        self._note_unsent(left)
                 flusher.cancel()
                 await asyncio.gather(flusher, return_exceptions=True)
-                await self._flush()
+                await self._final_writes()
         self.stats.signatures = self.signer.signatures
+        if self._ledger_error is not None:
+            raise self._ledger_error
         return self.stats
 
     # --- feeding --------------------------------------------------------------------
 
     async def _feed(self, batches: Iterator[list[Job]]) -> None:
+        """Queue jobs chunk by chunk, each chunk committed as in flight (intent) first.
+
+        The next batch loads in a thread while this one sends, and each chunk's
+        intent is written while the previous chunk is being posted, so the intent
+        log costs a write per chunk but no waiting. Only about two chunks plus the
+        requests in flight are ever marked in flight at once: what a crash leaves
+        uncertain.
+        """
         loop = asyncio.get_running_loop()
         sentinel: list[Job] = []
-        high_water = self.options.concurrency * 8
-        while not self._stopping:
-            batch = await loop.run_in_executor(None, next, batches, sentinel)
-            if batch is sentinel:
-                return
-            for job in batch:
-                if self._stopping:
+        chunk = max(2 * self.options.concurrency, 32)
+        skip = self.options.on_uncertain == "skip"
+        upcoming = loop.run_in_executor(None, next, batches, sentinel)
+        try:
+            while not self._stopping:
+                batch = await upcoming
+                if batch is sentinel:
                     return
-                self._outstanding += 1
-                if job.blocked is not None:
-                    self._finish(job, Outcome.BLOCKED, job.blocked, None)
-                else:
-                    self._queue.put_nowait(job)
-            while self._queue.qsize() > high_water and not self._stopping:
-                await asyncio.sleep(0.005)
+                upcoming = loop.run_in_executor(None, next, batches, sentinel)
+                ready: list[Job] = []
+                for job in batch:
+                    if job.blocked is not None:
+                        self._outstanding += 1
+                        self._finish(job, Outcome.BLOCKED, job.blocked, None)
+                    elif job.rejected is not None:
+                        self._outstanding += 1
+                        self._finish(job, Outcome.REJECTED, job.rejected, None,
+                                     job.rejected_fault)
+                    elif job.uncertain and skip:
+                        self._outstanding += 1
+                        self._finish(job, Outcome.UNCERTAIN, UNCERTAIN_REASON, None)
+                    else:
+                        # resent after an earlier run may have delivered it: a possible
+                        # duplicate, counted in the ledger like an ambiguous retry
+                        job.ambiguous = job.ambiguous or job.uncertain
+                        ready.append(job)
+                for i in range(0, len(ready), chunk):
+                    while self._queue.qsize() > chunk and not self._stopping:
+                        await asyncio.sleep(0.005)
+                    if not self._ledger_ok.is_set():
+                        await self._ledger_ok.wait()  # the ledger is failing: queue nothing
+                    if self._stopping:
+                        return
+                    part = ready[i:i + chunk]
+                    if self.intent is not None:
+                        try:
+                            await self._ledger_write(self.intent, part)
+                        except StoreError as exc:
+                            self._give_up(exc)
+                            return
+                    if self._stopping:
+                        for job in part:
+                            self._note_unsent(job)
+                        return
+                    self._outstanding += len(part)
+                    for job in part:
+                        self._queue.put_nowait(job)
+        finally:
+            upcoming.cancel()  # a batch loaded ahead and not fed is simply not sent
 
     # --- workers --------------------------------------------------------------------
 
@@ -221,16 +305,20 @@ class Engine:
             job = await self._queue.get()
             if job is None:
                 return
+            if not self._ledger_ok.is_set():
+                await self._ledger_ok.wait()  # start no request while outcomes cannot be written
             try:
                 await self._attempt(job)
             except Exception as exc:  # noqa: BLE001 - one bad job must not kill the run
                 self._finish(job, Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}",
-                             job.last_status)
+                             job.last_status, Fault.SENDER)
 
     async def _attempt(self, job: Job) -> None:
         host = self._hosts[job.origin]
         if host.stopped:
-            self._finish(job, Outcome.FAILED, host.stopped, job.last_status)
+            # Held back, never asked: ``failed`` so --retry-failed sends it, marked
+            # ``held`` so prune never counts it against the subscriber.
+            self._finish(job, Outcome.FAILED, host.stopped, job.last_status, Fault.HELD)
             return
         if self._stopping:
             self._drop(job)
@@ -262,7 +350,7 @@ class Engine:
                 resp_headers = resp.headers
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, PrivateAddress):
-                self._finish(job, Outcome.BLOCKED, str(exc.os_error), None)
+                self._finish(job, Outcome.BLOCKED, str(exc.os_error), None, Fault.SENDER)
             else:
                 self._transport_error(job, host, exc, False)
             return
@@ -277,6 +365,16 @@ class Engine:
         if verdict.outcome is None:
             self._retry(job, host, verdict.reason, verdict.retry_after)
             return
+        if verdict.wrong_path:
+            wp = fcm_wp_endpoint(job.url) if job.moved_from is None else None
+            if wp is not None:
+                # FCM's "use /wp/<token>" 404 is not an expiry: resend once to that form
+                # at once (same origin, so the same VAPID token).
+                job.moved_from, job.url = job.url, wp
+                self._later(job, 0.0)
+                return
+            if job.moved_from is not None:  # the /wp/ form answered 404 too: gone
+                verdict = replace(verdict, outcome=Outcome.EXPIRED, fault=Fault.SUBSCRIBER)
         if verdict.outcome is Outcome.AUTH:
             host.auth_failures += 1
             if host.auth_failures >= self.options.auth_failure_limit and not host.stopped:
@@ -287,7 +385,7 @@ class Engine:
                 )
         else:
             host.auth_failures = 0
-        self._finish(job, verdict.outcome, verdict.reason, status)
+        self._finish(job, verdict.outcome, verdict.reason, status, verdict.fault)
 
     def _transport_error(self, job: Job, host: _HostState, exc: BaseException,
                          ambiguous: bool) -> None:
@@ -309,7 +407,8 @@ class Engine:
         job.last_reason = reason
         if job.attempts >= self.options.max_attempts:
             self._finish(job, Outcome.FAILED,
-                         f"{reason} (gave up after {job.attempts} attempts)", job.last_status)
+                         f"{reason} (gave up after {job.attempts} attempts)", job.last_status,
+                         Fault.SERVICE)
             return
         self.stats.retries += 1
         backoff = min(self.options.backoff_max,
@@ -329,25 +428,36 @@ class Engine:
         handle: asyncio.TimerHandle
 
         def requeue() -> None:
-            self._delayed.discard(handle)
+            self._delayed.pop(handle, None)
             self._queue.put_nowait(job)
 
         handle = loop.call_later(delay, requeue)
-        self._delayed.add(handle)
+        self._delayed[handle] = job
 
     def _drop(self, job: Job) -> None:
         """Leave a job unrecorded (stopping): the next run picks it up again."""
+        self._note_unsent(job)
         self._outstanding -= 1
         if self._outstanding <= 0:
             self._idle.set()
 
-    def _finish(self, job: Job, outcome: Outcome, reason: str, status: int | None) -> None:
+    def _finish(self, job: Job, outcome: Outcome, reason: str, status: int | None,
+                fault: Fault | None = None) -> None:
+        """Buffer a final outcome; ``fault`` tells prune whose problem it was.
+
+        A job that was accepted at FCM's /wp/ form carries the move, so the store
+        keeps that form for the next campaign.
+        """
         if job.ambiguous and outcome is Outcome.SENT:
             self.stats.ambiguous += 1
+        moved = (job.moved_from, job.url) if (
+            job.moved_from is not None and outcome is Outcome.SENT) else None
         self._buffer.append(DeliveryRecord(
             subscription_id=job.subscription_id, outcome=outcome, service=job.service,
             status_code=status, reason=reason, attempts=max(job.attempts, 1) if
-            outcome is not Outcome.BLOCKED else 0, ambiguous=job.ambiguous,
+            outcome is not Outcome.BLOCKED and job.rejected is None else 0,
+            ambiguous=job.ambiguous,
+            fault=fault, moved=moved,
         ))
         self.stats.outcomes[outcome.value] += 1
         if len(self._buffer) >= self.options.flush_size:
@@ -363,22 +473,105 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), self.options.flush_interval)
             self._flush_now.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except StoreError as exc:
+                self._give_up(exc)
+                return
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, once: bool = False) -> None:
         async with self._flush_lock:
             if self._buffer:
                 batch, self._buffer = self._buffer, []
-                written = asyncio.get_running_loop().run_in_executor(None, self.sink, batch)
+                receipt: list[bool] = []
                 try:
-                    await asyncio.shield(written)
-                except asyncio.CancelledError:
-                    # Shutting down mid-flush: the batch has left the buffer, so it must
-                    # still reach the ledger before we go (cancelling would drop it).
-                    await written
+                    await self._ledger_write(self.sink, batch, once=once, receipt=receipt)
+                except BaseException:  # failed, or cancelled while retrying (shutdown)
+                    if not receipt:
+                        # never drop outcomes: back in front of those that finished meanwhile
+                        self._buffer[:0] = batch
                     raise
             if self.on_progress is not None:
                 self.on_progress(self.stats)
+
+    async def _final_writes(self) -> None:
+        """At shutdown: the last outcomes, then release what never went out.
+
+        After the ledger has already failed for the whole budget, one attempt each.
+        """
+        once = self._ledger_error is not None
+        try:
+            await self._flush(once=once)
+            if self._unsent and self.release is not None:
+                ids, self._unsent = self._unsent, []
+                await self._ledger_write(self.release, ids, once=once)
+        except StoreError as exc:
+            if self._ledger_error is None:
+                self._ledger_error = exc
+
+    def _note_unsent(self, job: Job) -> None:
+        """A job marked in flight whose message certainly did not go out (never posted,
+        or answered without delivery): released at the end so no later run counts it.
+        An ambiguous one (a request may have arrived) stays in flight on purpose."""
+        if self.intent is not None and not job.ambiguous:
+            self._unsent.append(job.subscription_id)
+
+    def _give_up(self, exc: StoreError) -> None:
+        """The ledger stayed unwritable: stop; in-flight requests finish, a last flush follows."""
+        if self._ledger_error is None:
+            self._ledger_error = exc
+        self.stop()
+        self._ledger_ok.set()  # waiting workers wake, see the stop and drop their jobs
+
+    async def _ledger_write(self, write: Callable[[Any], None], arg: Any, *,
+                            once: bool = False, receipt: list[bool] | None = None) -> None:
+        """Run one ledger write in a thread, retrying with exponential backoff while it fails.
+
+        While it fails no new request starts (workers and the feed wait on
+        ``_ledger_ok``). After ``ledger_retry_budget`` seconds of failing (at once
+        with ``once``) it raises StoreError. A write under way when the task is
+        cancelled (shutdown) is still awaited: its rows must reach the ledger;
+        ``receipt`` gets True once written, so a caller cancelled afterwards knows.
+        """
+        loop = asyncio.get_running_loop()
+        opts = self.options
+        started = self._clock()
+        delay = opts.ledger_backoff_base
+        while True:
+            written = loop.run_in_executor(None, write, arg)
+            try:
+                try:
+                    await asyncio.shield(written)
+                except asyncio.CancelledError:
+                    try:
+                        await written
+                    except Exception as exc:  # noqa: BLE001 - any failure: not written
+                        raise _LedgerGaveUp(f"the ledger could not be written at shutdown "
+                                            f"({_why(exc)}); nothing lost: re-run the same "
+                                            "command to finish") from None
+                    if receipt is not None:
+                        receipt.append(True)
+                    raise
+            except _LedgerGaveUp:
+                raise
+            except Exception as exc:  # noqa: BLE001 - StoreError, OperationalError, OSError...
+                failure = exc
+            else:
+                if receipt is not None:
+                    receipt.append(True)
+                self._ledger_ok.set()
+                return
+            self._ledger_ok.clear()
+            self.stats.ledger_retries += 1
+            elapsed = self._clock() - started
+            if once or elapsed >= opts.ledger_retry_budget:
+                self._ledger_ok.set()  # nobody may wait on it any more: we are stopping
+                during = "" if once else f" for {elapsed:.0f} s"
+                raise _LedgerGaveUp(
+                    f"the ledger could not be written{during} ({_why(failure)}); "
+                    "sending stopped; nothing lost: re-run the same command to finish")
+            await self._sleep(min(delay, opts.ledger_retry_budget - elapsed))
+            delay = min(delay * 2, opts.ledger_backoff_max)
 
 
 # --- campaign orchestration ---------------------------------------------------------------

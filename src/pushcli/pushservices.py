@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import json
 import os
 import re
 import time
@@ -51,11 +52,35 @@ class Outcome(StrEnum):
     AUTH = "auth"
     BLOCKED = "blocked"
     FAILED = "failed"
+    #: In flight when an earlier run stopped without recording it, and not resent
+    #: (``on_uncertain: skip``): may or may not have arrived. Final: never resent,
+    #: never retried by --retry-failed, never counted by prune.
+    UNCERTAIN = "uncertain"
 
 
 #: Outcomes that need no further attempt in a re-run (``failed`` is retried
 #: only with ``--retry-failed``).
 SUCCESS_OUTCOMES = frozenset({Outcome.SENT, Outcome.EXPIRED})
+
+#: Outcomes ``send --retry-failed`` sends again: ``failed`` (temporary trouble,
+#: or held back by a stopped push service) and ``blocked`` (the allow-list may
+#: include the host by now; still refused ones are recorded ``blocked`` again).
+RETRY_OUTCOMES = frozenset({Outcome.FAILED, Outcome.BLOCKED})
+
+
+class Fault(StrEnum):
+    """Whose fault an unsuccessful answer is; decides whether prune may count it.
+
+    Only ``subscriber`` answers say something about that one subscription.
+    ``held`` marks a subscriber the engine never asked about (its push service
+    was stopped for auth failures or by the circuit breaker).
+    """
+
+    SUBSCRIBER = "subscriber"
+    SENDER = "sender"
+    SERVICE = "service"
+    UNKNOWN = "unknown"
+    HELD = "held"
 
 
 class EndpointRefused(ValueError):
@@ -95,6 +120,73 @@ def service_for_host(host: str) -> str | None:
                     return name
             elif host == pattern:
                 return name
+    return None
+
+
+# --- what a push service accepts from the sender (checked before anything is sent) -----
+
+#: Top-level names that never belong to a public domain (RFC 2606/6761, mDNS, private use).
+_NON_PUBLIC_TLDS = frozenset({"localhost", "local", "invalid", "test", "internal", "lan"})
+
+
+def vapid_subject_problem(subject: object) -> str | None:
+    """Why a push service would refuse this VAPID ``sub`` claim, or None if none would.
+
+    The one subject rule: ``keys generate``, campaign loading, ``send``,
+    ``send --dry-run`` and ``doctor`` all ask this function, so a subject that
+    passes one of them passes all. Apple is the strictest service and answers
+    403 BadJwtToken for every message (so for the whole campaign) when the
+    subject is not a ``mailto:`` address or ``https:`` URL at a real-looking
+    public domain: a localhost (or ``.localhost``) host, an IP address, a
+    single-label name, spaces or angle brackets are all refused.
+    """
+    if not isinstance(subject, str) or not subject:
+        return "is empty (use mailto:you@example.com or an https URL)"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c in "<>" for c in subject):
+        return "must not contain spaces or angle brackets (Apple refuses them)"
+    if subject.startswith("mailto:"):
+        local, at, host = subject[len("mailto:"):].rpartition("@")
+        if not at or not local or any(c in local for c in "@,;?") or not host:
+            return "mailto: subject must be one address, like mailto:ops@example.com"
+    elif subject.startswith("https://"):
+        try:
+            parts = urlsplit(subject)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            return "https subject is not a valid URL"
+        host = parts.hostname or ""
+        if not host:
+            return "https subject has no host"
+        if parts.username is not None or parts.password is not None:
+            return "https subject must not contain user information"
+    else:
+        return "must start with mailto: or https:"
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return "Apple's push service refuses a localhost subject (403 BadJwtToken)"
+    labels = host.split(".")
+    tld = labels[-1]
+    if (len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels)
+            or not tld.isalpha() or len(tld) < 2 or tld in _NON_PUBLIC_TLDS):
+        return (f"{host} is not a public domain name "
+                "(Apple refuses such a subject with 403 BadJwtToken)")
+    return None
+
+
+def topic_problem(service: str, topic: str | None) -> str | None:
+    """Why ``service`` would reject every message carrying this ``Topic`` header, or None.
+
+    Per-service limits beyond RFC 8030's (which the campaign loader checks):
+    Apple answers 400 BadWebPushTopic to a topic whose length is 1 more than a
+    multiple of 4 (it base64url-decodes it). Every recipient at that service
+    would be rejected, so send and --dry-run refuse the campaign instead.
+    """
+    if topic is None:
+        return None
+    if service == "apple" and len(topic) % 4 == 1:
+        return (f"Apple's push service rejects a topic of {len(topic)} characters "
+                "(length 1 more than a multiple of 4: 400 BadWebPushTopic); "
+                "add or remove a character")
     return None
 
 
@@ -154,6 +246,60 @@ def _is_ldh_host(host: str) -> bool:
     return all(_LABEL_RE.match(label) for label in host.split("."))
 
 
+#: RFC 3986 unreserved characters: a percent-escape of one of these means the character.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+#: Characters kept as they are in a canonical path or query (unreserved, sub-delims, ":@/?").
+_KEEP = _UNRESERVED | frozenset("!$&'()*+,;=:@/?")
+_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _normalize_escapes(text: str) -> str:
+    """Percent-encoding in one canonical form (RFC 3986 6.2.2.2).
+
+    Escapes of unreserved characters are decoded, every other escape gets
+    uppercase hex, and characters a browser would escape (non-ASCII, quotes,
+    brackets...) are escaped as UTF-8. Raises EndpointRefused on a stray ``%``.
+    """
+    if _ESCAPE_RE.search(text):
+        raise EndpointRefused("endpoint has a malformed percent-escape")
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "%":
+            char = chr(int(text[i + 1:i + 3], 16))
+            out.append(char if char in _UNRESERVED else "%" + text[i + 1:i + 3].upper())
+            i += 3
+            continue
+        if c in _KEEP:
+            out.append(c)
+        else:
+            out.extend(f"%{b:02X}" for b in c.encode("utf-8"))  # check_endpoint: no surrogates
+        i += 1
+    return "".join(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4: ``/a/./b/../c`` is ``/a/c``; the result always starts with ``/``."""
+    if "." not in path:
+        return path or "/"
+    segments = path.split("/")[1:]  # the path of an absolute URL starts with "/"
+    out: list[str] = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == "..":
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        elif seg == ".":
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
 def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> Endpoint:
     """The one endpoint policy, applied at import, at send and by doctor.
 
@@ -165,6 +311,12 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
     any port, and plain http when they are loopback. IP literals, and numeric
     host spellings (``2130706433``, ``0x7f.1``), are refused unless allowed
     explicitly. Raises EndpointRefused with a short reason.
+
+    ``Endpoint.url`` is the canonical spelling (RFC 3986 6.2.2): lowercase
+    scheme and host, no default port, no empty ``?``, dot segments resolved,
+    percent-escapes normalized. Import stores it and send posts to it, so
+    ``HTTPS://FCM.googleapis.com:443/fcm/send/./a%2d?`` and its other
+    spellings are one subscription, one row and one message.
     """
     if not isinstance(url, str) or not url.strip():
         raise EndpointRefused("endpoint is missing")
@@ -174,6 +326,12 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
         raise EndpointRefused("endpoint contains whitespace or control characters")
     if "\\" in url:
         raise EndpointRefused("endpoint must not contain a backslash")
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can spell one ("\\udc80"); no database can store it
+        raise EndpointRefused(
+            "endpoint contains an invalid character (a lone surrogate such as \\udc80)"
+        ) from None
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -215,9 +373,27 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
         if port not in (None, 443):
             raise EndpointRefused(f"endpoint port {port} is not allowed for {host}")
     netloc = host if ":" not in host else f"[{host}]"
-    if port is not None and not (scheme == "https" and port == 443):
+    if port is not None and port != {"https": 443, "http": 80}[scheme]:
         netloc += f":{port}"
-    return Endpoint(url=url, host=host, origin=f"{scheme}://{netloc}", service=service)
+    path = _remove_dot_segments(_normalize_escapes(parts.path))
+    query = _normalize_escapes(parts.query)
+    origin = f"{scheme}://{netloc}"
+    canonical = origin + path + (f"?{query}" if query else "")
+    return Endpoint(url=canonical, host=host, origin=origin, service=service)
+
+
+def canonical_endpoint(url: str) -> str:
+    """The spelling ``check_endpoint`` gives ``url``, whatever its host: for lookups.
+
+    ``--to`` and ``find_by_endpoint`` match stored rows by this form, so any
+    spelling of an endpoint finds its subscriber. An endpoint the policy
+    refuses for another reason than its host comes back unchanged.
+    """
+    try:
+        host = _normalize_host(urlsplit(url).hostname or "")
+        return check_endpoint(url, frozenset({host})).url
+    except (EndpointRefused, ValueError):
+        return url
 
 
 # --- responses -------------------------------------------------------------------------
@@ -227,11 +403,145 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What one HTTP attempt means: a final outcome, or retry (after a delay)."""
+    """What one HTTP attempt means: a final outcome, or retry (after a delay).
+
+    ``fault`` says whose problem it is (prune counts only ``subscriber`` ones,
+    and ``unknown`` ones that did not hit most of a campaign); ``wrong_path``
+    is FCM's "use the /wp/ form" 404, which is not an expiry.
+    """
 
     outcome: Outcome | None  # None = retry
     reason: str = ""
     retry_after: float | None = None  # seconds, when the service asked
+    fault: Fault | None = None  # None for sent
+    wrong_path: bool = False
+
+
+# --- whose fault: the per-service reason tables ------------------------------------------
+#
+# One table per way a push service names its reason. Reason names do not clash
+# between services, so a response is looked up in every table that applies to
+# its shape (JSON ``reason``, JSON ``errno``, WNS headers, FCM body text).
+
+#: Apple (``{"reason": "..."}``; also the shape pushcli's emulator answers in).
+APPLE_REASONS: dict[str, Fault] = {
+    # about this one subscription
+    "BadDeviceToken": Fault.SUBSCRIBER,
+    "DeviceTokenNotForTopic": Fault.SUBSCRIBER,
+    "ExpiredSubscription": Fault.SUBSCRIBER,
+    "Unregistered": Fault.SUBSCRIBER,
+    "BadPath": Fault.SUBSCRIBER,
+    "NotFound": Fault.SUBSCRIBER,
+    "DecryptionFailed": Fault.SUBSCRIBER,  # the subscriber's p256dh/auth do not work
+    # about the request the sender built (same for every recipient)
+    "BadWebPushTopic": Fault.SENDER,
+    "BadTtl": Fault.SENDER,
+    "InvalidTtl": Fault.SENDER,
+    "BadUrgency": Fault.SENDER,
+    "PayloadTooLarge": Fault.SENDER,
+    "BadJwtToken": Fault.SENDER,
+    "BadVapidPublicKey": Fault.SENDER,
+    "BadAuthorizationHeader": Fault.SENDER,
+    "MissingAuthorization": Fault.SENDER,
+    "UnsupportedAuthScheme": Fault.SENDER,
+    "BadExpirationDate": Fault.SENDER,
+    "BadMessageId": Fault.SENDER,
+    "BadPriority": Fault.SENDER,
+    "BadTopic": Fault.SENDER,
+    "MissingTopic": Fault.SENDER,
+    "TopicDisallowed": Fault.SENDER,
+    "MissingContentEncoding": Fault.SENDER,
+    "UnsupportedEncoding": Fault.SENDER,
+    "BadHost": Fault.SENDER,
+    "Forbidden": Fault.SENDER,
+    # the service's own trouble
+    "TooManyRequests": Fault.SERVICE,
+    "InternalServerError": Fault.SERVICE,
+    "ServiceUnavailable": Fault.SERVICE,
+    "Shutdown": Fault.SERVICE,
+}
+
+#: Mozilla autopush (``{"errno": N, ...}``).
+AUTOPUSH_ERRNOS: dict[int, Fault] = {
+    102: Fault.SUBSCRIBER,  # corrupt / invalid endpoint token
+    103: Fault.SUBSCRIBER,  # gone (expired)
+    105: Fault.SUBSCRIBER,  # gone (unsubscribed)
+    106: Fault.SUBSCRIBER,  # gone (bridge says unregistered)
+    101: Fault.SENDER,  # missing crypto keys / headers
+    104: Fault.SENDER,  # payload too large
+    109: Fault.SENDER,  # VAPID problem
+    110: Fault.SENDER,  # bad encryption headers
+    111: Fault.SENDER,  # missing or invalid TTL
+    113: Fault.SENDER,  # bad Topic
+    201: Fault.SERVICE,
+    202: Fault.SERVICE,
+    203: Fault.SERVICE,
+}
+
+#: Microsoft WNS: the reason is only in ``X-WNS-ERROR-DESCRIPTION`` (lower-cased
+#: substring -> fault, first match wins).
+WNS_DESCRIPTIONS: tuple[tuple[str, Fault], ...] = (
+    ("channel", Fault.SUBSCRIBER),  # "The channel URI is not valid", "channel expired"
+    ("header", Fault.SENDER),
+    ("payload", Fault.SENDER),
+    ("size", Fault.SENDER),
+    ("token", Fault.SENDER),
+)
+
+#: FCM answers some ``/fcm/send/<token>`` pushes with 404 and this text: a wrong
+#: path (use ``/wp/<token>``), not an expired subscription.
+FCM_WRONG_PATH_TEXT = "a valid push subscription endpoint should be specified in the url"
+FCM_SEND_PATH = "/fcm/send/"
+FCM_WP_PATH = "/wp/"
+
+
+def fcm_wp_endpoint(url: str) -> str | None:
+    """The ``/wp/`` form of an FCM ``/fcm/send/<token>`` endpoint (same origin), or None."""
+    parts = urlsplit(url)
+    if FCM_SEND_PATH not in parts.path:
+        return None
+    path = parts.path.replace(FCM_SEND_PATH, FCM_WP_PATH, 1)
+    return parts._replace(path=path).geturl()
+
+
+def _status_fault(status: int) -> Fault:
+    if status in (404, 410):
+        return Fault.SUBSCRIBER
+    if status in (401, 403):
+        return Fault.SENDER
+    if status in RETRYABLE_STATUSES or status == 406 or status >= 500:
+        return Fault.SERVICE
+    return Fault.UNKNOWN
+
+
+def fault_of(status: int, headers: Mapping[str, str], body: bytes = b"") -> Fault:
+    """Whose fault a non-success answer is, from the service's own reason where it
+    names one (the tables above), else from the status alone (400/413 ``unknown``)."""
+    description = (headers.get("X-WNS-ERROR-DESCRIPTION") or "").lower()
+    if description:
+        for needle, fault in WNS_DESCRIPTIONS:
+            if needle in description:
+                return fault
+    doc: object = None
+    if body[:1] == b"{":
+        try:
+            doc = json.loads(body[:4096])
+        except ValueError:
+            doc = None
+    if isinstance(doc, dict):
+        errno = doc.get("errno")
+        if isinstance(errno, int) and errno in AUTOPUSH_ERRNOS:
+            return AUTOPUSH_ERRNOS[errno]
+        reason = doc.get("reason")
+        if isinstance(reason, str) and reason in APPLE_REASONS:
+            return APPLE_REASONS[reason]
+    return _status_fault(status)
+
+
+def is_fcm_wrong_path(status: int, body: bytes) -> bool:
+    """FCM's 404 "use https://fcm.googleapis.com/wp/<token>" answer."""
+    return status == 404 and FCM_WRONG_PATH_TEXT in body[:1024].decode(
+        "utf-8", "replace").lower()
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -256,22 +566,28 @@ def classify(status: int, headers: Mapping[str, str], body: bytes = b"") -> Verd
     if status in (200, 201, 202):
         return Verdict(Outcome.SENT)
     reason = _reason(status, headers, body)
+    fault = fault_of(status, headers, body)
+    if is_fcm_wrong_path(status, body):
+        # Not an expiry: the engine resends once to the /wp/ form.
+        return Verdict(Outcome.REJECTED, reason, fault=Fault.SENDER, wrong_path=True)
     if status in (404, 410):
-        return Verdict(Outcome.EXPIRED, reason)
+        return Verdict(Outcome.EXPIRED, reason, fault=Fault.SUBSCRIBER)
     if status in (400, 413):
-        return Verdict(Outcome.REJECTED, reason)
+        return Verdict(Outcome.REJECTED, reason, fault=fault)
     if status in (401, 403):
-        return Verdict(Outcome.AUTH, reason)
+        return Verdict(Outcome.AUTH, reason, fault=Fault.SENDER)
     if status in RETRYABLE_STATUSES or (
         status == 406 and (headers.get("X-WNS-STATUS", "").lower() == "appthrottled"
                            or "Retry-After" in headers)
     ):
-        return Verdict(None, reason, parse_retry_after(headers.get("Retry-After")))
+        return Verdict(None, reason, parse_retry_after(headers.get("Retry-After")),
+                       fault=Fault.SERVICE)
     if 300 <= status < 400:
-        return Verdict(Outcome.REJECTED, f"HTTP {status} redirect not followed")
+        return Verdict(Outcome.REJECTED, f"HTTP {status} redirect not followed",
+                       fault=Fault.UNKNOWN)
     if 500 <= status < 600:
-        return Verdict(None, reason)
-    return Verdict(Outcome.REJECTED, reason)
+        return Verdict(None, reason, fault=Fault.SERVICE)
+    return Verdict(Outcome.REJECTED, reason, fault=fault)
 
 
 def _reason(status: int, headers: Mapping[str, str], body: bytes) -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,18 +39,31 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    SAWarning,
+)
 
-from pushcli.errors import Busy, InputError
-from pushcli.pushservices import Outcome
-from pushcli.subscriptions import Rejected, Subscription
+from pushcli.errors import Busy, InputError, PushcliError, StoreError
+from pushcli.pushservices import RETRY_OUTCOMES, Fault, Outcome, canonical_endpoint
+from pushcli.subscriptions import (
+    Rejected,
+    Subscription,
+    stored_keys_valid,
+    validate_auth,
+    validate_p256dh,
+)
 
 DEFAULT_DB = "pushcli.db"
 DB_ENV = "PUSHCLI_DB"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 IMPORT_BATCH = 2000
 #: A lock whose owner has not refreshed it for this long is considered dead
@@ -115,6 +130,9 @@ deliveries = Table(
     # over once it has run out.
     Column("lease_owner", String(255)),
     Column("lease_until", Float),
+    # v3: whose fault an unsuccessful outcome is (pushservices.Fault); prune
+    # counts only answers about the subscriber, never ``held`` (not attempted).
+    Column("fault", String(16)),
 )
 Index("ix_deliveries_queue", deliveries.c.campaign_id, deliveries.c.outcome,
       deliveries.c.subscription_id)
@@ -140,10 +158,31 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS ix_deliveries_queue "
         "ON deliveries (campaign_id, outcome, subscription_id)",
     ],
+    3: [
+        "ALTER TABLE deliveries ADD COLUMN fault VARCHAR(16)",
+        # v2 recorded subscribers held back by a stopped push service (auth
+        # failures, circuit breaker) as plain ``failed``: mark them, so prune
+        # never counts them.
+        "UPDATE deliveries SET fault = 'held' "
+        "WHERE outcome = 'failed' AND substr(reason, 1, 10) = 'not sent: '",
+    ],
 }
 
 #: Ledger outcome of queued, not yet final, work in a shared send.
 PENDING = "pending"
+#: Ledger outcome written just before a request goes out (the intent log) and
+#: overwritten by the final one: a row still ``inflight`` after its run ended may
+#: have been delivered (kill -9, power cut, failed ledger, second Ctrl-C).
+INFLIGHT = "inflight"
+#: Not final: queued or in flight. Reports never count these rows.
+_UNFINAL = (PENDING, INFLIGHT)
+#: Ledger outcomes ``--retry-failed`` sends again (pushservices.RETRY_OUTCOMES).
+_RETRY = tuple(sorted(o.value for o in RETRY_OUTCOMES))
+#: Ledger outcomes ``prune --failed-campaigns`` may count against a subscriber
+#: (and then only answers about that subscriber: ``_repeatedly_failing``).
+_COUNTABLE = (Outcome.FAILED.value, Outcome.REJECTED.value)
+#: Stands in for a NULL ``updated_at`` in prune's re-check.
+_NO_TIME = -1.0
 
 
 def database_url(value: str | os.PathLike[str] | None = None) -> str:
@@ -157,9 +196,15 @@ def database_url(value: str | os.PathLike[str] | None = None) -> str:
             url = make_url(raw)
         except ArgumentError as exc:
             raise InputError(f"invalid database URL: {exc}", field="--db") from None
+        except ValueError:  # make_url's int(port): "postgresql://u@h:abc/db"
+            raise InputError("invalid database URL: the port must be a number "
+                             "from 1 to 65535", field="--db") from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise InputError(f"unsupported database {url.get_backend_name()!r} "
                              "(sqlite or postgresql)", field="--db")
+        if url.port is not None and not 0 < url.port < 65536:
+            raise InputError("invalid database URL: the port must be a number "
+                             "from 1 to 65535", field="--db")
         return raw
     return f"sqlite:///{Path(raw).expanduser().absolute()}"
 
@@ -195,6 +240,16 @@ class StoredSubscription:
     id: int
     subscription: Subscription
     status: str = "active"
+    #: Why this row cannot be used, for a row written straight into the table
+    #: (bad base64 keys, a point off the curve, tags or attributes that are not
+    #: the JSON we write). Such a row is never contacted: send records it
+    #: ``rejected`` with this reason, dry-run and doctor count it, export skips it.
+    problem: str | None = None
+
+    @property
+    def membership_unknown(self) -> bool:
+        """Its tags or attributes are unreadable, so no audience filter can place it."""
+        return self.problem is not None and self.problem.startswith(("tags", "attributes"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +263,20 @@ class DeliveryRecord:
     reason: str = ""
     attempts: int = 1
     ambiguous: bool = False
+    fault: Fault | None = None
+    #: (old, new) endpoint: the push service accepted the message only at ``new``
+    #: (FCM's /fcm/send/ -> /wp/); the store keeps ``new`` for later campaigns.
+    moved: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCandidate:
+    """A subscriber prune selected, with the state it was selected in, so the
+    DELETE can re-check that nothing changed it in between (an import)."""
+
+    id: int
+    status: str
+    updated_at: float | None
 
 
 @dataclass(frozen=True)
@@ -260,21 +329,101 @@ _SUB_COLUMNS = (
 
 
 def _stored(row: Sequence[Any]) -> StoredSubscription:
+    """Decode one row: the quick path for rows as import writes them."""
+    try:
+        tags = _json_tags(row[4])
+        attributes = _json_attributes(row[6])
+        exp = row[8]
+        expiration = int(exp) if exp is not None else None
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return _checked(row)
+    if not stored_keys_valid(row[2], row[3]):
+        return _checked(row)
+    return StoredSubscription(
+        id=row[0],
+        subscription=Subscription(row[1], row[2], row[3], tags, row[5], attributes, row[7],
+                                  expiration),
+        status=row[9],
+    )
+
+
+def _checked(row: Sequence[Any]) -> StoredSubscription:
+    """Decode one row field by field; a row pushcli did not write may be malformed.
+
+    Each field is checked on its own, so one bad field is named in
+    ``problem`` (never with its value: keys are secrets) while the fields that
+    do decode are kept: the audience can still be matched on good tags.
+    """
+    problems: list[str] = []
+
+    def decoded(name: str, decode: Callable[[], Any], default: Any) -> Any:
+        try:
+            return decode()
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            problems.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
+            return default
+
+    tags = decoded("tags", lambda: _json_tags(row[4]), ())
+    attributes = decoded("attributes", lambda: _json_attributes(row[6]), {})
+    decoded("keys.p256dh", lambda: validate_p256dh(row[2]), None)
+    decoded("keys.auth", lambda: validate_auth(row[3]), None)
     exp = row[8]
+    expiration = decoded("expiration_time",
+                       lambda: int(exp) if exp is not None else None, None)
     return StoredSubscription(
         id=row[0],
         subscription=Subscription(
             endpoint=row[1],
             p256dh=row[2],
             auth=row[3],
-            tags=tuple(json.loads(row[4] or "[]")),
+            tags=tags,
             locale=row[5],
-            attributes=json.loads(row[6] or "{}"),
+            attributes=attributes,
             user_id=row[7],
-            expiration_time=int(exp) if exp is not None else None,
+            expiration_time=expiration,
         ),
         status=row[9],
+        problem="; ".join(problems) or None,
     )
+
+
+def _json_tags(text: str | None) -> tuple[str, ...]:
+    """The tags column: a JSON array of strings."""
+    if not text or text == "[]":
+        return ()
+    try:
+        value = json.loads(text or "[]")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"tags: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError("tags: not a JSON array of strings")
+    return tuple(value)
+
+
+def _json_attributes(text: str | None) -> dict[str, Any]:
+    """The attributes column: a JSON object of names to scalars (what import accepts)."""
+    if not text or text == "{}":
+        return {}
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"attributes: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict) or not all(
+            v is None or isinstance(v, str | int | float | bool) for v in value.values()):
+        raise ValueError("attributes: not a JSON object of strings, numbers and booleans")
+    return value
+
+
+#: Errors caused by one record's values, not by the database: the driver cannot
+#: encode a string (a lone surrogate), or the server refuses a value (DataError).
+_RECORD_ERRORS = (ValueError, TypeError, DataError)
+
+
+def _unstorable(exc: BaseException) -> str:
+    """Why a record could not be stored, without its values (they may be secrets)."""
+    if isinstance(exc, UnicodeError):
+        return "cannot be stored: a value is not valid Unicode text"
+    return f"cannot be stored: the database refused a value ({type(exc).__name__})"
 
 
 class _RollBack(Exception):
@@ -312,6 +461,8 @@ class Store:
         url = database_url(db)
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
+            # the URL's options are checked (engine) before any file is made
+            engine = _create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
             path = parsed.database
             if path and path != ":memory:":
                 p = Path(path)
@@ -322,19 +473,29 @@ class Store:
                     if not p.parent.is_dir():
                         raise InputError("directory does not exist", file=str(p.parent))
                     # another process may create it first: fine, it is 0600 too
-                    with contextlib.suppress(FileExistsError):
-                        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            engine = _create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+                    try:
+                        with contextlib.suppress(FileExistsError):
+                            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                    except OSError as exc:  # a read-only directory, a full disk
+                        raise StoreError(f"cannot create the store {p}: {exc.strerror}") \
+                            from None
+                elif p.is_dir():
+                    raise InputError("is a directory, not a database", file=str(p))
             _configure_sqlite(engine)
         else:
             engine = _create_engine(url, pool_pre_ping=True)
         store = cls(engine, url)
         try:
+            # Connecting is where a wrong --db shows (refused, bad option, not a
+            # database): exit 2. Past it, failures are the store's (74) or a lock (75).
+            try:
+                engine.connect().close()
+            except DBAPIError as exc:
+                raise _open_error(exc, store.display_url) from None
             store._migrate()
-        except OperationalError as exc:
+        except PushcliError:
             engine.dispose()
-            reason = " ".join(str(exc.orig).split())  # drivers' messages span lines
-            raise InputError(f"cannot open database: {reason}", field="--db") from None
+            raise
         return store
 
     def close(self) -> None:
@@ -352,22 +513,38 @@ class Store:
         url = make_url(self.url)
         if url.get_backend_name() == "sqlite":
             return url.database or ":memory:"
-        return url.render_as_string(hide_password=True)
+        # the query may carry secrets too (?password=, ?sslpassword=)
+        return url.set(query={}).render_as_string(hide_password=True)
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with self.engine.connect().execution_options(pushcli_write=True) as conn, conn.begin():
-            yield conn
+    def _write(self, *, passthrough: tuple[type[Exception], ...] = ()) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite).
+
+        The store boundary: a database error leaves as one-line StoreError
+        (exit 74) or Busy (75), never as SQLAlchemy's text with its SQL
+        parameters (endpoints, auth secrets). ``passthrough`` lists errors the
+        caller handles itself (a unique clash it retries).
+        """
+        try:
+            with self.engine.connect().execution_options(pushcli_write=True) as conn, conn.begin():
+                yield conn
+        except passthrough:
+            raise
+        except DBAPIError as exc:
+            raise store_error(exc, self.display_url, action="write") from None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A read transaction; database errors leave as in ``_write``."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except DBAPIError as exc:
+            raise store_error(exc, self.display_url, action="read") from None
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -405,7 +582,7 @@ class Store:
     def integrity_ok(self) -> bool:
         if not self.is_sqlite:
             return True
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
 
     # --- subscriptions ------------------------------------------------------------------
@@ -456,16 +633,33 @@ class Store:
             return result
 
         batch = []
+        where: list[tuple[str, int]] = []  # (source, ordinal of the record in it) per batch entry
+        ordinal: dict[str, int] = {}
+
+        def store_batch() -> None:
+            try:
+                self._upsert_with_retry(batch, result)
+            except _RECORD_ERRORS:
+                # A value the database cannot take (validation should have caught it):
+                # store the batch one record at a time so only that record is lost.
+                for sub, (source, n) in zip(batch, where, strict=True):
+                    try:
+                        self._upsert_with_retry([sub], result)
+                    except _RECORD_ERRORS as exc:
+                        note(source, Rejected(f": record {n}", _unstorable(exc)))
+
         for source, rec in records:
             result.read += 1
+            ordinal[source] = ordinal.get(source, 0) + 1
             if isinstance(rec, Rejected):
                 note(source, rec)
                 continue
             batch.append(rec)
+            where.append((source, ordinal[source]))
             if len(batch) >= IMPORT_BATCH:
-                self._upsert_with_retry(batch, result)
-                batch = []
-        self._upsert_with_retry(batch, result)
+                store_batch()
+                batch, where = [], []
+        store_batch()
         return result
 
     def _upsert_with_retry(self, batch: list[Subscription], result: ImportResult) -> None:
@@ -474,11 +668,11 @@ class Store:
         for attempt in range(3):
             partial = ImportResult()
             try:
-                with self._write() as conn:
+                with self._write(passthrough=(IntegrityError, DataError)) as conn:
                     self._upsert_batch(conn, batch, partial)
-            except IntegrityError:
+            except IntegrityError as exc:
                 if attempt == 2:
-                    raise
+                    raise store_error(exc, self.display_url) from None
                 continue  # a concurrent import inserted one of these endpoints; redo
             result.added += partial.added
             result.updated += partial.updated
@@ -582,11 +776,45 @@ class Store:
             after = rows[-1][0]
 
     def find_by_endpoint(self, endpoint: str) -> StoredSubscription | None:
+        """The subscriber with this endpoint, in any spelling of it.
+
+        Import stores the canonical spelling; a row written directly may hold
+        another one, so the canonical form is looked up as well.
+        """
+        canonical = canonical_endpoint(endpoint)
+        wanted = list(dict.fromkeys((canonical, endpoint)))
         with self._read() as conn:
-            row = conn.execute(
-                select(*_SUB_COLUMNS).where(subscriptions.c.endpoint == endpoint)
-            ).first()
+            rows = conn.execute(
+                select(*_SUB_COLUMNS).where(subscriptions.c.endpoint.in_(wanted))
+                .order_by(subscriptions.c.id)
+            ).all()
+        by_endpoint = {r[1]: r for r in rows}
+        row = by_endpoint.get(canonical) or by_endpoint.get(endpoint)
         return _stored(row) if row else None
+
+    def iter_endpoints(self, *, batch_size: int = 5000) -> Iterator[tuple[int, str]]:
+        """(id, endpoint) of every active subscriber in id order: a light scan for send's
+        duplicate check, which needs nothing else from the row."""
+        s = subscriptions
+        after = 0
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(select(s.c.id, s.c.endpoint)
+                                    .where(s.c.id > after, s.c.status == "active")
+                                    .order_by(s.c.id).limit(batch_size)).all()
+            if not rows:
+                return
+            yield from ((r[0], r[1]) for r in rows)
+            after = rows[-1][0]
+
+    def active_with_endpoints(self, endpoints: Sequence[str]) -> Iterator[StoredSubscription]:
+        """Active subscribers whose stored endpoint is exactly one of ``endpoints``."""
+        for i in range(0, len(endpoints), 500):
+            with self._read() as conn:
+                rows = conn.execute(select(*_SUB_COLUMNS).where(
+                    subscriptions.c.endpoint.in_(list(endpoints[i:i + 500])),
+                    subscriptions.c.status == "active")).all()
+            yield from (_stored(r) for r in rows)
 
     # --- campaigns and ledger -----------------------------------------------------------
 
@@ -721,7 +949,7 @@ class Store:
         its owner lives, and returns it to the pool once the owner is gone.
         """
         d, s = deliveries, subscriptions
-        wanted = [PENDING, Outcome.FAILED.value] if retry_failed else [PENDING]
+        wanted = [*_UNFINAL, *_RETRY] if retry_failed else [*_UNFINAL]
         now = time.time()
         free = _claimable(now)
         pick = (
@@ -751,14 +979,14 @@ class Store:
         with self._write() as conn:
             return int(conn.execute(
                 update(d).where(d.c.campaign_id == campaign_id, d.c.lease_owner == owner,
-                                d.c.outcome.in_([PENDING, Outcome.FAILED.value]))
+                                d.c.outcome.in_([*_UNFINAL, *_RETRY]))
                 .values(lease_until=time.time() + lease)).rowcount or 0)
 
     def queued(self, campaign_id: int, *, retry_failed: bool = False) -> int:
         """Queued work left in a shared send (claimed by someone or not)."""
         d, s = deliveries, subscriptions
-        wanted = [PENDING, Outcome.FAILED.value] if retry_failed else [PENDING]
-        unfinished = or_(d.c.outcome == PENDING, d.c.lease_owner.is_(None),
+        wanted = [*_UNFINAL, *_RETRY] if retry_failed else [*_UNFINAL]
+        unfinished = or_(d.c.outcome.in_(_UNFINAL), d.c.lease_owner.is_(None),
                          d.c.lease_until.is_not(None))
         stmt = (select(func.count()).select_from(d.join(s, s.c.id == d.c.subscription_id))
                 .where(d.c.campaign_id == campaign_id, d.c.outcome.in_(wanted),
@@ -771,7 +999,7 @@ class Store:
         d = deliveries
         with self._write() as conn:
             conn.execute(update(d).where(d.c.campaign_id == campaign_id,
-                                         d.c.outcome == Outcome.FAILED.value)
+                                         d.c.outcome.in_(_RETRY))
                          .values(lease_owner=None, lease_until=None))
 
     def record(self, campaign_id: int, records: Sequence[DeliveryRecord]) -> None:
@@ -790,10 +1018,12 @@ class Store:
                 "attempts": r.attempts,
                 "ambiguous": 1 if r.ambiguous else 0,
                 "updated_at": now,
+                "fault": r.fault.value if r.fault is not None else None,
             }
             for r in records
         ]
         expired = [r.subscription_id for r in records if r.outcome is Outcome.EXPIRED]
+        moved = [r for r in records if r.moved is not None]
         insert = _dialect_insert(self.engine)
         stmt = insert(deliveries)
         stmt = stmt.on_conflict_do_update(
@@ -806,6 +1036,7 @@ class Store:
                 "ambiguous": deliveries.c.ambiguous + stmt.excluded.ambiguous,
                 "updated_at": stmt.excluded.updated_at,
                 "service": stmt.excluded.service,
+                "fault": stmt.excluded.fault,
                 # lease_owner stays: a failed row retried in this run is not retried again
                 "lease_until": None,
             },
@@ -818,13 +1049,83 @@ class Store:
                     .where(subscriptions.c.id.in_(expired), subscriptions.c.status == "active")
                     .values(status="expired", expired_at=now, updated_at=now)
                 )
+            for r in moved:
+                self._move_endpoint(conn, r, now)
+
+    # --- the intent log ------------------------------------------------------------------
+
+    def mark_inflight(self, campaign_id: int, targets: Sequence[tuple[int, str]]) -> None:
+        """Commit ``(subscription_id, service)`` pairs as in flight, in one transaction.
+
+        Called for each small batch just before its requests go out, so whatever
+        happens to this process, the next run knows who may already have the
+        message. The final outcome (``record``) overwrites the row.
+        """
+        if not targets:
+            return
+        now = time.time()
+        insert = _dialect_insert(self.engine)
+        stmt = insert(deliveries)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id],
+            set_={"outcome": INFLIGHT, "updated_at": stmt.excluded.updated_at},
+        )
+        with self._write() as conn:
+            conn.execute(stmt, [
+                {"campaign_id": campaign_id, "subscription_id": sid, "outcome": INFLIGHT,
+                 "service": service, "attempts": 0, "ambiguous": 0, "updated_at": now}
+                for sid, service in targets])
+
+    def inflight_among(self, campaign_id: int, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` an earlier run marked in flight and never recorded."""
+        if not ids:
+            return set()
+        d = deliveries
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(
+                select(d.c.subscription_id).where(d.c.campaign_id == campaign_id,
+                                                  d.c.outcome == INFLIGHT,
+                                                  d.c.subscription_id.in_(ids)))}
+
+    def release_inflight(self, campaign_id: int, ids: Sequence[int]) -> None:
+        """Return in-flight rows whose request never went out to the queue (a graceful stop)."""
+        if not ids:
+            return
+        d = deliveries
+        with self._write() as conn:
+            conn.execute(update(d).where(d.c.campaign_id == campaign_id,
+                                         d.c.outcome == INFLIGHT,
+                                         d.c.subscription_id.in_(ids))
+                         .values(outcome=PENDING, lease_until=None))
+
+    @staticmethod
+    def _move_endpoint(conn: Connection, r: DeliveryRecord, now: float) -> bool:
+        """Keep the endpoint form the push service accepted (FCM /wp/) for later sends.
+
+        Only while the row still holds the old form; if another row already
+        holds the new one (imported meanwhile), both stay as they are (False):
+        a unique clash must never cost the ledger batch it rides in.
+        """
+        assert r.moved is not None
+        old, new = r.moved
+        s, other = subscriptions, subscriptions.alias("other")
+        taken = select(other.c.id).where(other.c.endpoint == new).exists()
+        try:
+            with conn.begin_nested():
+                n = conn.execute(update(s).where(s.c.id == r.subscription_id,
+                                                 s.c.endpoint == old, ~taken)
+                                 .values(endpoint=new, updated_at=now)).rowcount
+        except IntegrityError:  # an import stored the /wp/ form between our check and write
+            return False
+        return bool(n)
 
     def outcome_counts(self, campaign_id: int) -> dict[str, dict[str, int]]:
         """{service: {outcome: count}} plus the ambiguous re-sends under ``"_ambiguous"``."""
         stmt = (
             select(deliveries.c.service, deliveries.c.outcome, func.count(),
                    func.sum(deliveries.c.ambiguous))
-            .where(deliveries.c.campaign_id == campaign_id, deliveries.c.outcome != PENDING)
+            .where(deliveries.c.campaign_id == campaign_id,
+                   deliveries.c.outcome.not_in(_UNFINAL))
             .group_by(deliveries.c.service, deliveries.c.outcome)
         )
         out: dict[str, dict[str, int]] = {}
@@ -843,10 +1144,11 @@ class Store:
         while True:
             stmt = (
                 select(d.c.subscription_id, s.c.endpoint, d.c.service, d.c.outcome,
-                       d.c.status_code, d.c.reason, d.c.attempts, d.c.updated_at)
+                       d.c.status_code, d.c.reason, d.c.attempts, d.c.updated_at,
+                       d.c.ambiguous)
                 .select_from(d.outerjoin(s, s.c.id == d.c.subscription_id))
                 .where(d.c.campaign_id == campaign_id, d.c.subscription_id > after,
-                       d.c.outcome != PENDING)
+                       d.c.outcome.not_in(_UNFINAL))
                 .order_by(d.c.subscription_id)
                 .limit(2000)
             )
@@ -861,48 +1163,89 @@ class Store:
     # --- prune --------------------------------------------------------------------------
 
     def prunable(self, *, failed_campaigns: int | None = None) -> list[int]:
-        """Ids of subscriptions that prune would delete.
+        """Ids of subscriptions that prune would delete (see ``prune_candidates``)."""
+        return [c.id for c in self.prune_candidates(failed_campaigns=failed_campaigns)]
+
+    def prune_candidates(self, *, failed_campaigns: int | None = None) -> list[PruneCandidate]:
+        """Subscribers prune would delete, with the state they were selected in.
 
         Expired ones always; with ``failed_campaigns=N`` also active ones whose
-        last N campaigns all ended failed or rejected for them. Never on
-        auth (401/403: the sender's key problem) nor blocked.
+        last N campaigns each ended with an answer about that subscriber (see
+        ``_about_subscriber``). Never for auth, blocked, held back (a stopped push
+        service), uncertain or anything else that says nothing about them.
         """
+        s = subscriptions
         with self._read() as conn:
-            ids = [r[0] for r in conn.execute(
-                select(subscriptions.c.id).where(subscriptions.c.status == "expired")
-                .order_by(subscriptions.c.id))]
+            found = {r[0]: PruneCandidate(r[0], r[1], r[2]) for r in conn.execute(
+                select(s.c.id, s.c.status, s.c.updated_at).where(s.c.status == "expired"))}
             if failed_campaigns:
-                ids.extend(self._repeatedly_failing(conn, failed_campaigns))
-        return sorted(set(ids))
+                for c in self._repeatedly_failing(conn, failed_campaigns):
+                    found.setdefault(c.id, c)
+        return [found[i] for i in sorted(found)]
 
-    def _repeatedly_failing(self, conn: Connection, n: int) -> list[int]:
-        d = deliveries
-        bad = (Outcome.FAILED.value, Outcome.REJECTED.value)
-        result: list[int] = []
-        history: dict[int, list[str]] = {}
+    def _repeatedly_failing(self, conn: Connection, n: int) -> Iterator[PruneCandidate]:
+        d, s = deliveries, subscriptions
+        final = d.c.outcome != PENDING
+        # Per campaign and push service: how many recipients got a final answer,
+        # and how many got each (outcome, status) answer. One that hit most of them
+        # is about the campaign (the sender's or the service's), not any subscriber.
+        totals = {(c, svc): int(k) for c, svc, k in conn.execute(
+            select(d.c.campaign_id, d.c.service, func.count()).where(final)
+            .group_by(d.c.campaign_id, d.c.service))}
+        answers = {(c, svc, o, code): int(k) for c, svc, o, code, k in conn.execute(
+            select(d.c.campaign_id, d.c.service, d.c.outcome, d.c.status_code, func.count())
+            .where(d.c.outcome.in_(_COUNTABLE))
+            .group_by(d.c.campaign_id, d.c.service, d.c.outcome, d.c.status_code))}
+
+        def about_subscriber(row: Any) -> bool:
+            _sid, campaign, service, outcome, code, fault = row[:6]
+            if outcome not in _COUNTABLE or fault in (Fault.SENDER.value, Fault.HELD.value):
+                return False
+            if fault == Fault.SUBSCRIBER.value:
+                return True  # the service's reason names this subscription
+            hit = answers.get((campaign, service, outcome, code), 0)
+            return 2 * hit <= totals.get((campaign, service), 0)
+
         stmt = (
-            select(d.c.subscription_id, d.c.outcome)
-            .join(subscriptions, subscriptions.c.id == d.c.subscription_id)
-            .where(subscriptions.c.status == "active", d.c.outcome != PENDING)
+            select(d.c.subscription_id, d.c.campaign_id, d.c.service, d.c.outcome,
+                   d.c.status_code, d.c.fault, s.c.status, s.c.updated_at)
+            .join(s, s.c.id == d.c.subscription_id)
+            .where(s.c.status == "active", final)
             .order_by(d.c.subscription_id, d.c.campaign_id.desc())
         )
-        for sid, outcome in conn.execute(stmt):
-            h = history.setdefault(sid, [])
-            if len(h) < n:
-                h.append(outcome)
-        for sid, h in history.items():
-            if len(h) == n and all(o in bad for o in h):
-                result.append(sid)
-        return result
+        current: int | None = None
+        last: list[Any] = []
+        for row in conn.execute(stmt):
+            if row[0] != current:
+                if len(last) == n and all(about_subscriber(r) for r in last):
+                    yield PruneCandidate(last[0][0], last[0][6], last[0][7])
+                current, last = row[0], []
+            if len(last) < n:
+                last.append(row)
+        if len(last) == n and all(about_subscriber(r) for r in last):
+            yield PruneCandidate(last[0][0], last[0][6], last[0][7])
 
-    def delete_subscriptions(self, ids: Sequence[int]) -> int:
-        """Delete subscriptions by id; ledger rows stay so old reports still print."""
+    def delete_subscriptions(self, candidates: Sequence[PruneCandidate]) -> int:
+        """Delete what prune selected; ledger rows stay so old reports still print.
+
+        The DELETE itself re-checks that each row is still in the state it was
+        selected in (same status, same ``updated_at``): a subscriber an import
+        reactivated or changed between the selection and the delete survives.
+        """
+        s = subscriptions
+        by_status: dict[str, list[PruneCandidate]] = {}
+        for c in candidates:
+            by_status.setdefault(c.status, []).append(c)
         n = 0
         with self._write() as conn:
-            for i in range(0, len(ids), 500):
-                chunk = list(ids[i:i + 500])
-                n += conn.execute(delete(subscriptions).where(
-                    subscriptions.c.id.in_(chunk))).rowcount
+            for status, group in by_status.items():
+                for i in range(0, len(group), 500):
+                    seen = [(c.id, _NO_TIME if c.updated_at is None else c.updated_at)
+                            for c in group[i:i + 500]]
+                    n += conn.execute(delete(s).where(
+                        s.c.status == status,
+                        tuple_(s.c.id, func.coalesce(s.c.updated_at, _NO_TIME)).in_(seen),
+                    )).rowcount
         return n
 
     # --- locks --------------------------------------------------------------------------
@@ -1020,7 +1363,7 @@ def _pending_query(stmt: Any, campaign_id: int, retry_failed: bool) -> Any:
 def _unresolved(retry_failed: bool) -> Any:
     """Ledger state of a subscriber who still needs this campaign's message."""
     d = deliveries
-    states = [PENDING, Outcome.FAILED.value] if retry_failed else [PENDING]
+    states = [*_UNFINAL, *_RETRY] if retry_failed else [*_UNFINAL]
     return or_(d.c.outcome.is_(None), d.c.outcome.in_(states))
 
 
@@ -1030,18 +1373,116 @@ def _claimable(now: float) -> Any:
     d = deliveries
     expired_lease = and_(d.c.lease_until.is_not(None), d.c.lease_until < now)
     return or_(
-        and_(d.c.outcome == PENDING, or_(d.c.lease_until.is_(None), expired_lease)),
-        and_(d.c.outcome == Outcome.FAILED.value, or_(d.c.lease_owner.is_(None),
+        # in flight under a lease that ran out: its sender died (uncertain, see INFLIGHT)
+        and_(d.c.outcome.in_(_UNFINAL), or_(d.c.lease_until.is_(None), expired_lease)),
+        and_(d.c.outcome.in_(_RETRY), or_(d.c.lease_owner.is_(None),
                                                       expired_lease)),
     )
 
 
 def _create_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine whose errors never quote SQL parameters (endpoints, auth secrets).
+
+    A URL option the driver would ignore (SQLAlchemy only warns) or cannot
+    parse is refused as bad input: a typo must not silently change the store.
+    """
     try:
-        return create_engine(url, **kwargs)
-    except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
-        raise InputError(f"cannot use this database URL: {' '.join(str(exc).split())}",
-                         field="--db") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SAWarning)
+            return create_engine(url, hide_parameters=True, **kwargs)
+    # NoSuchModuleError is an ArgumentError; ValueError/TypeError: "?timeout=abc"
+    except (ArgumentError, ImportError, SAWarning, ValueError, TypeError) as exc:
+        reason = _one_line(str(exc))
+        if isinstance(exc, SAWarning):  # "... are not accepted by the pysqlite driver and
+            reason = reason.split(";")[0].replace(" and are being ignored", "")  # are ignored;"
+        raise InputError(f"cannot use this database URL: {reason}", field="--db") from None
+
+
+#: sqlite3 primary result codes (``sqlite_errorcode & 0xff``).
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_SQLITE_STORE_FAULTS = {
+    3: "permission denied",  # SQLITE_PERM
+    8: "the store is read-only (pushcli needs to write the file and, for SQLite's "
+       "-wal and -shm files, its directory)",  # SQLITE_READONLY
+    10: "disk I/O error",  # SQLITE_IOERR
+    11: "the database file is corrupt",  # SQLITE_CORRUPT
+    13: "the disk or the database is full",  # SQLITE_FULL
+    14: "cannot open the database file (check the permissions of the file and its "
+        "directory)",  # SQLITE_CANTOPEN
+}
+#: PostgreSQL SQLSTATEs meaning "someone else holds what we need": lock_not_available,
+#: deadlock_detected.
+_PG_BUSY = {"55P03", "40P01"}
+_URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+_QUOTED_RE = re.compile(r'"([^"]*)"|\'([^\']*)\'')
+_IDENTIFIER_RE = re.compile(r"[a-z_][a-z0-9_$.]*")
+
+
+def _one_line(text: str) -> str:
+    """A driver's or SQLAlchemy's message on one line, without the help link."""
+    text = re.sub(r"\s*\(Background on this \w+ at: \S+\)", "", text)
+    return " ".join(text.split())
+
+
+def _sqlite_code(orig: BaseException) -> int | None:
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _is_busy(orig: BaseException) -> bool:
+    code = _sqlite_code(orig)
+    if code is not None:
+        return code in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return getattr(orig, "sqlstate", None) in _PG_BUSY or "database is locked" in str(orig)
+
+
+def _reason(orig: BaseException) -> str:
+    """Why the database refused, fit to print: no SQL parameters, values or URLs.
+
+    SQLite's messages carry none; PostgreSQL's primary message may quote a
+    value (``invalid input syntax for type integer: "..."``) and its DETAIL
+    does (``Key (endpoint)=(https://...)``), so only the primary message is
+    kept and any quoted text that is not a plain SQL name is elided.
+    """
+    code = _sqlite_code(orig)
+    if code in _SQLITE_STORE_FAULTS:
+        return _SQLITE_STORE_FAULTS[code]
+    diag = getattr(orig, "diag", None)
+    text = getattr(diag, "message_primary", None) or str(orig)
+    lines = text.strip().splitlines()
+    text = _URL_RE.sub("<url>", lines[0] if lines else "")
+    text = _QUOTED_RE.sub(
+        lambda m: m.group(0) if _IDENTIFIER_RE.fullmatch(m.group(1) or m.group(2) or "")
+        else "\"…\"", text)
+    return " ".join(text.split()) or type(orig).__name__
+
+
+def store_error(exc: DBAPIError, where: str | None, *, action: str = "write") -> PushcliError:
+    """The one-line error for a failed database call at the store boundary.
+
+    A lock still held after the busy wait is Busy (75: try later); anything
+    else is StoreError (74: what was not written is still to do, re-run).
+    The message names the store and the reason, never SQL or its parameters.
+    """
+    orig = exc.orig if exc.orig is not None else exc
+    store = f"the store {where}" if where else "the store"
+    if _is_busy(orig):
+        return Busy(f"{store} is locked by another process (still locked after "
+                    f"{BUSY_TIMEOUT_MS / 1000:g} s); try again when it has finished")
+    if action == "write":
+        return StoreError(f"cannot write {store}: {_reason(orig)}; what was not "
+                          "written is still to do: re-run once fixed")
+    return StoreError(f"cannot {action} {store}: {_reason(orig)}")
+
+
+def _open_error(exc: DBAPIError, where: str) -> PushcliError:
+    """A failure to connect: the store's fault (74/75) or a wrong ``--db`` (2)."""
+    orig = exc.orig if exc.orig is not None else exc
+    if _is_busy(orig) or _sqlite_code(orig) in _SQLITE_STORE_FAULTS:
+        return store_error(exc, where, action="open")
+    # refused, unknown host or database, bad credentials, a bad driver option,
+    # not a database: the connection parameters are wrong
+    return InputError(f"cannot open database: {_one_line(str(orig))}", field="--db")
 
 
 def _dialect_insert(engine: Engine) -> Any:

@@ -284,3 +284,33 @@ def test_prune_right_after_kill_9_of_a_sender_does_not_wait(e2e) -> None:
     assert elapsed < 5
     assert json.loads(done.stdout)["deleted"] == 1  # the 410 was recorded before the kill
     assert rows(e2e.db, "locks") == [], "the dead sender's lock must be cleared"
+
+
+# --- prune never counts the sender's problems (issue 10, item 1) ---------------------------
+
+
+def test_prune_after_two_campaigns_answered_403_to_everyone_deletes_nobody(e2e) -> None:
+    """The auth stop holds the rest of the queue back: recorded so prune never counts it."""
+    e2e.import_subs(e2e.subscribe(30))
+    e2e.emu.add_fault(403)  # a push service refusing our key (wrong key, revoked, ...)
+    for name in ("k1", "k2"):
+        code, report = e2e.send(e2e.campaign(name), "--concurrency", "1")
+        assert code == 1 and (report["auth"], report["failed"]) == (20, 10)
+    done = json_ok(e2e.pushcli("prune", "--failed-campaigns", "2", "--json"))
+    assert done["deleted"] == done["count"] == 0
+    assert len(ids_by_endpoint(e2e.db)) == 30
+    e2e.emu.clear_faults()  # key fixed: --retry-failed reaches the held-back ones
+    code, report = e2e.send(e2e.campaign("k2"), "--retry-failed")
+    assert (report["sent"], report["failed"], report["auth"]) == (10, 0, 20)
+
+
+def test_prune_after_two_campaigns_of_campaign_wide_bad_topic_deletes_nobody(e2e) -> None:
+    """Apple's 400 BadWebPushTopic to every subscriber is the sender's fault."""
+    e2e.import_subs(e2e.subscribe(10))
+    e2e.emu.add_fault(400, reason="BadWebPushTopic")
+    for name in ("t1", "t2"):
+        code, report = e2e.send(e2e.campaign(name))
+        assert code == 1 and report["rejected"] == 10
+    done = json_ok(e2e.pushcli("prune", "--failed-campaigns", "2", "--json"))
+    assert done["deleted"] == done["count"] == 0
+    assert len(ids_by_endpoint(e2e.db)) == 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 from sqlalchemy import select
 
 from pushcli.campaign import Renderer, load_campaign
@@ -117,6 +118,41 @@ def test_blocked_hosts_are_never_contacted(e2e) -> None:
     assert report["blocked"] == 3 and report["sent"] == 5
     for s in local:
         assert e2e.emu.request_times(s["endpoint"]) == []
+
+
+def test_retry_failed_sends_blocked_once_the_allow_list_includes_their_host(e2e) -> None:
+    local = e2e.emu.create_subscriptions(3, e2e.server_key,
+                                         base_url=e2e.emu.url.replace("127.0.0.1", "localhost"))
+    e2e.import_subs(local, "--allow-host", "localhost")
+    code, report = e2e.send(e2e.campaign())
+    assert code == 1 and report["blocked"] == 3
+    code, report = e2e.send(e2e.campaign(), "--retry-failed", "--allow-host", "localhost")
+    assert code == 0 and report["sent"] == 3 and report["blocked"] == 0
+    for s in local:
+        assert len(e2e.emu.messages(s["endpoint"])) == 1
+
+
+def test_fcm_wrong_path_404_is_resent_to_wp_form_and_remembered(e2e) -> None:
+    """Issue 10 #11: FCM's "use /wp/<token>" 404 is not an expiry."""
+    subs = e2e.subscribe(4)
+    for s in subs:
+        s["endpoint"] = s["endpoint"].replace("/push/", "/fcm/send/")
+    e2e.import_subs(subs)
+    gone = subs[3]["endpoint"].rsplit("/", 1)[1]
+    e2e.emu.add_fault("wrong_path")  # every /fcm/send/ push: 404 "use /wp/<token>"
+    e2e.emu.add_fault(404, client_hash=gone)  # ... and this one is gone at /wp/ too
+    code, report = e2e.send(e2e.campaign("w1"))
+    assert code == 0 and (report["sent"], report["expired"]) == (3, 1)
+    with Store.open(e2e.db, create=False) as store:
+        stored = {s.subscription.endpoint for s in store.iter_subscriptions(status="all")}
+    assert {s["endpoint"].replace("/fcm/send/", "/wp/") for s in subs[:3]} <= stored
+    log = e2e.emu.stats()["by_status"]
+    assert (log["404"], log["201"]) == (5, 3)  # 4 wrong-path + 1 gone; 3 at /wp/
+    code, report = e2e.send(e2e.campaign("w2"))  # the next campaign goes straight to /wp/
+    assert code == 0 and report["sent"] == 3
+    assert e2e.emu.stats()["by_status"]["201"] == 6 and e2e.emu.stats()["by_status"]["404"] == 5
+    for s in subs[:3]:
+        assert len(e2e.emu.messages(s["endpoint"].rsplit("/", 1)[1])) == 2
 
 
 def test_auth_failures_are_not_expired_and_stop_after_twenty(e2e) -> None:
@@ -232,3 +268,101 @@ def test_ctrl_c_with_worker_processes_counts_once_and_loses_nothing(e2e) -> None
     code, report = e2e.send(campaign)
     assert code == 0 and report["sent"] == 1500
     assert all(len(e2e.emu.messages(s["endpoint"])) == 1 for s in subs)
+
+
+# --- what the operator reads: --dry-run fails exactly where send would ------------------
+
+def _fault_no_subject(e2e):
+    path = e2e.campaign()
+    path.write_text(path.read_text().replace("vapid:\n  subject: mailto:ops@shop.example.com\n",
+                                             ""))
+    return path, {}, 2, "vapid.subject: no VAPID subject"
+
+
+def _fault_localhost_subject(e2e):
+    path = e2e.campaign()
+    path.write_text(path.read_text().replace("ops@shop.example.com", "ops@localhost"))
+    return path, {}, 2, "vapid.subject: Apple's push service refuses a localhost subject"
+
+
+def _fault_missing_key(e2e):
+    return (e2e.campaign(), {"PUSHCLI_VAPID_PRIVATE_KEY": str(e2e.dir / "missing.pem")}, 2,
+            "missing.pem: no such file")
+
+
+def _fault_world_readable_key(e2e):
+    (e2e.dir / "vapid_private.pem").chmod(0o644)
+    return e2e.campaign(), {}, 2, "private key is readable by others"
+
+
+def _fault_public_key(e2e):
+    return (e2e.campaign(), {"PUSHCLI_VAPID_PRIVATE_KEY": str(e2e.dir / "vapid_public.pem")},
+            2, "vapid_public.pem: is the public key")
+
+
+def _fault_everyone_blocked(e2e):
+    return e2e.campaign(), {"PUSHCLI_ALLOW_HOSTS": ""}, 1, None
+
+
+@pytest.mark.parametrize("fault", [
+    _fault_no_subject, _fault_localhost_subject, _fault_missing_key, _fault_world_readable_key,
+    _fault_public_key, _fault_everyone_blocked,
+], ids=lambda f: f.__name__.removeprefix("_fault_"))
+def test_dry_run_fails_exactly_where_send_would(e2e, fault) -> None:
+    e2e.import_subs(e2e.subscribe(3))
+    campaign, env, code, message = fault(e2e)
+    dry = e2e.pushcli("send", str(campaign), "--dry-run", "-q", **env)
+    assert dry.returncode == code, dry.stderr
+    assert "Traceback" not in dry.stderr
+    real = e2e.pushcli("send", str(campaign), "-q", **env)
+    assert real.returncode == code, real.stderr
+    if message is not None:
+        assert message in dry.stderr and dry.stderr == real.stderr
+        assert "chmod" not in dry.stderr or "readable by others" in message
+    else:
+        assert "3 of 3 subscribers would be blocked" in dry.stderr
+    assert e2e.emu.stats()["total_requests"] == 0
+
+
+def test_apple_topic_of_length_1_mod_4_is_refused_naming_the_field(e2e) -> None:
+    from conftest import real_subscription
+
+    e2e.import_subs([real_subscription("https://web.push.apple.com/QGx1bmNoZXMtMQ",
+                                       tags=["safari"]), *e2e.subscribe(2)])
+    fine = e2e.campaign("fine", extra="delivery:\n  topic: spring\n")  # 6 characters
+    assert e2e.pushcli("send", str(fine), "--dry-run", "-q").returncode == 0
+    bad = e2e.campaign("apple", extra="delivery:\n  topic: sprin\n")  # 5 = 1 mod 4
+    for argv in (["--dry-run"], []):
+        proc = e2e.pushcli("send", str(bad), "-q", *argv)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"error: {bad}:10: delivery.topic: Apple"), proc.stderr
+        assert "BadWebPushTopic" in proc.stderr and "1 subscribers at apple" in proc.stderr
+    assert e2e.emu.stats()["total_requests"] == 0
+    # With no Apple subscriber in the audience the topic is fine for everyone else.
+    others = e2e.campaign("others", extra="delivery:\n  topic: sprin\n"
+                                          "audience:\n  exclude_tags: [safari]\n")
+    assert e2e.pushcli("send", str(others), "--dry-run", "-q").returncode == 0
+    code, report = e2e.send(others)
+    assert code == 0 and report["sent"] == 2
+
+
+def test_to_an_endpoint_not_in_the_store_exits_2_without_printing_it(e2e) -> None:
+    e2e.import_subs(e2e.subscribe(2))
+    stranger = e2e.subscribe(1)[0]["endpoint"]
+    for argv in (["--dry-run"], []):
+        proc = e2e.pushcli("send", str(e2e.campaign()), "--to", stranger, *argv)
+        assert proc.returncode == 2, proc.stderr
+        assert "--to: no subscriber with this endpoint" in proc.stderr
+        assert stranger not in proc.stderr + proc.stdout
+    assert e2e.emu.stats()["total_requests"] == 0
+
+
+def test_an_empty_audience_says_so_on_stderr_and_exits_0(e2e) -> None:
+    e2e.import_subs(e2e.subscribe(2))
+    campaign = e2e.campaign(extra="audience:\n  tags: [nobody-has-this]\n")
+    for argv in (["--dry-run"], []):
+        proc = e2e.pushcli("send", str(campaign), "--json", *argv)
+        assert proc.returncode == 0, proc.stderr
+        assert ("audience is empty: no active subscriber matches this campaign "
+                "(nothing sent; exit 0)") in proc.stderr.splitlines(), proc.stderr
+        json.loads(proc.stdout)

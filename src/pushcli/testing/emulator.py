@@ -43,13 +43,17 @@ MAX_BODY = 4096
 #: FCM's TTL ceiling (28 days); larger values are accepted and echoed capped.
 MAX_TTL = 2_419_200
 URGENCIES = frozenset({"very-low", "low", "normal", "high"})
-FAULT_ACTIONS = frozenset({"slow", "drop", "drop_after_accept"})
+#: ``wrong_path``: FCM's 404 "use /wp/<token>" answer, only to pushes on a
+#: ``/fcm/send/<id>`` path (the same subscription's ``/wp/<id>`` form works).
+FAULT_ACTIONS = frozenset({"slow", "drop", "drop_after_accept", "wrong_path"})
+FCM_WRONG_PATH_BODY = ("A valid push subscription endpoint should be specified in the URL "
+                       "as such: {base}/wp/{id}")
 #: Sizes of the request log kept for "when did requests arrive" assertions.
 REQUEST_LOG_LIMIT = 1_000_000
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
-FaultAction = int | Literal["slow", "drop", "drop_after_accept"]
+FaultAction = int | Literal["slow", "drop", "drop_after_accept", "wrong_path"]
 
 
 def check_loopback(host: str) -> None:
@@ -138,6 +142,7 @@ class FaultRule:
     retry_after_http_date: bool = False
     delay: float = 0.0
     times: int | None = None
+    reason: str = "InjectedFault"  # the JSON ``reason`` answered (e.g. BadWebPushTopic)
 
     def as_json(self) -> dict[str, Any]:
         """Control-API form of the rule."""
@@ -150,6 +155,7 @@ class FaultRule:
             "retry_after_http_date": self.retry_after_http_date,
             "delay": self.delay,
             "times": self.times,
+            "reason": self.reason,
         }
 
 
@@ -205,8 +211,12 @@ def _parse_fault(spec: dict[str, Any], rule_id: int) -> FaultRule:
         times = int(times)
         if times < 1:
             raise ValueError("times must be >= 1 or null")
+    reason = spec.get("reason") or "InjectedFault"
+    if not isinstance(reason, str) or not _ID_RE.match(reason) or len(reason) > 64:
+        raise ValueError("reason must be a short word like BadWebPushTopic")
     return FaultRule(
         id=rule_id,
+        reason=reason,
         action=action,
         client_hash=client_hash,
         rate=rate,
@@ -317,9 +327,11 @@ class PushServiceState:
         with self._lock:
             self.faults.clear()
 
-    def _match_fault_locked(self, sub_id: str) -> FaultRule | None:
+    def _match_fault_locked(self, sub_id: str, path: str = "") -> FaultRule | None:
         for rule in self.faults:
             if rule.client_hash is not None and rule.client_hash != sub_id:
+                continue
+            if rule.action == "wrong_path" and "/fcm/send/" not in path:
                 continue
             if rule.rate is not None and self.rng.random() >= rule.rate:
                 continue
@@ -382,7 +394,7 @@ class PushServiceState:
             if sub is not None:
                 sub.requests += 1
                 sub.request_times.append(now)
-                rule = None if sub.expired else self._match_fault_locked(sub_id)
+                rule = None if sub.expired else self._match_fault_locked(sub_id, request.path)
         if sub is None:
             self.record(sub_id, 404, now)
             return _json_error(404, "NotFound", "no such subscription")
@@ -395,6 +407,11 @@ class PushServiceState:
             if rule.action == "drop":
                 self.record(sub_id, "drop", now)
                 raise _Drop()
+            if rule.action == "wrong_path":
+                self.record(sub_id, 404, now)
+                base = f"{request.scheme}://{request.host}"
+                return web.Response(status=404, content_type="text/plain",
+                                    text=FCM_WRONG_PATH_BODY.format(base=base, id=sub_id))
             if rule.action == "slow":
                 await asyncio.sleep(rule.delay)
             elif rule.action == "drop_after_accept":
@@ -429,7 +446,7 @@ class PushServiceState:
         if status == 406:
             headers["X-WNS-STATUS"] = "appthrottled"
         self.record(sub_id, status, now)
-        return _json_error(status, "InjectedFault", f"fault rule {rule.id}", **headers)
+        return _json_error(status, rule.reason, f"fault rule {rule.id}", **headers)
 
     def _accept(
         self, request: web.Request, sub: Subscription, body: bytes | None, now: float
@@ -636,6 +653,9 @@ def build_app(
 
     app = web.Application(middlewares=[drop_middleware], client_max_size=256 * 1024)
     app.router.add_post("/push/{id}", state.handle_push)
+    # FCM's two path forms of one subscription (see the ``wrong_path`` fault).
+    app.router.add_post("/fcm/send/{id}", state.handle_push)
+    app.router.add_post("/wp/{id}", state.handle_push)
     for path, handler in (
         ("/status", status),
         ("/stats", stats),
@@ -871,6 +891,7 @@ class PushServiceEmulator:
         retry_after_http_date: bool = False,
         delay: float = 0.0,
         times: int | None = None,
+        reason: str | None = None,
     ) -> FaultRule:
         """Script a failure; see the package docstring for the semantics.
 
@@ -887,6 +908,7 @@ class PushServiceEmulator:
                 "retry_after_http_date": retry_after_http_date,
                 "delay": delay,
                 "times": times,
+                "reason": reason,
             }
         )
 
