@@ -393,7 +393,7 @@ def test_missing_attribute_raises_render_error() -> None:
     with pytest.raises(RenderError) as info:
         renderer.render(None, {})
     assert str(info.value) == (
-        "notification.body: attribute 'city' is not set for this subscriber "
+        "<campaign>:4: notification.body: attribute 'city' is not set for this subscriber "
         "(use {{ city | default('...') }})"
     )
     assert isinstance(info.value, InputError)
@@ -406,7 +406,8 @@ def test_rendered_url_must_be_https() -> None:
     with pytest.raises(RenderError) as info:
         renderer.render(None, {"link": "javascript:alert(1)"})
     assert str(info.value) == (
-        "notification.url: renders to 'javascript:alert(1)', which is not an absolute https URL"
+        "<campaign>:5: notification.url: renders to 'javascript:alert(1)', "
+        "which is not an absolute https URL"
     )
 
 
@@ -554,3 +555,45 @@ def test_control_character_refused() -> None:
 @pytest.mark.parametrize("text", ["name: !!binary aGk=\n", "name: !foo x\n"])
 def test_non_core_tags_refused(text: str) -> None:
     assert "unsupported YAML tag" in error_of(text)
+
+
+# --------------------------------------------------------------------------- render errors
+
+
+def test_render_error_names_file_line_and_locale_field(tmp_path: Path) -> None:
+    path = tmp_path / "personal.yml"
+    path.write_text(PERSONAL.replace("Salut {{ first_name | default('mon ami') }}",
+                                     "Salut {{ first_name }}"))
+    renderer = Renderer(load_campaign(path))
+    with pytest.raises(RenderError) as info:
+        renderer.render("fr", {"city": "Paris"})
+    assert str(info.value) == (
+        f"{path}:8: locales.fr.title: attribute 'first_name' is not set for this subscriber "
+        "(use {{ first_name | default('...') }})"
+    )
+
+
+def test_dry_run_names_file_line_field_and_subscriber(tmp_path: Path) -> None:
+    from conftest import real_subscription
+    from typer.testing import CliRunner
+
+    from pushcli.cli import app
+    from pushcli.keys import generate_keys
+
+    runner = CliRunner()
+    generate_keys(tmp_path)
+    db = tmp_path / "s.db"
+    (tmp_path / "subs.json").write_text(json.dumps([real_subscription()]))
+    result = runner.invoke(app, ["--db", str(db), "subscribers", "import",
+                                 str(tmp_path / "subs.json")])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "c.yml"
+    path.write_text(HEAD.replace("body: World", "body: 'For {{ city }}'")
+                    + "vapid:\n  subject: mailto:ops@shop.example.com\n")
+    result = runner.invoke(app, ["--db", str(db), "send", str(path), "--dry-run",
+                                 "--key", str(tmp_path / "vapid_private.pem")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        f"error: {path}:4: notification.body: attribute 'city' is not set for this subscriber "
+        "(use {{ city | default('...') }}) (subscriber id 1)"
+    )

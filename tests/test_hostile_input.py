@@ -546,6 +546,130 @@ def test_template_cpu_and_memory_bombs_fail_fast(template: str) -> None:
     assert float(out.split()[1]) < 1.0, out
 
 
+_GROWTH_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from pushcli.campaign import Renderer, parse_campaign
+from pushcli.errors import InputError
+try:
+    Renderer(parse_campaign(sys.argv[1], source="c.yml")).render(None, {"n": 5, "s": "x"})
+    print("rendered")
+except InputError as exc:
+    print("refused", exc)
+except MemoryError:
+    print("memoryerror")
+"""
+
+
+@pytest.mark.parametrize("template", [
+    # the three from the report: 27 s and 9.5 GB, 2.5 GB, never ends
+    "{{ ('x'*99999)|replace('x','x'*99999)|length }}",
+    "{{ ([1]*50000)|join(','*50000) }}",
+    "{{ (((10**128)**128)**128)**128 }}",
+    # each growing operation on its own, starting from values a template may build
+    "{{ ('x'*9000)|replace('x','x'*9000)|length }}",
+    "{{ ('x'*9000).replace('x','x'*9000)|length }}",
+    "{{ ([1]*5000)|join(','*5000)|length }}",
+    "{{ (','*5000).join([s]*5000)|length }}",
+    "{% set a = 'x'*9000 %}{% set a = a ~ a %}{% set a = a ~ a %}{{ a|length }}",
+    "{% set a = 'x'*9000 %}{{ (a + a + a)|length }}",
+    "{% set a = 'x'*9000 %}{{ [a]*9000 }}",
+    "{% set a = 'x'*9000 %}{{ a }}{{ a }}",
+    "{{ s|center(100000000) }}", "{{ s.ljust(100000000) }}", "{{ s.zfill(100000000) }}",
+    "{{ (s*9000)|indent(9000) }}", "{{ (s*9000)|wordwrap(1, wrapstring=s*9000) }}",
+    "{{ ([1]*9)|batch(100000000, 0)|list }}", "{{ [[1]*9000]*9|sum(start=[]) }}",
+    "{{ n|round(-100000000) }}",
+    "{% set a = 2**128 %}{% set a = a*a %}{% set a = a*a %}{% set a = a*a %}{% set a = a*a %}"
+    "{% set a = a*a %}{{ a*a }}",
+    "{{ n ** 100000000 }}",
+])
+def test_template_growth_is_bounded(template: str) -> None:
+    """Every operation that can grow a value is measured before it allocates, so a render
+    ends (refused, naming the field) instead of taking minutes and gigabytes."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _GROWTH_SCRIPT, _campaign_with(template)],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"template {template!r} did not finish")  # a hang guard, not a timing test
+    out = proc.stdout.strip()
+    assert out.startswith("refused c.yml:4: notification.body: "), (out, proc.stderr[-500:])
+    assert "too large" in out
+
+
+@pytest.mark.parametrize("template", [
+    "{{ 'a b'.split()|join('-')|upper }}", "{{ n * 3 }}{{ n ** 3 }}{{ s ~ n }}{{ s + s }}",
+    "{{ s|replace('x', 'yz')|center(9)|trim }}", "{{ {'k': s}.get('k')|wordwrap(4) }}",
+    "{{ (2 ** 128)|string|length }}", "{{ [1, 2]|sum }}{{ (s*3)|indent(2) }}",
+])
+def test_ordinary_template_operations_still_render(template: str) -> None:
+    campaign = parse_campaign(_campaign_with(template), source="c.yml")
+    assert json.loads(Renderer(campaign).render(None, {"n": 5, "s": "x"}))["notification"]["body"]
+
+
+@pytest.mark.parametrize("template", [
+    "{{ '{0.__class__}'|attr('format')(s) }}", "{{ s|attr('format_map') }}",
+    "{{ s.format(s) }}", "{{ '{:>999999999}'.format(1) }}", "{{ s.expandtabs(100000000) }}",
+])
+def test_str_format_is_refused_at_load(template: str) -> None:
+    """CVE-2025-27516 reached str.format through |attr('format'); format also pads unbounded."""
+    with pytest.raises(InputError, match="'(format|format_map|expandtabs)' is not allowed"):
+        parse_campaign(_campaign_with(template), source="c.yml")
+
+
+def test_str_format_through_dynamic_attr_is_refused_at_render() -> None:
+    campaign = parse_campaign(_campaign_with("{{ ('{0.__class__}'|attr(name))(s) }}"),
+                              source="c.yml")
+    with pytest.raises(InputError, match="c.yml:4: notification.body: unsafe template"):
+        Renderer(campaign).render(None, {"s": "x", "name": "format"})
+
+
+@pytest.mark.parametrize("template", ["{% set a %}{{ s }}{{ s }}{% endset %}{{ a }}",
+                                      "{% filter upper %}{{ s }}{% endfilter %}",
+                                      "{% block b %}{{ s }}{% endblock %}{{ self.b() }}"])
+def test_template_blocks_are_refused_at_load(template: str) -> None:
+    """Their bodies are joined before anything can measure them."""
+    with pytest.raises(InputError, match="blocks are not allowed"):
+        parse_campaign(_campaign_with(template), source="c.yml")
+
+
+def test_calls_and_mutation_outside_text_handling_are_refused() -> None:
+    for template, pattern in (("{{ s.encode().decode().upper() }}", None),
+                              ("{% set l = [1] %}{{ l.append(2) }}", "unsafe"),
+                              ("{{ (1).to_bytes(100000000, 'big') }}", "not allowed")):
+        campaign = parse_campaign(_campaign_with(template), source="c.yml")
+        if pattern is None:
+            Renderer(campaign).render(None, {"s": "x"})
+            continue
+        with pytest.raises(InputError, match=pattern):
+            Renderer(campaign).render(None, {"s": "x"})
+
+
+def test_send_dry_run_and_doctor_refuse_a_growing_template(tmp_path: Path) -> None:
+    """Refused before anything is sent: exit 2 naming the field (doctor: its campaign
+    check fails, exit 1 as for every doctor finding)."""
+    generate_keys(tmp_path)
+    db = tmp_path / "s.db"
+    (tmp_path / "subs.json").write_text(json.dumps(POOL[:3]))
+    result = runner.invoke(app, ["--db", str(db), "subscribers", "import",
+                                 str(tmp_path / "subs.json")])
+    assert result.exit_code == 0, result.output
+    campaign = tmp_path / "c.yml"
+    campaign.write_text(_campaign_with("{{ ('x'*9000)|replace('x','x'*9000)|length }}")
+                        + "vapid:\n  subject: mailto:ops@shop.example.com\n")
+    key = ["--key", str(tmp_path / "vapid_private.pem")]
+    for argv in (["send", str(campaign), "--dry-run", *key], ["send", str(campaign), *key]):
+        result = runner.invoke(app, ["--db", str(db), *argv])
+        _assert_clean_cli(result)
+        assert result.exit_code == 2, result.output
+        assert f"{campaign}:4: notification.body: " in result.stderr
+        assert "replace builds a value too large" in result.stderr
+    result = runner.invoke(app, ["--db", str(db), "doctor", str(campaign), *key, "--json"])
+    assert result.exit_code == 1, result.output
+    failed = [c for c in json.loads(result.stdout)["checks"] if not c["ok"]]
+    assert [c["check"] for c in failed] == ["payload size"]
+    assert "notification.body: unsafe template: replace builds" in failed[0]["detail"]
+
+
 # --- CSV injection --------------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ without placeholders costs one dict lookup per subscriber.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import json
 import math
 import os
@@ -29,8 +31,9 @@ import jinja2
 import jinja2.meta
 import yaml
 from jinja2 import nodes as jnodes
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -46,6 +49,7 @@ from pydantic_core import PydanticCustomError
 
 from pushcli.errors import InputError, PayloadTooLarge
 from pushcli.files import open_input
+from pushcli.pushservices import vapid_subject_problem
 
 __all__ = [
     "MAX_PLAINTEXT",
@@ -87,42 +91,289 @@ class RenderError(InputError):
 # --------------------------------------------------------------------------- templates
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Sandbox that also refuses the two operators that can allocate without bound.
+#: No value a template computes may be larger than this (characters, items, or their sum
+#: for nested lists): a payload holds at most MAX_PLAINTEXT bytes, and the slack lets a long
+#: attribute be shortened. Every operation that can grow a value is checked *before* it
+#: allocates, so one render costs at most about this much per operation in the template.
+MAX_TEMPLATE_VALUE = 4 * MAX_PLAINTEXT
+#: Integers a template computes stay below this many bits (about 1,200 digits); chained
+#: ``**`` or ``*`` would otherwise double the size with every step.
+MAX_TEMPLATE_INT_BITS = 4096
+_MAX_EXPONENT = 128
+_MAX_NESTING = 16  # lists in lists a template may build or pass through a growing operation
 
-    The stock sandbox blocks attribute escapes but lets ``'x' * 10**9`` or
-    ``9 ** 9 ** 9`` through; a campaign author should not be able to stall a send.
+
+class TemplateTooLarge(SecurityError):
+    """An operation in a template would build a value larger than a payload could use."""
+
+
+def _weight(value: Any, limit: int = MAX_TEMPLATE_VALUE, depth: int = 0) -> int:
+    """Roughly how many characters ``value`` prints as; stops counting past ``limit``.
+
+    Containers count their items' weights, so ``[s] * n`` is measured by what it
+    prints (n copies of s), not by its n pointers.
+    """
+    if isinstance(value, str | bytes | bytearray):
+        return len(value)
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        if depth > _MAX_NESTING:
+            return limit + 1
+        total = len(value)
+        items: Iterable[Any] = value.items() if isinstance(value, dict) else value
+        for item in items:
+            if total > limit:
+                break
+            total += _weight(item, limit - total, depth + 1)
+        return total
+    return 1
+
+
+def _refuse_size(what: str, size: int) -> None:
+    if size > MAX_TEMPLATE_VALUE:
+        raise TemplateTooLarge(
+            f"{what} builds a value too large for a notification "
+            f"({size:,} characters or items; at most {MAX_TEMPLATE_VALUE:,})"
+        )
+
+
+def _checked(value: Any, what: str) -> Any:
+    """``value`` if it is small enough to keep computing with, else TemplateTooLarge."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > MAX_TEMPLATE_INT_BITS:
+            raise TemplateTooLarge(
+                f"{what} builds an integer too large ({value.bit_length():,} bits; "
+                f"at most {MAX_TEMPLATE_INT_BITS:,})"
+            )
+        return value
+    _refuse_size(what, _weight(value))
+    return value
+
+
+def _text_len(value: Any) -> int:
+    return len(value) if isinstance(value, str) else _weight(value)
+
+
+def _joined_size(what: str, items: list[Any], sep: Any) -> None:
+    """Refuse a join before building it: items plus separators."""
+    size = len(str(sep)) * max(len(items) - 1, 0)
+    _refuse_size(what, size)
+    for item in items:
+        size += _text_len(item)
+        _refuse_size(what, size)
+
+
+def _replaced_size(what: str, text: str, old: str, new: str, count: int | None) -> None:
+    hits = text.count(old) if old else len(text) + 1
+    if count is not None and count >= 0:
+        hits = min(hits, count)
+    _refuse_size(what, len(text) + hits * (len(new) - len(old)))
+
+
+def _pre_replace(a: dict[str, Any]) -> None:
+    _replaced_size("replace", str(a["s"]), str(a["old"]), str(a["new"]), a["count"])
+
+
+def _pre_join(a: dict[str, Any]) -> None:
+    items = list(a["value"])  # once: the filter gets the list, a generator is not re-run
+    a["value"] = items
+    if a["attribute"] is None:
+        _joined_size("join", items, a["d"])
+    else:
+        _joined_size("join", [None] * len(items), a["d"])  # separators; the result is checked
+
+
+def _pre_width(name: str, param: str, limit: int = MAX_TEMPLATE_VALUE) -> Any:
+    def check(a: dict[str, Any]) -> None:
+        value = a[param]
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limit:
+            raise TemplateTooLarge(f"{name}({param}={value:,}) is too large (at most {limit:,})")
+    return check
+
+
+def _pre_indent(a: dict[str, Any]) -> None:
+    _pre_width("indent", "width")(a)
+    text, width = str(a["s"]), a["width"]
+    pad = len(width) if isinstance(width, str) else int(width)
+    _refuse_size("indent", len(text) + (text.count("\n") + 1) * max(pad, 0))
+
+
+def _pre_wordwrap(a: dict[str, Any]) -> None:
+    text = str(a["s"])
+    wrap = a["wrapstring"]
+    # at most one line per character; each line break is one wrapstring
+    _refuse_size("wordwrap", len(text) + (len(text) + 1) * len(str(wrap) if wrap else "\n"))
+
+
+def _pre_sum(a: dict[str, Any]) -> None:
+    items = list(a["iterable"])
+    a["iterable"] = items
+    if a["attribute"] is None and not all(
+        isinstance(v, int | float) for v in (*items, a["start"])
+    ):
+        raise SecurityError("sum adds numbers only")
+
+
+#: Filters that could allocate a lot before returning: checked before they run.
+_FILTER_PRECHECKS: dict[str, Any] = {
+    "replace": _pre_replace,
+    "join": _pre_join,
+    "center": _pre_width("center", "width"),
+    "indent": _pre_indent,
+    "wordwrap": _pre_wordwrap,
+    "batch": _pre_width("batch", "linecount"),
+    "slice": _pre_width("slice", "slices"),
+    "round": _pre_width("round", "precision", 1000),  # round(10, -10**9) computes 10**10**9
+    "tojson": _pre_width("tojson", "indent", 16),
+    "sum": _pre_sum,
+}
+#: Filters with no use in notification text that only add ways to grow a value.
+_DROPPED_FILTERS = ("format", "urlize", "xmlattr", "pprint", "filesizeformat")
+
+
+def _guard_filter(name: str, fn: Any) -> Any:
+    """``fn`` with its pre-check (if any) and a size check of its result."""
+    pre = _FILTER_PRECHECKS.get(name)
+    signature = inspect.signature(fn) if pre is not None else None
+    what = f"filter {name}"
+
+    @functools.wraps(fn)  # keeps jinja's pass_environment/pass_context marker
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if pre is not None and signature is not None:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            pre(bound.arguments)
+            args, kwargs = bound.args, bound.kwargs
+        return _checked(fn(*args, **kwargs), what)
+    return guarded
+
+
+#: Methods of str/bytes a template may call; the growing ones are size-checked first.
+_REFUSED_STR_METHODS = frozenset({"format", "format_map", "translate", "expandtabs", "maketrans"})
+_SAFE_METHODS: dict[type, frozenset[str]] = {
+    dict: frozenset({"get", "items", "keys", "values"}),
+    list: frozenset({"index", "count"}),
+    tuple: frozenset({"index", "count"}),
+}
+
+
+def _check_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Refuse a call a campaign has no use for, or one that would build too much."""
+    if obj is dict:
+        return "dict()"
+    owner = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", type(obj).__name__)
+    if isinstance(owner, str | bytes) and callable(obj) and name not in _REFUSED_STR_METHODS:
+        what = f"{name}()"
+        if name == "replace" and len(args) >= 2:
+            count = args[2] if len(args) > 2 else kwargs.get("count")
+            _replaced_size(what, str(owner), str(args[0]), str(args[1]),
+                           count if isinstance(count, int) else None)
+        elif name == "join" and args:
+            _joined_size(what, list(args[0]), owner)
+        elif name in ("ljust", "rjust", "center", "zfill") and args:
+            _pre_width(name, "width")({"width": args[0]})
+        return what
+    for kind, allowed in _SAFE_METHODS.items():
+        if isinstance(owner, kind) and name in allowed:
+            return f"{name}()"
+    raise SecurityError(f"calling {name}() is not allowed in templates")
+
+
+class _CodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` so the sandbox measures the parts before joining them."""
+
+    @optimizeconst
+    def visit_Concat(self, node: jnodes.Concat, frame: Frame) -> None:
+        if frame.eval_ctx.volatile:
+            func_name = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            func_name = "markup_join"
+        else:
+            func_name = "str_join"
+        self.write(f"environment.bounded_concat({func_name}, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+def _refused_format(*args: Any, **kwargs: Any) -> Any:
+    raise SecurityError("str.format is not allowed in templates")
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Sandbox in which no operation can build a value without bound.
+
+    The stock sandbox blocks attribute escapes but lets ``'x' * 10**9``,
+    ``s|replace('x', s)``, ``a ~ a`` or ``(10**128)**128`` through, and an
+    author (or a mistake) should not be able to stall a send or exhaust memory:
+    every operator, filter and method call that can grow a value is measured
+    before it runs (TemplateTooLarge), containers may not be modified, and the
+    rendered text itself is bounded.
     """
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    code_generator_class = _CodeGenerator
+    intercepted_binops = frozenset({"+", "*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > 128:
-            raise SecurityError("exponent too large")
-        if operator == "%" and isinstance(left, str):
+        what = f"'{operator}'"
+        numbers = (isinstance(left, int | float) and not isinstance(left, bool)
+                   and isinstance(right, int | float) and not isinstance(right, bool))
+        if operator == "**" and numbers:
+            if isinstance(right, int) and abs(right) > _MAX_EXPONENT:
+                raise TemplateTooLarge(
+                    f"'**' exponent {right:,} is too large (at most {_MAX_EXPONENT})")
+            if isinstance(left, int) and isinstance(right, int) and right > 0:
+                bits = max(left.bit_length(), 1) * right
+                if bits > MAX_TEMPLATE_INT_BITS:
+                    raise TemplateTooLarge(
+                        f"'**' builds an integer too large (about {bits:,} bits; "
+                        f"at most {MAX_TEMPLATE_INT_BITS:,})")
+        elif operator == "*" and numbers and isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > MAX_TEMPLATE_INT_BITS + 1:
+                raise TemplateTooLarge(
+                    f"'*' builds an integer too large (more than {MAX_TEMPLATE_INT_BITS:,} bits)")
+        elif operator == "%" and isinstance(left, str | bytes):
             raise SecurityError("string formatting with % is not allowed")
-        if operator == "*":
+        elif operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | list | tuple)
-                    and isinstance(times, int)
-                    and len(seq) * times > 100_000
-                ):
-                    raise SecurityError("repetition result too large")
-        return super().call_binop(context, operator, left, right)
+                if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
+                    _refuse_size(what, _weight(seq) * times)
+        elif operator == "+" and not numbers:
+            _refuse_size(what, _weight(left) + _weight(right))
+        return _checked(super().call_binop(context, operator, left, right), what)
 
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if isinstance(__obj, jinja2.Undefined):  # let it raise its own "is undefined"
+            return super().call(__context, __obj, *args, **kwargs)
+        what = _check_call(__obj, args, kwargs)
+        return _checked(super().call(__context, __obj, *args, **kwargs), what)
 
-#: Filters whose integer argument sets the size of the result: bounded by the payload limit.
-_SIZED_FILTERS = ("center", "indent", "wordwrap", "truncate", "batch", "slice")
+    def wrap_str_format(self, value: Any) -> Any:
+        # jinja returns a sandboxed str.format for ``s.format`` / ``s|attr('format')``
+        # (CVE-2025-27516 was a way around it); widths like {:>999999999} still allocate.
+        if super().wrap_str_format(value) is not None:
+            return _refused_format
+        return None
 
+    def bounded_concat(self, join: Any, parts: tuple[Any, ...]) -> str:
+        """``a ~ b ~ c``: measured before joining."""
+        _joined_size("'~'", list(parts), "")
+        return join(parts)  # type: ignore[no-any-return]
 
-def _bounded(filter_fn: Any) -> Any:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for value in (*args[1:], *kwargs.values()):
-            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_PLAINTEXT:
-                raise SecurityError(f"filter argument {value} is larger than a payload can be")
-        return filter_fn(*args, **kwargs)
-    return wrapper
+    def concat(self, chunks: Iterable[str]) -> str:  # type: ignore[override]
+        """The rendered text, refused as soon as it grows past MAX_TEMPLATE_VALUE."""
+        out: list[str] = []
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            _refuse_size("the rendered text", size)
+            out.append(chunk)
+        return "".join(out)
 
 
 def _environment() -> _Sandbox:
@@ -130,15 +381,15 @@ def _environment() -> _Sandbox:
 
     Title, body and url need substitution and ``default``, not a programming
     language; every construct that can burn CPU or memory without bound is
-    removed rather than policed.
+    removed or measured rather than trusted.
     """
     env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
     for name in ("range", "lipsum", "cycler", "joiner", "namespace"):
         env.globals.pop(name, None)
-    env.filters.pop("format", None)
-    for name in _SIZED_FILTERS:
-        if name in env.filters:
-            env.filters[name] = _bounded(env.filters[name])
+    for name in _DROPPED_FILTERS:
+        env.filters.pop(name, None)
+    for name, fn in list(env.filters.items()):
+        env.filters[name] = _guard_filter(name, fn)
     return env
 
 
@@ -150,7 +401,8 @@ def _has_placeholder(value: str) -> bool:
 
 
 def _unsafe_name(name: object) -> bool:
-    return isinstance(name, str) and name.startswith("_")
+    # str.format reaches attributes by name and pads without bound (CVE-2025-27516 used it)
+    return isinstance(name, str) and (name.startswith("_") or name in _REFUSED_STR_METHODS)
 
 
 def _check_template(source: str) -> None:
@@ -168,6 +420,10 @@ def _check_template(source: str) -> None:
         raise _fail("include, extends and import are not allowed in templates")
     if any(ast.find_all((jnodes.For, jnodes.Macro, jnodes.CallBlock))):
         raise _fail("loops, macros and call blocks are not allowed in templates")
+    # Their bodies are joined before anything can measure them; `{% set a %}{{a}}{{a}}`
+    # doubles a value per line.
+    if any(ast.find_all((jnodes.AssignBlock, jnodes.FilterBlock, jnodes.Block))):
+        raise _fail("block set, filter blocks and blocks are not allowed in templates")
     unsafe: list[object] = []
     for node in ast.find_all((jnodes.Getattr, jnodes.Getitem, jnodes.Filter)):
         bad: object = None
@@ -293,12 +549,11 @@ def _json_data(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _subject(value: str) -> str:
-    if value.startswith("mailto:"):
-        if len(value) > 7 and not re.search(r"[\s<>]", value):
-            return value
-    elif value.startswith("https://") and _is_https_url(value):
-        return value
-    raise _fail("must be a mailto: address or an https: URL (no spaces or angle brackets)")
+    """The one VAPID subject rule (``pushservices.vapid_subject_problem``), at load time."""
+    problem = vapid_subject_problem(value)
+    if problem is not None:
+        raise _fail(problem)
+    return value
 
 
 def _scalar_values(value: Any) -> Any:
@@ -461,6 +716,9 @@ class Delivery(BaseModel):
     topic: Annotated[str, AfterValidator(_topic)] | None = None
     concurrency: Annotated[int, _in_range(1, 1000)] = 64
     rate_limit: Annotated[float, AfterValidator(_positive_finite)] | None = None
+    #: Subscribers an earlier run left in flight (kill -9, power cut, failed ledger):
+    #: ``resend`` (counted as possible duplicates) or ``skip`` (recorded ``uncertain``).
+    on_uncertain: Literal["resend", "skip"] = "resend"
 
 
 class VapidSettings(BaseModel):
@@ -492,6 +750,13 @@ class Campaign(BaseModel):
     delivery: Delivery = Delivery()
     vapid: VapidSettings = VapidSettings()
     source: str | None = None
+    # Line of each dotted field in ``source``, so a template that fails for one subscriber
+    # mid-send is reported as ``file:line: field`` like every load-time error.
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    def line_of(self, field_name: str) -> int | None:
+        """The line ``field_name`` (dotted, e.g. ``locales.fr.title``) is on, when known."""
+        return self._lines.get(field_name)
 
     @field_validator("locales")
     @classmethod
@@ -800,7 +1065,9 @@ def parse_campaign(
         first = min(problems, key=lambda p: (p.missing, p.line or 0, order[id(p)]))
         raise InputError(first.message, file=source, line=first.line, field=first.field or None)
     assert campaign is not None
-    return campaign.model_copy(update={"source": source})
+    loaded = campaign.model_copy(update={"source": source})
+    loaded._lines = {_dotted(path): line for path, line in tree.lines.items() if path}
+    return loaded
 
 
 def load_campaign(path: str | os.PathLike[str]) -> Campaign:
@@ -821,6 +1088,25 @@ def load_campaign(path: str | os.PathLike[str]) -> Campaign:
             line=line,
         ) from None
     return parse_campaign(text, source=source, base_dir=file.parent.resolve())
+
+
+def field_line(campaign: Campaign, dotted: str) -> int | None:
+    """The line of ``dotted`` (``delivery.topic``) in the file the campaign came from.
+
+    For errors found after loading (a topic one push service refuses, given
+    who is in the audience): the file is read again rather than keeping every
+    campaign's line map in memory. None when the file is gone, changed or was
+    never a file.
+    """
+    if not campaign.source:
+        return None
+    try:
+        with open_input(Path(campaign.source)) as handle:
+            text = handle.read(MAX_FILE_BYTES + 1).decode("utf-8")
+        tree = _compose(text.removeprefix("\ufeff"), campaign.source)
+    except (InputError, OSError, UnicodeDecodeError):
+        return None
+    return tree.lines.get(tuple(dotted.split(".")))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -1047,6 +1333,12 @@ class Renderer:
                 variant.cache[key] = payload
         return payload
 
+    def _error(self, message: str, where: str) -> RenderError:
+        """``file:line: field: message``, the same shape as a load-time error."""
+        campaign = self._campaign
+        return RenderError(message, file=campaign.source, line=campaign.line_of(where),
+                           field=where)
+
     def _render(self, variant: _Variant, attributes: Mapping[str, Any]) -> bytes:
         # Only the used names are passed: attribute values are data, never templates,
         # and the cache key (those names' values) then fully determines the output.
@@ -1059,27 +1351,22 @@ class Renderer:
                 match = _UNDEFINED_RE.match(str(exc.message or exc))
                 if match and match.group(1) not in values:
                     name = match.group(1)
-                    raise RenderError(
+                    raise self._error(
                         f"attribute '{name}' is not set for this subscriber "
-                        f"(use {{{{ {name} | default('...') }}}})",
-                        field=where,
-                    ) from None
-                raise RenderError(f"cannot render: {exc.message or exc}", field=where) from None
+                        f"(use {{{{ {name} | default('...') }}}})", where) from None
+                raise self._error(f"cannot render: {exc.message or exc}", where) from None
             except SecurityError as exc:
-                raise RenderError(f"unsafe template: {exc}", field=where) from None
+                raise self._error(f"unsafe template: {exc}", where) from None
             except Exception as exc:  # a template error of any kind is this subscriber's problem
-                raise RenderError(f"cannot render: {exc}", field=where) from None
+                raise self._error(f"cannot render: {exc}", where) from None
         if not texts["title"].strip():
-            raise RenderError(
-                "renders to an empty title for this subscriber", field=variant.field_names["title"]
-            )
+            raise self._error("renders to an empty title for this subscriber",
+                              variant.field_names["title"])
         url = texts["navigate"]
         if not _is_https_url(url):
             shown = url if len(url) <= 80 else url[:77] + "..."
-            raise RenderError(
-                f"renders to {shown!r}, which is not an absolute https URL",
-                field=variant.field_names["navigate"],
-            )
+            raise self._error(f"renders to {shown!r}, which is not an absolute https URL",
+                              variant.field_names["navigate"])
         notification: dict[str, Any] = {
             "title": texts["title"],
             "navigate": url,
