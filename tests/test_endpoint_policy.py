@@ -124,11 +124,60 @@ REFUSED = [
 ]
 
 
+#: Accepted endpoints whose canonical spelling differs (percent-escapes in uppercase hex).
+CANONICAL = {"https://wns2-par02p.notify.windows.com/w/?token=BQYAAAB%2bXyZ%3d":
+             "https://wns2-par02p.notify.windows.com/w/?token=BQYAAAB%2BXyZ%3D",
+             "https://FCM.GoogleAPIs.com/fcm/send/abc": "https://fcm.googleapis.com/fcm/send/abc",
+             "HTTPS://web.push.apple.com/abc": "https://web.push.apple.com/abc",
+             "https://fcm.googleapis.com:443/fcm/send/abc":
+             "https://fcm.googleapis.com/fcm/send/abc"}
+
+
+SIX_SPELLINGS = [
+    "https://fcm.googleapis.com/fcm/send/abc-1:Z",
+    "HTTPS://FCM.googleapis.COM/fcm/send/abc-1:Z",
+    "https://fcm.googleapis.com:443/fcm/send/abc-1:Z",
+    "https://fcm.googleapis.com/fcm/send/abc-1:Z?",
+    "https://fcm.googleapis.com/fcm/./x/../send/abc-1:Z",
+    "https://fcm.googleapis.com/fcm/send/%61bc%2d1:Z",
+]
+
+
+def test_six_spellings_of_one_endpoint_have_one_canonical_url() -> None:
+    assert {check_endpoint(u).url for u in SIX_SPELLINGS} == {
+        "https://fcm.googleapis.com/fcm/send/abc-1:Z"}
+
+
+@pytest.mark.parametrize(("url", "canonical"), [
+    ("https://fcm.googleapis.com/a%2fb%3d", "https://fcm.googleapis.com/a%2Fb%3D"),
+    ("https://fcm.googleapis.com/a/b/..", "https://fcm.googleapis.com/a/"),
+    ("https://fcm.googleapis.com", "https://fcm.googleapis.com/"),
+    ("https://fcm.googleapis.com/caf\u00e9", "https://fcm.googleapis.com/caf%C3%A9"),
+    ("https://fcm.googleapis.com/a?b=%7e&c", "https://fcm.googleapis.com/a?b=~&c"),
+    ("http://localhost:80/x", "http://localhost/x"),
+])
+def test_canonical_url_normalizes_escapes_dots_and_default_ports(url: str,
+                                                                 canonical: str) -> None:
+    ep = check_endpoint(url, frozenset({"localhost"}))
+    assert ep.url == canonical
+    assert check_endpoint(ep.url, frozenset({"localhost"})).url == canonical  # a fixed point
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://fcm.googleapis.com/fcm/send/a\udc80", "lone surrogate"),
+    ("https://fcm.googleapis.com/fcm/send/a%zz", "malformed percent-escape"),
+    ("https://fcm.googleapis.com/fcm/send/a%2", "malformed percent-escape"),
+])
+def test_unstorable_or_ambiguous_spellings_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(EndpointRefused, match=reason):
+        check_endpoint(url)
+
+
 @pytest.mark.parametrize(("url", "service", "origin"), ACCEPTED)
 def test_real_push_service_endpoints_are_accepted(url: str, service: str, origin: str) -> None:
     ep = check_endpoint(url)
     assert isinstance(ep, Endpoint)
-    assert ep.service == service and ep.origin == origin and ep.url == url
+    assert ep.service == service and ep.origin == origin and ep.url == CANONICAL.get(url, url)
     assert ep.host == ep.host.lower()
 
 
@@ -236,6 +285,21 @@ PUBLIC_ADDRESSES = [
 
 @pytest.mark.parametrize("address", PRIVATE_ADDRESSES)
 def test_private_and_special_addresses_are_not_public(address: str) -> None:
+    assert is_public_address(address) is False
+
+
+#: Special-purpose ranges some Python releases call global (3.11.7: 192.0.0.9, 192.31.196.1,
+#: 3fff::1, 5f00::1, 100:0:0:1::1, 2620:4f:8000::1, 4000::1), and their IPv6 wrappings.
+SPECIAL_PURPOSE = [
+    "192.0.0.9", "192.0.0.10", "192.0.0.170", "192.31.196.1", "192.52.193.1", "192.88.99.1",
+    "192.175.48.1", "198.51.100.7", "203.0.113.7", "0.1.2.3", "100::1", "100:0:0:1::1",
+    "2001:1::1", "2001:3::1", "2001:20::1", "3fff::1", "5f00::1", "2620:4f:8000::1", "4000::1",
+    "::ffff:192.0.0.9", "64:ff9b::c000:9", "2002:c000:9::1", "64:ff9b::c01f:c401",
+]
+
+
+@pytest.mark.parametrize("address", SPECIAL_PURPOSE)
+def test_iana_special_purpose_ranges_are_not_public_on_any_python(address: str) -> None:
     assert is_public_address(address) is False
 
 

@@ -33,14 +33,55 @@ ALLOW_HOSTS_ENV = "PUSHCLI_ALLOW_HOSTS"
 #: no empty labels, no IDN/Unicode, no percent-escapes or backslashes.
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
-#: IPv6 ranges Python's ``is_global`` (3.11) still calls global but that must
-#: never be contacted: IPv4-compatible (::a.b.c.d, deprecated), IPv4-translated
-#: (::ffff:0:a.b.c.d), local-use NAT64 (RFC 8215), deprecated site-local.
-_NOT_PUBLIC_V6 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10",
+#: IANA IPv4 Special-Purpose Address Registry (RFC 6890 and later), plus multicast and the
+#: limited broadcast: no push service lives there. An explicit table, because what
+#: ``ipaddress``' ``is_global``/``is_private`` say changes between Python patch releases
+#: (3.11.7 calls 192.0.0.0/24 global). The three anycast AS112/AMT blocks are globally
+#: reachable, but a push service's name never resolves into them either.
+_SPECIAL_V4 = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8",  # "this network"
+    "10.0.0.0/8",  # private
+    "100.64.0.0/10",  # shared address space (CGNAT)
+    "127.0.0.0/8",  # loopback
+    "169.254.0.0/16",  # link-local (cloud metadata services)
+    "172.16.0.0/12",  # private
+    "192.0.0.0/24",  # IETF protocol assignments (DS-Lite, NAT64 discovery, ...)
+    "192.0.2.0/24",  # TEST-NET-1
+    "192.31.196.0/24",  # AS112-v4
+    "192.52.193.0/24",  # AMT
+    "192.88.99.0/24",  # deprecated 6to4 relay anycast
+    "192.168.0.0/16",  # private
+    "192.175.48.0/24",  # AS112 direct delegation
+    "198.18.0.0/15",  # benchmarking
+    "198.51.100.0/24",  # TEST-NET-2
+    "203.0.113.0/24",  # TEST-NET-3
+    "224.0.0.0/4",  # multicast
+    "240.0.0.0/4",  # reserved
+    "255.255.255.255/32",  # limited broadcast
 ))
-_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: IANA IPv6 Special-Purpose Address Registry, plus the deprecated forms ``ipaddress`` does
+#: not know; anything outside global unicast 2000::/3 is refused as well.
+_SPECIAL_V6 = tuple(ipaddress.IPv6Network(n) for n in (
+    "::/128",  # unspecified
+    "::1/128",  # loopback
+    "::/96",  # IPv4-compatible (deprecated)
+    "::ffff:0:0/96",  # IPv4-mapped (unwrapped first)
+    "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+    "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
+    "100::/64",  # discard-only
+    "100:0:0:1::/64",  # dummy prefix
+    "2001::/23",  # IETF protocol assignments (Teredo 2001::/32, benchmarking, ORCHID, ...)
+    "2001:db8::/32",  # documentation
+    "2620:4f:8000::/48",  # AS112 direct delegation
+    "3fff::/20",  # documentation
+    "5f00::/16",  # segment routing (SRv6) SIDs
+    "fc00::/7",  # unique local
+    "fe80::/10",  # link-local
+    "fec0::/10",  # site-local (deprecated)
+    "ff00::/8",  # multicast
+))
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix: unwrapped
 
 
 class Outcome(StrEnum):
@@ -202,9 +243,10 @@ def _is_loopback(host: str) -> bool:
 def is_public_address(address: str) -> bool:
     """True for a globally routable unicast address.
 
-    Rejects private, loopback, link-local, CGNAT (100.64/10), unique-local,
-    multicast and reserved ranges, and unwraps IPv4-mapped and NAT64
-    (64:ff9b::/96) IPv6 forms so they cannot smuggle a private IPv4 address.
+    Decided by the explicit IANA special-purpose tables above (``_SPECIAL_V4``,
+    ``_SPECIAL_V6``), never by ``ipaddress``' own flags, so every Python release
+    gives the same answer. IPv4-mapped, NAT64 (64:ff9b::/96) and 6to4 (2002::/16)
+    IPv6 forms are unwrapped first so they cannot smuggle a private IPv4 address.
     """
     if not isinstance(address, str):
         return False
@@ -219,11 +261,9 @@ def is_public_address(address: str) -> bool:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         elif ip.sixtofour is not None:
             ip = ip.sixtofour
-        elif ip.teredo is not None or any(ip in net for net in _NOT_PUBLIC_V6):
-            return False
-    if ip in _CGNAT:
-        return False
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+        else:
+            return ip in _GLOBAL_UNICAST_V6 and not any(ip in net for net in _SPECIAL_V6)
+    return not any(ip in net for net in _SPECIAL_V4)
 
 
 def address_allowed(host: str, address: str, allowed_hosts: frozenset[str]) -> bool:
