@@ -113,6 +113,29 @@ def test_init_site_rejects_bad_subscribe_url(tmp_path: Path, url: str) -> None:
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("url", [
+    "/\\evil.example/x", "\\/evil.example/x", "/\t/evil.example/x", "/\n/evil.example/x",
+    "/\r\n/evil.example", "http://shop.example.com/subscribe", "javascript:alert(1)",
+    "data:text/html,x", "https://shop.example.com\\@evil.example/x",
+    "https://user@evil.example/x", "https:/evil.example/x", "https:\\\\evil.example/x",
+    "/api/\tsubscribe",
+])
+def test_init_site_refuses_what_a_browser_would_send_elsewhere(tmp_path: Path, url: str) -> None:
+    """Browsers drop tabs/newlines and read '\\' as '/': these would post subscribers'
+    auth secrets to another host (or in the clear)."""
+    with pytest.raises(InputError, match="subscribe URL"):
+        init_site(tmp_path / "s", KEY, subscribe_url=url)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("url", ["/api/push-subscriptions", "/sub?next=//x&y=\\z",
+                                 "https://api.example.com/push", "http://localhost:8000/sub",
+                                 "http://127.0.0.1:9/sub"])
+def test_init_site_accepts_same_origin_paths_and_https(tmp_path: Path, url: str) -> None:
+    init_site(tmp_path, KEY, subscribe_url=url)
+    assert f"const SUBSCRIBE_URL = {json.dumps(url)};" in (tmp_path / "sw.js").read_text()
+
+
 @pytest.mark.parametrize("key", ["", "not base64!", b64url_encode(b"\x04" + b"\x01" * 31)])
 def test_init_site_rejects_bad_key(tmp_path: Path, key: str) -> None:
     with pytest.raises(InputError, match="applicationServerKey"):

@@ -42,23 +42,51 @@ def _check_key(application_server_key: str) -> str:
     return b64url_encode(raw)
 
 
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 def _check_subscribe_url(subscribe_url: str | None) -> str | None:
+    """The URL the page POSTs subscriptions (with their auth secrets) to.
+
+    Checked as a browser's URL parser reads it, not as ``urlsplit`` does:
+    browsers drop tabs and newlines anywhere and read ``\\`` as ``/`` before
+    the query, so ``/\\evil.example/x`` or ``/<TAB>/evil.example`` would send
+    every subscriber's secret to another host. Accepted: a same-origin path or
+    an ``https://`` URL (``http://`` only to this machine, for development).
+    """
     if subscribe_url is None:
         return None
     if not isinstance(subscribe_url, str) or not subscribe_url.strip():
-        raise InputError("subscribe URL must be an http(s) URL or a path starting with '/'")
+        raise InputError("subscribe URL must be an https URL or a path starting with '/'")
     url = subscribe_url.strip()
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise InputError(
+            f"subscribe URL {url!r} contains a tab, newline or control character; browsers "
+            "drop them, so it would not go where it looks like it goes"
+        )
+    before_query = url.split("?", 1)[0].split("#", 1)[0]
     if url.startswith("/"):
-        if url.startswith("//"):
+        if before_query.replace("\\", "/").startswith("//"):
             raise InputError(
-                f"subscribe URL {url!r}: protocol-relative URLs are not allowed; "
-                "use https://host/path or /path"
+                f"subscribe URL {url!r}: a browser reads this as another host "
+                "(protocol-relative); use https://host/path or /path"
             )
         return url
     parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.netloc or not parts.hostname:
         raise InputError(
-            f"subscribe URL {url!r} must be an http(s) URL or a path starting with '/'"
+            f"subscribe URL {url!r} must be an https URL or a path starting with '/'"
+        )
+    if "\\" in before_query or "@" in parts.netloc:
+        raise InputError(
+            f"subscribe URL {url!r}: a backslash or user@ in the address makes browsers "
+            "read another host or refuse the request; use https://host/path"
+        )
+    if scheme == "http" and parts.hostname.lower() not in _LOOPBACK_HOSTS:
+        raise InputError(
+            f"subscribe URL {url!r}: plain http would send subscribers' secrets unencrypted; "
+            "use https (http is accepted only for localhost)"
         )
     return url
 
