@@ -42,15 +42,17 @@ Push endpoint — ``POST /push/<id>``
     with ``Location`` and ``TTL``; the decrypted payload is stored.  Error
     bodies are JSON ``{"code", "reason", "detail"}``.
 
-Control API — JSON bodies, JSON answers (POST; ``/status`` and ``/stats``
-also answer GET).  Modelled on the npm package web-push-testing:
+Control API — JSON bodies, JSON answers (POST with ``Content-Type:
+application/json``, else 415, so a web page cannot drive it; ``/status`` and
+``/stats`` also answer GET).  Modelled on the npm package web-push-testing:
 
 ``/status``
     ``{"ok": true, "subscriptions": N, "requests": N}``
 ``/subscribe`` ``{"applicationServerKey": b64url, "count": 1, "userVisibleOnly": true}``
     ``{"data": {endpoint, expirationTime, keys, clientHash}}`` when count is
-    1, ``{"data": [ ... ]}`` (a list, always) when count > 1.  Endpoints use
-    the origin the control request addressed.  ``userVisibleOnly`` may be
+    1, ``{"data": [ ... ]}`` (a list, always) when count > 1 (at most 100,000).
+    Endpoints use the host and port the emulator was started with, never the
+    request's Host header.  ``userVisibleOnly`` may be
     true or "true"; false is refused like Chrome does.
 ``/get-notifications`` ``{"clientHash": id}`` (or ``"endpoint"``)
     ``{"data": {"messages": [utf-8 payload strings], "details": [{id, payload,
@@ -59,14 +61,18 @@ also answer GET).  Modelled on the npm package web-push-testing:
     ``{"data": {"clientHash": id, "expired": true}}``; pushes answer 410 after.
 ``/faults`` ``{"clientHash": id | null, "rate": 0.0-1.0 | null, "status": S,
 "retry_after": seconds, "retry_after_http_date": false, "delay": seconds,
-"times": K | null}``
+"times": K | null, "reason": R}``
     Adds a rule; answers ``{"data": rule}``.  ``S`` is an HTTP status (answered
     without storing the message -- 201 thus mimics Apple accepting pushes to
     dead endpoints; 429 and 406 default to ``Retry-After: 1``,
     406 adds ``X-WNS-STATUS: appthrottled``; a negative retry_after omits the
     header) or ``"slow"`` (sleep ``delay`` seconds, default 5, then process
     normally), ``"drop"`` (abort the connection, nothing stored) or
-    ``"drop_after_accept"`` (store the message, then abort).  Rules are
+    ``"drop_after_accept"`` (store the message, then abort) or ``"wrong_path"``
+    (FCM's 404 "use .../wp/<id>", only to pushes on a ``/fcm/send/<id>`` path;
+    the same subscription is also served at ``/fcm/send/<id>`` and ``/wp/<id>``).
+    ``R`` is the JSON ``reason`` of a status answer (default ``InjectedFault``;
+    e.g. ``BadWebPushTopic``).  Rules are
     tried in insertion order; the first whose clientHash matches and whose
     rate draw (seeded RNG) succeeds applies.  ``times`` makes it one-shot /
     K-shot; null is permanent.  ``delay`` on a status rule delays that answer.
