@@ -411,6 +411,56 @@ def test_control_api(emu: PushServiceEmulator, vapid: Vapid) -> None:
     assert push(sub, vapid).status_code == 404
 
 
+def test_control_api_requires_json_content_type(emu: PushServiceEmulator, vapid: Vapid) -> None:
+    """A page in a browser can POST text/plain or a form to 127.0.0.1 without a preflight,
+    never application/json: such requests must not reset, fault or expire anything."""
+    emu.create_subscriptions(1, vapid.public_b64)
+    for path, body in (("/reset", ""), ("/faults/clear", ""), ("/faults", '{"status": 500}'),
+                       ("/subscribe", json.dumps({"applicationServerKey": vapid.public_b64}))):
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": ctype} if ctype else {}
+            r = requests.post(emu.url + path, data=body.encode(), headers=headers, timeout=5)
+            assert r.status_code == 415, (path, ctype, r.text)
+            assert "application/json" in r.json()["error"]
+    stats = requests.get(emu.url + "/stats", timeout=5).json()["data"]
+    assert stats["subscriptions"] == 1 and stats["faults"] == []
+
+
+def test_control_api_endpoints_ignore_the_host_header(emu: PushServiceEmulator,
+                                                      vapid: Vapid) -> None:
+    r = requests.post(emu.url + "/subscribe", json={"applicationServerKey": vapid.public_b64},
+                      headers={"Host": "evil.example:443"}, timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["endpoint"].startswith(emu.url + "/push/")
+
+
+@pytest.mark.parametrize("count", [100_001, 10**12, "9" * 5000, 0, -1])
+def test_control_api_bounds_count(emu: PushServiceEmulator, vapid: Vapid, count: object) -> None:
+    r = requests.post(emu.url + "/subscribe", timeout=5,
+                      json={"applicationServerKey": vapid.public_b64, "count": count})
+    assert r.status_code == 400
+    assert emu.state.stats()["subscriptions"] == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--host", "0.0.0.0"], "error: --host: refusing to bind to '0.0.0.0'"),
+    (["--host", "192.168.1.10"], "error: --host: refusing to bind to '192.168.1.10'"),
+    (["--port", "70000"], "error: --port: 70000 is not a port number"),
+    (["--port", "-1"], "error: --port: -1 is not a port number"),
+])
+def test_testing_serve_refuses_non_loopback_host_and_bad_port(argv: list[str],
+                                                              message: str) -> None:
+    from typer.testing import CliRunner
+
+    from pushcli.cli import app
+
+    result = CliRunner().invoke(app, ["testing", "serve", *argv])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert "Traceback" not in result.output
+
+
 def test_create_many_subscriptions_is_fast(emu: PushServiceEmulator, vapid: Vapid) -> None:
     start = time.perf_counter()
     subs = emu.create_subscriptions(2000, vapid.public_b64)

@@ -219,6 +219,9 @@ def subscribers_import(
         "--allow-host", help="Also accept endpoints at this host (repeatable).")] = None,
     strict: Annotated[bool, typer.Option(
         help="Import nothing if any record is invalid.")] = False,
+    delimiter: Annotated[str | None, typer.Option(
+        "--delimiter", help="CSV separator (default: ',' ';' or tab, detected from the "
+        "header); 'tab' for a tab.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")
                      ] = False,
@@ -229,10 +232,12 @@ def subscribers_import(
     if any was rejected. With --strict nothing is stored unless all are valid.
     """
     from pushcli.pushservices import allowed_hosts_from_env
-    from pushcli.subscriptions import detect_format, open_source, parse_stream
+    from pushcli.subscriptions import csv_delimiter, detect_format, open_source, parse_stream
 
     allowed = allowed_hosts_from_env(allow_host or ())
     formats = [(name, detect_format(name, fmt)) for name in files]
+    if delimiter is not None:
+        delimiter = csv_delimiter(delimiter)
     for name, _ in formats:
         # Open (and close) every file before importing any, so a typo in the third name
         # does not leave the first two imported.
@@ -245,7 +250,7 @@ def subscribers_import(
             try:
                 source = "<stdin>" if name == "-" else name
                 for rec in parse_stream(stream, f, source=source, allowed_hosts=allowed,
-                                        extra_tags=tag or ()):
+                                        extra_tags=tag or (), delimiter=delimiter):
                     yield source, rec
             finally:
                 if name != "-":
@@ -708,11 +713,21 @@ def testing_serve(
     port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8090,
 ) -> None:
     """Run the push-service emulator on loopback until Ctrl-C (JSON API in README)."""
-    from pushcli.testing import serve_forever
+    from pushcli.errors import InputError
+    from pushcli.testing import check_loopback, serve_forever
 
-    serve_forever(host=host, port=port,
-                  on_ready=lambda url: print(f"push-service emulator listening on {url} "
-                                             "(Ctrl-C to stop)", file=sys.stderr, flush=True))
+    try:
+        check_loopback(host)  # its control API is unauthenticated: never beyond this machine
+    except ValueError as exc:
+        raise InputError(f"--host: {exc}") from None
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port: {port} is not a port number (0-65535; 0 = any free port)")
+    try:
+        serve_forever(host=host, port=port,
+                      on_ready=lambda url: print(f"push-service emulator listening on {url} "
+                                                 "(Ctrl-C to stop)", file=sys.stderr, flush=True))
+    except OSError as exc:  # the port is taken, or the address is not on this machine
+        raise PushcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @app.command("doctor")

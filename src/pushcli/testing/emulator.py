@@ -538,6 +538,12 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+#: Subscriptions one /subscribe call may create: each is a P-256 key pair (~50 µs) and a
+#: few hundred bytes; a million in one request would stall the emulator for a minute.
+MAX_CREATE = 100_000
+_PUSH_PATHS = ("/push/", "/fcm/send/", "/wp/")
+
+
 def _bad(message: str, status: int = 400) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -564,8 +570,27 @@ def build_app(
             # Nothing can be written any more; tell aiohttp the peer is gone.
             raise asyncio.CancelledError() from None
 
+    @web.middleware
+    async def json_only_middleware(
+        request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        # A web page can POST text/plain or a form to 127.0.0.1 without a CORS preflight,
+        # but not application/json: requiring it keeps pages in a browser on this
+        # machine from driving the control API (reset, faults, expire).
+        if (request.method == "POST" and not request.path.startswith(_PUSH_PATHS)
+                and request.content_type != "application/json"):
+            return _bad("the control API takes Content-Type: application/json", 415)
+        return await handler(request)
+
     def origin(request: web.Request) -> str:
-        return base_url() if base_url else f"{request.scheme}://{request.host}"
+        # Never the request's Host header: whoever sends the control request would
+        # otherwise choose where senders deliver (and their auth secrets go).
+        if base_url is not None:
+            return base_url()
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if not sockname:
+            raise web.HTTPInternalServerError(text="no local address")
+        return f"{request.scheme}://{_url_host(str(sockname[0]))}:{sockname[1]}"
 
     async def status(request: web.Request) -> web.Response:
         st = state.stats()
@@ -584,6 +609,8 @@ def build_app(
             return _bad("userVisibleOnly must be true")
         try:
             count = int(data.get("count", 1))
+            if count > MAX_CREATE:
+                return _bad(f"count must be at most {MAX_CREATE}")
             subs = state.create(count, key, origin(request))
         except (TypeError, ValueError) as exc:
             return _bad(str(exc))
@@ -651,7 +678,8 @@ def build_app(
         state.reset()
         return web.json_response({"data": {"reset": True}})
 
-    app = web.Application(middlewares=[drop_middleware], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[drop_middleware, json_only_middleware],
+                          client_max_size=256 * 1024)
     app.router.add_post("/push/{id}", state.handle_push)
     # FCM's two path forms of one subscription (see the ``wrong_path`` fault).
     app.router.add_post("/fcm/send/{id}", state.handle_push)
@@ -727,7 +755,10 @@ class PushServiceEmulator:
         """Start serving on the running event loop."""
         if self._runner is not None:
             raise RuntimeError("emulator already started")
-        app = build_app(self.state)
+        scheme = "https" if self._ssl else "http"
+        # endpoints name the host and port this emulator was started with, never a Host header
+        app = build_app(self.state,
+                        base_url=lambda: f"{scheme}://{_url_host(self.host)}:{self.port}")
         # Short shutdown timeout: a "slow" fault may be sleeping in a handler and
         # tests should not wait for it to finish on stop().
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
