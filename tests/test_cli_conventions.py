@@ -391,3 +391,82 @@ def test_user_text_is_never_read_as_markup(world: World) -> None:
     proc = world.run("keys", "generate", "--dir", "k[/k]")  # relative: short enough not to wrap
     assert "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert proc.returncode == 0 and "k[/k]/vapid_private.pem" in proc.stdout
+
+
+# --- what the operator reads --------------------------------------------------------------
+
+def _command_paths() -> list[list[str]]:
+    """Every command and group of the app, as argv prefixes (``[]`` is the root)."""
+    import typer.main
+
+    from pushcli.cli import app
+
+    paths: list[list[str]] = []
+
+    def walk(command: object, prefix: list[str]) -> None:
+        paths.append(prefix)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*prefix, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_help_shows_no_type_after_plain_flags() -> None:
+    from typer.testing import CliRunner
+
+    from pushcli.cli import app
+
+    paths = _command_paths()
+    assert ["send"] in paths and ["keys", "generate"] in paths and len(paths) > 15
+    runner = CliRunner()
+    for argv in paths:
+        result = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "100"})
+        assert result.exit_code == 0, (argv, result.output)
+        assert "<bool>" not in result.output, (argv, result.output)
+        assert "--help" in result.output
+    send_help = runner.invoke(app, ["send", "--help"], env={"COLUMNS": "100"}).output
+    assert "<int>" in send_help  # options that take a value still say what kind
+
+
+LONG_NAME = "spring-sale-2026-newsletter-for-every-subscriber"
+
+
+def _interrupted_campaign(world: World, name: str, audience: str, done: int) -> None:
+    """A campaign whose sender stopped after ``done`` outcomes (as Ctrl-C leaves it)."""
+    from pushcli.campaign import load_campaign
+    from pushcli.pushservices import Outcome
+    from pushcli.store import DeliveryRecord
+
+    path = world.dir / f"{name}.yml"
+    path.write_text(CAMPAIGN.format(name=name) + audience)
+    spec = load_campaign(path).model_dump(mode="json")
+    with Store.open(world.db) as store:
+        info = store.start_campaign(name, spec)
+        ids = [s.id for s in store.iter_subscriptions(status="active")][:done]
+        store.record(info.id, [DeliveryRecord(i, Outcome.SENT, "127.0.0.1", 201) for i in ids])
+        store.finish_campaign(info.id, "interrupted")
+
+
+def test_report_and_campaigns_list_say_how_many_are_still_pending(world: World) -> None:
+    _interrupted_campaign(world, LONG_NAME, "", done=5)
+    _interrupted_campaign(world, "targeted", "audience:\n  exclude_tags: [vip]\n", done=8)
+    doc = one_json_document(world.run("report", LONG_NAME, "--json"))
+    assert doc["status"] == "interrupted" and doc["sent"] == 5 and doc["pending"] == 15
+    human = world.run("report", "targeted")
+    assert human.returncode == 0, human.stderr
+    assert re.search(r"pending \(re-run to finish\)\W+12\b", human.stdout), human.stdout
+    rows = one_json_document(world.run("campaigns", "list", "--json"))
+    assert {r["campaign"]: r["pending"] for r in rows} == {LONG_NAME: 15, "targeted": 12}
+
+
+def test_campaigns_list_without_a_terminal_prints_whole_values(world: World) -> None:
+    _interrupted_campaign(world, LONG_NAME, "", done=5)
+    proc = world.run("campaigns", "list")  # stdout is a pipe, as in a cron job
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    header, row = (line.split("\t") for line in proc.stdout.splitlines())
+    assert header == ["campaign", "status", "started", "finished", "total", "sent", "expired",
+                      "failed", "other", "pending"]
+    assert row[0] == LONG_NAME and row[1] == "interrupted"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[2]) and row[-1] == "15"

@@ -129,8 +129,14 @@ def test_missing_key(setup: Setup) -> None:
 
 @pytest.mark.parametrize("subject", ["mailto:ops@localhost", "https://push.localhost/contact"])
 def test_subject_at_localhost(setup: Setup, subject: str) -> None:
-    proc = setup.doctor(campaign=setup.write_campaign(subject=subject))
+    proc = setup.doctor(campaign=setup.write_campaign(subject=subject, name="local.yml"))
     assert proc.returncode == 1
+    problems = failing(proc)
+    # One subject rule: the campaign file itself is invalid, as send and --dry-run say.
+    assert "vapid.subject" in problems["campaign"] and "localhost" in problems["campaign"]
+    assert set(problems) == {"campaign", "subject"}
+    # Given on the command line instead, the subject check names it.
+    proc = setup.doctor("--subject", subject)
     problems = failing(proc)
     assert list(problems) == ["subject"]
     assert "localhost" in problems["subject"]

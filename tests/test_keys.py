@@ -135,3 +135,59 @@ def test_signer_signs_once_per_origin_and_renews_before_expiry(tmp_path: Path) -
     a2 = signer.header("https://fcm.googleapis.com")
     assert a2 != a1 and signer.signatures == 3
     assert _verify_jwt(a2, "https://fcm.googleapis.com")["exp"] > claims["exp"]
+
+
+# --- one subject rule; the key a send would use ---------------------------------------
+
+#: Subjects Apple answers 403 BadJwtToken for (every message of the campaign).
+REFUSED_SUBJECTS = [
+    "mailto:ops@localhost", "mailto:ops@shop.localhost", "https://localhost/contact",
+    "mailto:ops@127.0.0.1", "https://10.0.0.1/contact", "mailto:ops@intranet",
+    "mailto:ops@printer.local", "mailto:a@example.com,b@example.com", "mailto:@example.com",
+    "mailto:ops@example.com.", "mailto:ops <ops@example.com>",
+]
+
+
+@pytest.mark.parametrize("subject", REFUSED_SUBJECTS)
+def test_keys_and_campaign_loader_apply_one_subject_rule(subject: str, tmp_path: Path) -> None:
+    from pushcli.campaign import parse_campaign
+
+    with pytest.raises(InputError):
+        validate_subject(subject)
+    with pytest.raises(InputError) as info:
+        parse_campaign("name: c\nnotification:\n  title: T\n  body: B\n"
+                       "  url: https://shop.example.com/\n"
+                       f"vapid:\n  subject: \"{subject}\"\n", source="c.yml")
+    assert str(info.value).startswith("c.yml:7: vapid.subject: "), info.value
+    with pytest.raises(InputError):
+        generate_keys(tmp_path, subject=subject)
+    assert not (tmp_path / "vapid_private.pem").exists()
+
+
+def test_public_key_given_as_private_key_says_it_is_the_public_key(tmp_path: Path) -> None:
+    info = generate_keys(tmp_path)
+    assert info.public_key is not None and stat.S_IMODE(os.stat(info.public_key).st_mode) == 0o644
+    with pytest.raises(KeyFileError) as exc:
+        load_private_key(info.public_key)
+    assert "is the public key" in str(exc.value) and "vapid_private.pem" in str(exc.value)
+    assert "chmod" not in str(exc.value)
+
+
+def test_resolve_vapid_names_the_missing_subject_and_checks_the_override(
+        tmp_path: Path) -> None:
+    from pushcli.campaign import load_campaign
+    from pushcli.keys import resolve_vapid
+
+    generate_keys(tmp_path)
+    path = tmp_path / "c.yml"
+    path.write_text("name: c\nnotification:\n  title: T\n  body: B\n"
+                    "  url: https://shop.example.com/\n")
+    campaign = load_campaign(path)
+    with pytest.raises(InputError, match=r"c\.yml: vapid\.subject: no VAPID subject"):
+        resolve_vapid(campaign, tmp_path / "vapid_private.pem", None)
+    with pytest.raises(InputError, match=r"--subject .*localhost"):
+        resolve_vapid(campaign, tmp_path / "vapid_private.pem", "mailto:ops@localhost")
+    signer = resolve_vapid(campaign, tmp_path / "vapid_private.pem", "mailto:ops@example.com")
+    assert signer.subject == "mailto:ops@example.com"
+    with pytest.raises(KeyFileError, match="no such file"):
+        resolve_vapid(campaign, tmp_path / "missing.pem", "mailto:ops@example.com")

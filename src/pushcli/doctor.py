@@ -35,6 +35,23 @@ def _run(name: str, fn: Callable[[], str]) -> Check:
         return Check(name, False, f"{exc.strerror or exc}")
 
 
+def check_private_mode(path: Path) -> str:
+    """A SQLite store holds every subscriber's auth secret: group or others must not
+    read it (nor its -wal/-shm files, which hold recent rows). Raises PushcliError."""
+    exposed = []
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = os.stat(p).st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o044:
+            exposed.append(f"{p} has mode {mode:04o}")
+    if exposed:
+        raise PushcliError(f"readable by group or others ({'; '.join(exposed)}); it holds "
+                           f"subscribers' auth secrets: run chmod 600 {path}*")
+    return f"mode {os.stat(path).st_mode & 0o777:04o}"
+
+
 def run_doctor(
     db: str | None,
     *,
@@ -45,7 +62,7 @@ def run_doctor(
 ) -> list[Check]:
     """Run every check; never raises for a failed check."""
     from pushcli.campaign import Campaign, Renderer, load_campaign
-    from pushcli.keys import load_private_key, validate_subject
+    from pushcli.keys import load_private_key, vapid_key_path, vapid_subject
     from pushcli.store import SCHEMA_VERSION, Store
 
     checks: list[Check] = []
@@ -57,9 +74,8 @@ def run_doctor(
             return f"{campaign_path} is valid (campaign {campaign.name})"
         checks.append(_run("campaign", check_campaign))
 
-    key = key_path or (Path(campaign.vapid.private_key) if campaign and
-                       campaign.vapid.private_key else Path("vapid_private.pem"))
-    subj = subject or (campaign.vapid.subject if campaign else None)
+    # The same choice of key and subject, and the same rules, as send and --dry-run.
+    key = vapid_key_path(campaign, key_path)
 
     def check_key() -> str:
         load_private_key(key)
@@ -67,11 +83,9 @@ def run_doctor(
     checks.append(_run("private key", check_key))
 
     def check_subject() -> str:
-        if not subj:
-            raise PushcliError("no VAPID subject (vapid.subject, --subject or "
-                               "PUSHCLI_VAPID_SUBJECT)")
-        validate_subject(subj)
-        return f"{subj} would be accepted by Apple"
+        if campaign is None and campaign_path is not None and not subject:
+            raise PushcliError("not checked: the campaign did not load (see above)")
+        return f"{vapid_subject(campaign, subject)} would be accepted by Apple"
     checks.append(_run("subject", check_subject))
 
     store: Store | None = None
@@ -84,24 +98,46 @@ def run_doctor(
             raise PushcliError(f"schema version {version}, expected {SCHEMA_VERSION}")
         if not store.integrity_ok():
             raise PushcliError("integrity check failed")
-        return f"{store.display_url} opens, schema v{version}, integrity ok"
+        mode = ""
+        if store.is_sqlite and store.display_url != ":memory:":
+            mode = ", " + check_private_mode(Path(store.display_url))
+        return f"{store.display_url} opens, schema v{version}, integrity ok{mode}"
     checks.append(_run("store", check_store))
 
     if store is not None:
         opened: Store = store
 
         def check_services() -> str:
+            from pushcli.delivery import duplicate_endpoints
+
             refused: Counter[str] = Counter()
             services: Counter[str] = Counter()
+            malformed = 0
+            example = ""
             for s in opened.iter_subscriptions(status="active"):
+                if s.problem is not None:
+                    malformed += 1
+                    example = example or f"id {s.id}: {s.problem}"
                 try:
                     services[check_endpoint(s.subscription.endpoint, allowed_hosts).service] += 1
                 except EndpointRefused as exc:
                     refused[str(exc)] += 1
+            problems = []
             if refused:
                 reason, n = refused.most_common(1)[0]
-                raise PushcliError(f"{sum(refused.values())} subscriptions would be blocked "
-                                   f"(e.g. {n}: {reason})")
+                problems.append(f"{sum(refused.values())} subscriptions would be blocked "
+                                f"(e.g. {n}: {reason})")
+            if malformed:
+                problems.append(f"{malformed} stored subscriptions are malformed and would be "
+                                f"rejected (e.g. {example})")
+            duplicates = duplicate_endpoints(opened, None)
+            if duplicates:
+                sid, kept = min(duplicates.items())
+                problems.append(f"{len(duplicates)} subscriptions repeat another's endpoint in "
+                                f"another spelling and would be rejected (e.g. id {sid} "
+                                f"repeats id {kept})")
+            if problems:
+                raise PushcliError("; ".join(problems))
             parts = ", ".join(f"{k} {v:,}" for k, v in services.most_common())
             total = sum(services.values())
             return f"all {total:,} active subscriptions allowed ({parts or 'none'})"
@@ -111,10 +147,13 @@ def run_doctor(
             chosen: Campaign = campaign
 
             def check_payloads() -> str:
-                from pushcli.delivery import validate_variants
+                from pushcli.delivery import check_variants
 
-                n = validate_variants(opened, chosen, Renderer(chosen))
-                return f"{n} distinct payloads render and fit 3993 bytes"
+                found = check_variants(opened, chosen, Renderer(chosen))
+                if found.unrenderable:
+                    raise PushcliError(f"{found.unrenderable} subscribers' payloads do not "
+                                       f"render and would be rejected (e.g. {found.example})")
+                return f"{found.variants} distinct payloads render and fit 3993 bytes"
             checks.append(_run("payload size", check_payloads))
         opened.close()
     return checks

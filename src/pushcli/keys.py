@@ -10,19 +10,23 @@ refusal to use a key file that others can read.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02
 
 from pushcli.encoding import b64url_encode
 from pushcli.errors import InputError, KeyFileError
+from pushcli.files import private_file
+from pushcli.pushservices import vapid_subject_problem
+
+if TYPE_CHECKING:
+    from pushcli.campaign import Campaign
 
 PRIVATE_KEY_NAME = "vapid_private.pem"
 PUBLIC_KEY_NAME = "vapid_public.pem"
@@ -34,33 +38,16 @@ SUBJECT_ENV = "PUSHCLI_VAPID_SUBJECT"
 TOKEN_LIFETIME = 12 * 3600
 TOKEN_RENEW_MARGIN = 3600
 
-_MAILTO_RE = re.compile(r"^mailto:[^\s<>@]+@[^\s<>@]+\.[^\s<>@]+$")
 
-
-def validate_subject(subject: str) -> str:
-    """A VAPID ``sub`` that Apple's push service accepts.
+def validate_subject(subject: str, *, field: str = "subject") -> str:
+    """A VAPID ``sub`` every push service accepts (the one rule, in pushservices).
 
     Apple answers 403 BadJwtToken for a ``localhost`` host, spaces or angle
     brackets, so we refuse those here rather than after a send.
     """
-    if not isinstance(subject, str) or not subject:
-        raise InputError("subject is empty (use mailto:you@example.com or an https URL)",
-                         field="subject")
-    if any(c.isspace() for c in subject) or "<" in subject or ">" in subject:
-        raise InputError("must not contain spaces or angle brackets", field="subject")
-    if subject.startswith("mailto:"):
-        host = subject.rsplit("@", 1)[1].lower() if "@" in subject else ""
-        if host != "localhost" and not _MAILTO_RE.match(subject):
-            raise InputError("mailto: subject must be one address, like mailto:ops@example.com",
-                             field="subject")
-    elif subject.startswith("https://"):
-        host = (urlsplit(subject).hostname or "").lower()
-        if not host:
-            raise InputError("https subject has no host", field="subject")
-    else:
-        raise InputError("must start with mailto: or https:", field="subject")
-    if host == "localhost" or host.endswith(".localhost"):
-        raise InputError("Apple's push service refuses a localhost subject", field="subject")
+    problem = vapid_subject_problem(subject)
+    if problem is not None:
+        raise InputError(problem, field=field)
     return subject
 
 
@@ -94,27 +81,13 @@ def _write_new_file(path: Path, data: bytes, mode: int, *, replace: bool) -> Non
     Without ``replace`` the final step is a hard link, which fails if the target
     appeared meanwhile, so a concurrent generate cannot clobber a key either.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.fchmod(fd, mode)  # umask may have narrowed or (never) widened it
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise KeyFileError(
-                    "already exists; refusing to overwrite it", file=str(path)
-                ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        with private_file(path, mode=mode, replace=replace, binary=True) as fh:
+            fh.write(data)
+    except FileExistsError:
+        raise KeyFileError("already exists; refusing to overwrite it", file=str(path)) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot write: {exc.strerror or exc}", file=str(path)) from None
 
 
 def generate_keys(
@@ -166,6 +139,19 @@ def load_private_key(path: str | os.PathLike[str], *, check_mode: bool = True) -
         ) from None
     if not stat.S_ISREG(st.st_mode):
         raise KeyFileError("is not a regular file", file=str(p))
+    try:
+        data = p.read_bytes()
+    except PermissionError:
+        raise KeyFileError("permission denied", file=str(p)) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read: {exc.strerror or exc}", file=str(p)) from None
+    if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
+        # Checked before the mode: advising `chmod 600` on a public key misleads.
+        raise KeyFileError(
+            f"is the public key; pass the private key ({PRIVATE_KEY_NAME}, made next to it "
+            "by pushcli keys generate)",
+            file=str(p),
+        )
     if check_mode and st.st_mode & 0o077:
         raise KeyFileError(
             f"private key is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
@@ -173,13 +159,49 @@ def load_private_key(path: str | os.PathLike[str], *, check_mode: bool = True) -
             file=str(p),
         )
     try:
-        data = p.read_bytes()
-    except PermissionError:
-        raise KeyFileError("permission denied", file=str(p)) from None
-    try:
         return Vapid02.from_pem(data)
     except Exception:  # noqa: BLE001 - py-vapid raises assorted types; message only
         raise KeyFileError("not a PEM-encoded P-256 private key", file=str(p)) from None
+
+
+def vapid_key_path(campaign: Campaign | None, key: str | os.PathLike[str] | None) -> Path:
+    """Which private key a command uses: ``--key`` (or PUSHCLI_VAPID_PRIVATE_KEY),
+    else the campaign's ``vapid.private_key``, else ``vapid_private.pem`` here."""
+    if key is not None:
+        return Path(key)
+    if campaign is not None and campaign.vapid.private_key:
+        return Path(campaign.vapid.private_key)
+    return Path(PRIVATE_KEY_NAME)
+
+
+def vapid_subject(campaign: Campaign | None, subject: str | None) -> str:
+    """Which VAPID subject a command uses, checked by the one subject rule.
+
+    ``--subject`` (or PUSHCLI_VAPID_SUBJECT) wins over the campaign's
+    ``vapid.subject`` (already checked when the campaign loaded). Missing
+    altogether is an error naming where to set it.
+    """
+    if subject:
+        return validate_subject(subject, field=f"--subject ({SUBJECT_ENV})")
+    if campaign is not None and campaign.vapid.subject:
+        return validate_subject(campaign.vapid.subject, field="vapid.subject")
+    raise InputError(
+        f"no VAPID subject: set vapid.subject in the campaign, --subject or {SUBJECT_ENV}",
+        file=campaign.source if campaign is not None else None,
+        field="vapid.subject" if campaign is not None else None,
+    )
+
+
+def resolve_vapid(campaign: Campaign | None, key: str | os.PathLike[str] | None,
+                  subject: str | None) -> VapidSigner:
+    """The signer a send would use, or the error it would stop with.
+
+    One function for ``send``, ``send --dry-run`` and ``doctor``, so a dry run
+    fails exactly where the send would: no or bad subject, a missing,
+    unreadable or world-readable key, or the public key given as ``--key``.
+    """
+    chosen_subject = vapid_subject(campaign, subject)
+    return VapidSigner(load_private_key(vapid_key_path(campaign, key)), chosen_subject)
 
 
 def key_mode(path: str | os.PathLike[str]) -> int:

@@ -15,11 +15,11 @@ from typing import IO, Any
 from rich.table import Table
 
 from pushcli.errors import InputError
+from pushcli.files import neutralize_cell, private_file
 from pushcli.pushservices import Outcome
 from pushcli.store import Store
 
 OUTCOME_KEYS = tuple(o.value for o in Outcome)
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,7 +53,14 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
         "finished_at": info.finished_at,
         "total": sum(totals.values()),
         **totals,
-        "retried_after_ambiguous": sum(ambiguous.values()),
+        # What a re-run would still send; 0 unless the campaign stopped before the end.
+        "pending": (pending_count(store, info.id, info.spec)
+                    if status in ("interrupted", "running") else 0),
+        # Messages sent again although an earlier request may have arrived: a timeout
+        # after the body went out, or in flight when an earlier run stopped (intent log).
+        # Every duplicate the push services saw is among them.
+        "possible_duplicates": sum(ambiguous.values()),
+        "retried_after_ambiguous": sum(ambiguous.values()),  # the older name, kept
         "by_service": by_service,
     }
     if run:
@@ -61,17 +68,32 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
     return report
 
 
+def pending_count(store: Store, campaign_id: int, spec: dict[str, Any] | None) -> int:
+    """Active subscribers in the campaign's audience with no outcome yet in its ledger.
+
+    The audience comes from the spec stored at the campaign's last run, so the
+    count is the one a re-run (without --retry-failed) would start from.
+    """
+    from pushcli.campaign import Audience
+
+    audience: Audience | None = None
+    if spec and spec.get("audience"):
+        try:
+            audience = Audience.model_validate_json(json.dumps(spec["audience"]))
+        except ValueError:  # a spec from an older pushcli: count the whole store
+            audience = None
+    if audience is None or not (audience.tags or audience.exclude_tags or audience.where):
+        return store.count_pending(campaign_id)
+    aud = audience
+    return sum(len(batch) for batch in store.pending(
+        campaign_id, batch_size=5000,
+        match=lambda s: aud.matches(s.subscription.tags, s.subscription.attributes)))
+
+
 def exit_code_for(report: dict[str, Any]) -> int:
     """0 when everyone ended sent or expired; 1 if anyone failed, was rejected, blocked or auth."""
     bad = sum(report.get(k, 0) for k in ("failed", "rejected", "blocked", "auth"))
     return 1 if bad else 0
-
-
-def neutralize_cell(value: Any) -> Any:
-    """Stop spreadsheets from running a cell as a formula (CSV injection)."""
-    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
-        return "'" + value
-    return value
 
 
 def write_report_files(store: Store, report: dict[str, Any],
@@ -83,10 +105,8 @@ def write_report_files(store: Store, report: dict[str, Any],
         suffix = path.suffix.lower()
         if suffix not in (".json", ".csv"):
             raise InputError("report file must end in .json or .csv", file=str(path))
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds endpoints
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            with private_file(path) as fh:  # 0600: it holds endpoints
                 if suffix == ".json":
                     json.dump(report, fh, indent=2, sort_keys=False)
                     fh.write("\n")
@@ -94,9 +114,7 @@ def write_report_files(store: Store, report: dict[str, Any],
                     info = store.get_campaign(report["campaign"])
                     assert info is not None
                     write_csv_rows(store, info.id, fh)
-            os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise InputError(f"cannot write report: {exc.strerror}", file=str(path)) from None
         written.append(path)
     return written
@@ -107,13 +125,13 @@ def write_csv_rows(store: Store, campaign_id: int, out: IO[str]) -> int:
     # would otherwise read as a new row starting with the rest (a formula).
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["subscription_id", "endpoint", "service", "outcome", "http_status",
-                     "reason", "attempts"])
+                     "reason", "attempts", "possible_duplicates"])
     n = 0
     for row in store.delivery_rows(campaign_id):
         writer.writerow([neutralize_cell(v) for v in (
             row["subscription_id"], row["endpoint"] or "", row["service"], row["outcome"],
             row["status_code"] if row["status_code"] is not None else "",
-            row["reason"] or "", row["attempts"],
+            row["reason"] or "", row["attempts"], row["ambiguous"],
         )])
         n += 1
     return n
@@ -127,9 +145,13 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
     outcomes.add_column("count", justify="right")
     for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
         outcomes.add_row(key, f"{report.get(key, 0):,}")
+    if report.get("uncertain"):
+        outcomes.add_row("uncertain (not resent)", f"{report['uncertain']:,}")
     outcomes.add_row("total", f"{report['total']:,}", style="bold")
-    if report.get("retried_after_ambiguous"):
-        outcomes.add_row("retried after ambiguous", f"{report['retried_after_ambiguous']:,}")
+    if report.get("pending"):
+        outcomes.add_row("pending (re-run to finish)", f"{report['pending']:,}")
+    if report.get("possible_duplicates"):
+        outcomes.add_row("possible duplicates", f"{report['possible_duplicates']:,}")
     run = report.get("run")
     if run:
         outcomes.add_row("duration", f"{run['duration_s']:.1f} s")
