@@ -33,6 +33,7 @@ from pushcli.pushservices import (
     EndpointRefused,
     address_allowed,
     allowed_hosts_from_env,
+    canonical_endpoint,
     check_endpoint,
     is_public_address,
     service_for_host,
@@ -161,6 +162,14 @@ def test_canonical_url_normalizes_escapes_dots_and_default_ports(url: str,
     ep = check_endpoint(url, frozenset({"localhost"}))
     assert ep.url == canonical
     assert check_endpoint(ep.url, frozenset({"localhost"})).url == canonical  # a fixed point
+
+
+@pytest.mark.parametrize("url", [u for u, *_ in ACCEPTED] + SIX_SPELLINGS + [
+    "https://fcm.googleapis.com/a/./b", "https://fcm.googleapis.com/a/..",
+    "https://fcm.googleapis.com/.?x", "https://fcm.googleapis.com/a?"])
+def test_canonical_endpoint_for_lookups_agrees_with_the_policy(url: str) -> None:
+    # canonical_endpoint has a quick path for already-canonical URLs; it must never differ
+    assert canonical_endpoint(url) == check_endpoint(url).url
 
 
 @pytest.mark.parametrize(("url", "reason"), [

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pushcli.cli import app
 from pushcli.encoding import b64_decode, b64url_encode
 from pushcli.store import Store
-from pushcli.subscriptions import Rejected, Subscription, parse_stream
+from pushcli.subscriptions import Rejected, Subscription, make_subscription, parse_stream
 
 runner = CliRunner()
 
@@ -227,6 +227,42 @@ def test_bad_records_do_not_abort_good_ones_and_exit_1(tmp_path: Path) -> None:
     doc = json.loads(r.stdout)
     assert doc["added"] == 3 and doc["rejected"] == 1
     assert doc["errors"] == ["mixed.json[1]: keys.auth: must decode to 16 bytes, got 3"]
+
+
+def test_lone_surrogate_rejects_only_its_record_with_its_line(tmp_path: Path) -> None:
+    # json.dumps spells "\udc80" as an escape; Python decodes it into a str that no
+    # database driver can encode, which used to crash the batch and lose the good records
+    good = [real_subscription() for _ in range(2)]
+    bad = [
+        real_subscription("https://fcm.googleapis.com/fcm/send/a\udc80"),
+        real_subscription(user_id="u\udc80"),
+        real_subscription(attributes={"first_name": "Zo\udc80"}),
+        real_subscription(tags=["news\udc80"]),
+    ]
+    lines = [json.dumps(s) for s in [good[0], *bad, good[1]]]
+    (tmp_path / "s.ndjson").write_text("\n".join(lines) + "\n")
+    r = run("subscribers", "import", "s.ndjson", "--json")
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    assert doc["added"] == 2 and doc["rejected"] == 4
+    assert doc["errors"][0] == ("s.ndjson:2: endpoint: contains an invalid character "
+                                "(a lone surrogate such as \\udc80)")
+    assert doc["errors"][1].startswith("s.ndjson:3: user_id: contains an invalid character")
+    assert doc["errors"][2].startswith("s.ndjson:4: attributes.first_name: contains an invalid")
+    assert doc["errors"][3].startswith("s.ndjson:5: tags: invalid tag")
+
+
+def test_a_record_the_database_cannot_store_loses_only_itself(store: Store) -> None:
+    # the store's own safety net, for what validation might miss
+    good = [make_subscription(real_subscription()) for _ in range(3)]
+    bad = Subscription(good[0].endpoint + "x", good[0].p256dh, good[0].auth,
+                       user_id="u\udc80")
+    result = store.import_subscriptions([("f.json", good[0]), ("f.json", bad),
+                                         ("f.json", good[1]), ("f.json", good[2])])
+    assert result.added == 3 and result.rejected == 1
+    assert result.errors == ["f.json: record 2: cannot be stored: a value is not valid "
+                             "Unicode text"]
+    assert store.count() == 3
 
 
 def test_strict_imports_nothing_when_any_record_is_invalid(tmp_path: Path,

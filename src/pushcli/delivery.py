@@ -9,6 +9,7 @@ the values both sides exchange live in ``messages``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -18,18 +19,20 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from pushcli.campaign import Campaign, Renderer, RenderError
 from pushcli.encoding import b64_decode
-from pushcli.errors import InputError, PushcliError
+from pushcli.errors import InputError, PushcliError, StoreError
 from pushcli.keys import VapidSigner
 from pushcli.messages import DeliveryOptions, Job, Stats
-from pushcli.pushservices import EndpointRefused, check_endpoint
-from pushcli.store import Store, StoredSubscription
+from pushcli.pushservices import EndpointRefused, Fault, canonical_endpoint, check_endpoint
+from pushcli.store import Lock, Store, StoredSubscription
 
 #: How long a send waits for a running prune (prunes are short) before refusing.
 PRUNE_WAIT = 10.0
@@ -58,12 +61,22 @@ def audience_matcher(campaign: Campaign, to: str | None = None
     """
     aud = campaign.audience
     targeted = bool(aud.tags or aud.exclude_tags or aud.where)
+
+    def in_audience(s: StoredSubscription) -> bool:
+        # A row whose tags or attributes cannot be read might belong: it is kept, so
+        # that send records it rejected (never contacted) instead of losing it silently.
+        return s.membership_unknown or aud.matches(s.subscription.tags,
+                                                   s.subscription.attributes)
+
     if to is None:
-        if not targeted:
-            return None
-        return lambda s: aud.matches(s.subscription.tags, s.subscription.attributes)
-    return lambda s: s.subscription.endpoint == to and (
-        not targeted or aud.matches(s.subscription.tags, s.subscription.attributes))
+        return in_audience if targeted else None
+    wanted = canonical_endpoint(to)
+
+    def is_to(s: StoredSubscription) -> bool:
+        endpoint = s.subscription.endpoint
+        return endpoint == wanted or canonical_endpoint(endpoint) == wanted
+
+    return lambda s: is_to(s) and (not targeted or in_audience(s))
 
 
 def _audience(store: Store, campaign: Campaign,
@@ -75,33 +88,111 @@ def _audience(store: Store, campaign: Campaign,
             yield s
 
 
-def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
-                      *, to: str | None = None) -> int:
+@dataclass
+class VariantCheck:
+    """What rendering the audience's payloads before a send found."""
+
+    variants: int = 0  # distinct payloads that render
+    unrenderable: int = 0  # subscribers whose payload does not render: rejected at send
+    example: str | None = None  # the first such error, naming its subscriber
+
+
+def check_variants(store: Store, campaign: Campaign, renderer: Renderer,
+                   *, to: str | None = None) -> VariantCheck:
     """Render (and size-check) every distinct variant the audience needs, before sending.
 
-    Returns the number of distinct payloads. A subscriber whose attributes
-    cannot render raises RenderError naming the subscriber.
+    The campaign is refused (the RenderError is raised) only when the fault
+    is the template's: a template without placeholders that fails, or one
+    that renders for nobody in the audience. Otherwise a subscriber whose own
+    attributes do not render is that subscriber's outcome: counted here, for
+    dry-run and doctor, and recorded ``rejected`` at send while the rest goes
+    out, the same as when the attributes change in the middle of a send.
     """
-    seen: set[Any] = set()
+    result = VariantCheck()
     if not renderer.placeholders and to is None:
         # Without placeholders a variant is a locale: render each one the store holds.
+        seen: set[Any] = set()
         for locale in [None, *store.distinct_locales()]:
             key = renderer.variant_key(locale, {})
             if key not in seen:
                 renderer.render(locale, {})
                 seen.add(key)
-        return len(seen)
+        result.variants = len(seen)
+        return result
+    outcome: dict[Any, InputError | None] = {}  # variant key -> its error, None if it renders
+    first: InputError | None = None
     for s in _audience(store, campaign, to):
+        if s.problem is not None:
+            continue  # rejected at send for its stored row, whatever it renders
         key = renderer.variant_key(s.subscription.locale, s.subscription.attributes)
-        if key in seen:
-            continue
-        try:
-            renderer.render(s.subscription.locale, s.subscription.attributes)
-        except InputError as exc:
-            raise type(exc)(f"{exc.message} (subscriber id {s.id})", file=exc.file,
-                            line=exc.line, field=exc.field) from None
-        seen.add(key)
-    return len(seen)
+        if key not in outcome:
+            try:
+                renderer.render(s.subscription.locale, s.subscription.attributes)
+                outcome[key] = None
+            except InputError as exc:
+                outcome[key] = _for_subscriber(exc, s.id)
+        error = outcome[key]
+        if error is not None:
+            result.unrenderable += 1
+            if first is None:
+                first = error
+                result.example = str(error)
+    result.variants = sum(1 for e in outcome.values() if e is None)
+    if result.variants == 0 and first is not None:
+        raise first
+    return result
+
+
+def validate_variants(store: Store, campaign: Campaign, renderer: Renderer,
+                      *, to: str | None = None) -> int:
+    """The number of distinct payloads; raises when the template renders for nobody
+    (see check_variants)."""
+    return check_variants(store, campaign, renderer, to=to).variants
+
+
+def _for_subscriber(exc: InputError, subscriber_id: int) -> InputError:
+    """The render error, naming the subscriber whose attributes caused it."""
+    if f"subscriber id {subscriber_id}" in exc.message:
+        return exc
+    return type(exc)(f"{exc.message} (subscriber id {subscriber_id})", file=exc.file,
+                     line=exc.line, field=exc.field)
+
+
+def duplicate_endpoints(store: Store, campaign: Campaign | None,
+                        to: str | None = None) -> dict[int, int]:
+    """{subscriber id: id of the subscriber it duplicates} within a send's audience
+    (among all active subscribers without a campaign: doctor).
+
+    Import stores one row per canonical endpoint, but a store filled by an
+    older pushcli or written directly may hold several spellings of one
+    endpoint. Of each such group the lowest id is sent and the others are
+    recorded ``rejected`` "duplicate of subscriber N": one message per browser.
+    The rule depends only on the store, so re-runs, worker processes and
+    shared senders all keep the same row. Only rows not stored in canonical
+    form can collide, so the scan keeps nothing else in memory.
+    """
+    match = audience_matcher(campaign, to) if campaign is not None else None
+    rows: Iterable[tuple[int, str]]
+    if match is None:
+        rows = store.iter_endpoints()
+    else:
+        rows = ((s.id, s.subscription.endpoint) for s in store.iter_subscriptions()
+                if match(s))
+    groups: dict[str, list[int]] = {}
+    for sid, endpoint in rows:
+        canonical = canonical_endpoint(endpoint)
+        if canonical != endpoint:
+            groups.setdefault(canonical, []).append(sid)
+    if not groups:
+        return {}
+    for s in store.active_with_endpoints(list(groups)):
+        if match is None or match(s):
+            groups[s.subscription.endpoint].append(s.id)
+    duplicates: dict[int, int] = {}
+    for ids in groups.values():
+        keep = min(ids)
+        duplicates.update((sid, keep) for sid in ids if sid != keep)
+    return duplicates
 
 
 @dataclass(frozen=True)
@@ -122,6 +213,8 @@ class Plan:
     to: str | None = None
     partition: tuple[int, int] | None = None
     lease: float | None = None
+    #: subscriber id -> the subscriber whose endpoint it repeats (duplicate_endpoints)
+    duplicates: Mapping[int, int] = field(default_factory=dict)
 
     def wanted(self) -> Callable[[StoredSubscription], bool] | None:
         return audience_matcher(self.campaign, self.to)
@@ -168,12 +261,43 @@ def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
                 jobs.append(Job(s.id, sub.endpoint, "", "blocked", b"", b"", b"",
                                 blocked=str(exc)))
                 continue
+            rejected, fault = _unsendable(s, plan)
+            if rejected is None:
+                try:
+                    payload = renderer.render(sub.locale, sub.attributes)
+                except PushcliError as exc:
+                    # its attributes changed since validation: this subscriber's outcome;
+                    # the sender's fault (template or data), so prune never counts it
+                    rejected, fault = str(exc), Fault.SENDER
+            if rejected is not None:
+                jobs.append(Job(s.id, ep.url, ep.origin, ep.service, b"", b"", b"",
+                                rejected=rejected, rejected_fault=fault))
+                continue
             jobs.append(Job(
                 subscription_id=s.id, url=ep.url, origin=ep.origin, service=ep.service,
-                p256dh=b64_decode(sub.p256dh), auth=b64_decode(sub.auth),
-                payload=renderer.render(sub.locale, sub.attributes),
+                p256dh=b64_decode(sub.p256dh), auth=b64_decode(sub.auth), payload=payload,
             ))
+        # marked in flight by an earlier run that never recorded them: may already have it
+        if uncertain := store.inflight_among(plan.campaign_id, [s.id for s in batch]):
+            for job in jobs:
+                job.uncertain = job.subscription_id in uncertain
         yield jobs
+
+
+def _unsendable(s: StoredSubscription, plan: Plan) -> tuple[str | None, Fault | None]:
+    """Why this subscriber's row gets ``rejected`` without being contacted, and whose fault.
+
+    One subscriber's problem is its own outcome and never stops the send: a
+    malformed stored row, or a second spelling of an endpoint already in the
+    audience (both the row's own, so prune may count them).
+    """
+    if s.problem is not None:
+        return f"stored subscription is invalid: {s.problem}", Fault.SUBSCRIBER
+    original = plan.duplicates.get(s.id)
+    if original is not None:
+        return (f"duplicate of subscriber {original} (the same endpoint spelled "
+                "differently)"), Fault.SUBSCRIBER
+    return None, None
 
 
 def send_campaign(
@@ -208,10 +332,12 @@ def send_campaign(
     shared = store.supports_shared_work and limit is None and to is None
     lock_name = f"campaign:{campaign.name}" + (f"#{_owner()}" if shared else "")
     lock = store.acquire_lock(lock_name, wait=PRUNE_WAIT, blocked_by=("prune",))
+    ledger_failed: StoreError | None = None
     try:
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
         plan = Plan(campaign, info.id, allowed_hosts, options, retry_failed, limit, to,
-                    lease=lease if shared else None)
+                    lease=lease if shared else None,
+                    duplicates=duplicate_endpoints(store, campaign, to))
         stats = Stats()
         if shared:
             _enqueue_audience(store, plan)
@@ -225,17 +351,40 @@ def send_campaign(
         control = _Control()
         started = time.monotonic()
         with _signals(control, handle_signals):
-            if workers <= 1:
-                _run_partition(store, plan, renderer, signer, stats, on_progress, control,
-                               lock.heartbeat)
-            else:
-                _run_workers(store, plan, signer, workers, stats, on_progress, control,
-                             lock.heartbeat)
+            try:
+                if workers <= 1:
+                    _run_partition(store, plan, renderer, signer, stats, on_progress, control,
+                                   lock.heartbeat)
+                else:
+                    _run_workers(store, plan, signer, workers, stats, on_progress, control,
+                                 lock.heartbeat)
+            except StoreError as exc:
+                ledger_failed = exc
+                _mark_interrupted(store, info.id)
+                raise
         unfinished = control.stop or (shared and store.queued(info.id) > 0)
         store.finish_campaign(info.id, "interrupted" if control.stop else
                               "running" if unfinished else "finished")
         return SendResult(info.id, stats, time.monotonic() - started, control.stop)
     finally:
+        if ledger_failed is None:
+            lock.release()
+        else:
+            _release_after_store_failure(lock)
+
+
+def _mark_interrupted(store: Store, campaign_id: int) -> None:
+    """Best effort after the ledger failed: if even this write fails the campaign stays
+    ``running`` with no live sender, which reports already show as interrupted."""
+    with contextlib.suppress(StoreError, SQLAlchemyError):
+        store.finish_campaign(campaign_id, "interrupted")
+
+
+def _release_after_store_failure(lock: Lock) -> None:
+    """Release the campaign lock if the store lets us; if not, the lock names a dead
+    process once we exit and the next run takes it over, so the StoreError being
+    raised (the real cause, exit 74) must not be replaced by this one."""
+    with contextlib.suppress(StoreError, SQLAlchemyError):
         lock.release()
 
 
@@ -296,7 +445,10 @@ def _run_partition(
     from pushcli.engine import Engine  # aiohttp only where messages are sent
 
     engine = Engine(signer, plan.options, lambda recs: store.record(plan.campaign_id, recs),
-                    on_progress=on_progress, stats=stats, allowed_hosts=plan.allowed_hosts)
+                    on_progress=on_progress, stats=stats, allowed_hosts=plan.allowed_hosts,
+                    intent=lambda jobs: store.mark_inflight(
+                        plan.campaign_id, [(j.subscription_id, j.service) for j in jobs]),
+                    release=lambda ids: store.release_inflight(plan.campaign_id, ids))
     jobs = iter_jobs(store, plan, renderer, control)
     beat = 15.0 if plan.lease is None else min(15.0, plan.lease / 3)
     owner = _owner()
@@ -363,12 +515,16 @@ def _run_workers(
     for p in procs:
         p.start()
     latest: dict[int, dict[str, Any]] = {}
+    store_errors: list[str] = []
     last_beat = time.monotonic()
     try:
         while any(p.is_alive() for p in procs) or not updates.empty():
             try:
                 index, snapshot = updates.get(timeout=0.2)
                 latest[index] = snapshot
+                if snapshot.get("store_error"):
+                    store_errors.append(snapshot["store_error"])
+                    stop_event.set()  # the others write to the same ledger: stop them too
             except queue.Empty:
                 pass
             if control.stop:
@@ -386,6 +542,8 @@ def _run_workers(
             p.join(timeout=60)
             if p.is_alive():
                 p.kill()
+    if store_errors:
+        raise StoreError(store_errors[0])
     failed = [p for p in procs if p.exitcode not in (0, None)]
     if failed and not control.stop:
         raise PushcliError(f"a sender process exited with code {failed[0].exitcode}; "
@@ -417,7 +575,7 @@ def _worker_main(
     stats = Stats()
     last_sent = 0.0
 
-    def report(s: Stats, force: bool = False) -> None:
+    def report(s: Stats, force: bool = False, store_error: str | None = None) -> None:
         nonlocal last_sent
         orphaned = os.getppid() != parent_pid
         if stop_event.is_set() or orphaned:
@@ -428,13 +586,18 @@ def _worker_main(
         if force or now - last_sent > 0.2:
             last_sent = now
             updates.put((index, {"outcomes": dict(s.outcomes), "retries": s.retries,
-                                 "ambiguous": s.ambiguous, "signatures": signer.signatures}))
+                                 "ambiguous": s.ambiguous, "signatures": signer.signatures,
+                                 "store_error": store_error}))
 
     if os.getppid() != parent_pid:
         return  # the parent (and its lock) died while we started: send nothing
-    with Store.open(db_url) as store:
-        _run_partition(store, plan, Renderer(plan.campaign), signer, stats, report, control,
-                       None, poll=lambda: report(stats))
+    try:
+        with Store.open(db_url) as store:
+            _run_partition(store, plan, Renderer(plan.campaign), signer, stats, report,
+                           control, None, poll=lambda: report(stats))
+    except StoreError as exc:  # the parent says it in one line and exits 74
+        report(stats, force=True, store_error=str(exc))
+        raise SystemExit(exc.exit_code) from None
     report(stats, force=True)
 
 
@@ -451,14 +614,30 @@ def _pending_count(store: Store, plan: Plan) -> int:
 
 
 def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[str],
-                     limit: int | None = None, to: str | None = None) -> Counter[str]:
-    """Audience per push service (``blocked`` for refused endpoints), for --dry-run."""
+                     limit: int | None = None, to: str | None = None,
+                     renderer: Renderer | None = None) -> Counter[str]:
+    """Audience per push service, for --dry-run: ``blocked`` for refused endpoints,
+    ``rejected`` for those send would reject without contacting (malformed stored
+    rows, duplicate spellings of one endpoint and, given ``renderer``, attributes
+    that do not render)."""
     counts: Counter[str] = Counter()
+    duplicates = duplicate_endpoints(store, campaign, to)
     for s in itertools.islice(_audience(store, campaign, to), limit):
         try:
-            counts[check_endpoint(s.subscription.endpoint, allowed_hosts).service] += 1
+            service = check_endpoint(s.subscription.endpoint, allowed_hosts).service
         except EndpointRefused:
             counts["blocked"] += 1
+            continue
+        if s.problem is not None or s.id in duplicates:
+            counts["rejected"] += 1
+            continue
+        if renderer is not None:
+            try:
+                renderer.render(s.subscription.locale, s.subscription.attributes)
+            except PushcliError:
+                counts["rejected"] += 1
+                continue
+        counts[service] += 1
     return counts
 
 
@@ -469,7 +648,10 @@ __all__ = [
     "RenderError",
     "SendResult",
     "Stats",
+    "VariantCheck",
     "count_by_service",
+    "check_variants",
+    "duplicate_endpoints",
     "send_campaign",
     "validate_variants",
 ]

@@ -8,12 +8,15 @@ naming where and why.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import csv
+import itertools
 import json
 import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import IO, Any, Literal
 
 from pushcli.encoding import b64_decode, b64url_encode
 from pushcli.errors import InputError
-from pushcli.files import open_input
+from pushcli.files import neutralize_cell, open_input, restore_cell
 from pushcli.pushservices import EndpointRefused, check_endpoint
 
 Format = Literal["json", "ndjson", "csv"]
@@ -32,7 +35,9 @@ LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8}){0,4}$")
 ATTR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_LENGTH = 1024
-MAX_JSON_BYTES = 512 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024  # one NDJSON line or JSON array element; a record is < 1 KiB
+JSON_CHUNK = 64 * 1024
+CSV_DELIMITERS = {",": "','", ";": "';'", "\t": "tab"}
 CSV_REQUIRED = ("endpoint", "p256dh", "auth")
 CSV_RESERVED = {"endpoint", "p256dh", "auth", "tags", "locale", "user_id", "id", "expirationtime"}
 
@@ -134,6 +139,24 @@ def validate_p256dh(value: object) -> str:
     return value if _is_canonical(value, 65) else b64url_encode(raw)
 
 
+_P256DH_RE = re.compile(r"[A-Za-z0-9_-]{86}[AQgw]")  # 65 bytes: the last 2 bits are 0
+_AUTH_RE = re.compile(r"[A-Za-z0-9_-]{21}[AQgw]")  # 16 bytes
+
+
+def stored_keys_valid(p256dh: object, auth: object) -> bool:
+    """Quick check of keys in the canonical form import stores (both valid, True).
+
+    For reading the store on the send path, where validate_* would cost more
+    than the rest of decoding a row. False means "not canonical or not valid":
+    call validate_p256dh/validate_auth to tell which and why.
+    """
+    if not (isinstance(p256dh, str) and isinstance(auth, str)
+            and _P256DH_RE.fullmatch(p256dh) and _AUTH_RE.fullmatch(auth)):
+        return False
+    raw = base64.urlsafe_b64decode(p256dh + "=")
+    return raw[0] == 0x04 and _on_p256(raw)
+
+
 def validate_auth(value: object) -> str:
     """The 16-byte auth secret."""
     raw = _decode_key("keys.auth", value, 16)
@@ -174,6 +197,21 @@ def _locale(value: object) -> str | None:
     return value
 
 
+def _unicode_text(field: str, text: str) -> str:
+    """``text`` if it can be stored, i.e. encoded as UTF-8.
+
+    JSON may spell a lone surrogate (``"\\udc80"``); Python decodes it into a
+    str that no database driver can encode, which used to crash the import of
+    its whole batch. It is this record's problem, so it is rejected here.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field}: contains an invalid character "
+                         "(a lone surrogate such as \\udc80)") from None
+    return text
+
+
 def _attributes(value: object) -> dict[str, Any]:
     if value is None:
         return {}
@@ -191,6 +229,8 @@ def _attributes(value: object) -> dict[str, Any]:
             raise ValueError(f"attributes.{k}: must be a string, number, boolean or null")
         if isinstance(v, str) and len(v) > MAX_ATTRIBUTE_LENGTH:
             raise ValueError(f"attributes.{k}: longer than {MAX_ATTRIBUTE_LENGTH} characters")
+        if isinstance(v, str):
+            _unicode_text(f"attributes.{k}", v)
         out[k] = v
     return out
 
@@ -203,7 +243,7 @@ def _user_id(value: object) -> str | None:
     text = str(value)
     if len(text) > 256:
         raise ValueError("user_id: longer than 256 characters")
-    return text
+    return _unicode_text("user_id", text)
 
 
 def _expiration(value: object) -> int | None:
@@ -296,12 +336,15 @@ def parse_stream(
     source: str,
     allowed_hosts: frozenset[str] = frozenset(),
     extra_tags: Iterable[str] = (),
+    delimiter: str | None = None,
 ) -> Iterator[Subscription | Rejected]:
     """Yield every record of a stream as a Subscription or a Rejected.
 
     File-level problems (no header, missing CSV column, malformed JSON document)
     raise InputError before anything is yielded for that file when they can be
-    seen up front; record-level problems are yielded as Rejected.
+    seen up front (a JSON syntax error after the first records, once those are
+    yielded: JSON is streamed); record-level problems are yielded as Rejected.
+    ``delimiter`` (CSV only) overrides detection from the header.
     """
     extra = tuple(extra_tags)
     for t in extra:
@@ -310,7 +353,8 @@ def parse_stream(
         except ValueError as exc:
             raise InputError(f"--tag: {exc}") from None
     if fmt == "csv":
-        records: Iterator[tuple[str, Any]] = _csv_records(stream, source)
+        records: Iterator[tuple[str, Any]] = _csv_records(
+            stream, source, None if delimiter is None else csv_delimiter(delimiter))
     elif fmt == "ndjson":
         records = _ndjson_records(stream, source)
     else:
@@ -325,10 +369,29 @@ def parse_stream(
             yield Rejected(location, str(exc))
 
 
-def _decoded_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, str | None]]:
-    """(line number, text) per line; text None where the bytes are not UTF-8."""
+_LINE_TOO_LONG = "\x00pushcli-line-too-long\x00"
+
+
+def _decoded_lines(stream: IO[bytes], source: str, max_line: int | None = None,
+                   ) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) per line; text None where the bytes are not UTF-8.
+
+    With ``max_line``, a longer line is never held whole: it is read and dropped
+    in bounded pieces and reported as ``_LINE_TOO_LONG``.
+    """
     first = True
-    for number, raw in enumerate(stream, start=1):
+    number = 0
+    while True:
+        raw = stream.readline() if max_line is None else stream.readline(max_line + 1)
+        if not raw:
+            return
+        number += 1
+        if max_line is not None and len(raw) > max_line and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(JSON_CHUNK)
+            first = False
+            yield number, _LINE_TOO_LONG
+            continue
         if first:
             first = False
             if raw.startswith(codecs.BOM_UTF8):
@@ -342,10 +405,14 @@ def _decoded_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, str | 
 
 
 def _ndjson_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
-    for number, text in _decoded_lines(stream, source):
+    for number, text in _decoded_lines(stream, source, MAX_RECORD_BYTES):
         loc = f"line {number}"
         if text is None:
             yield loc, Rejected(loc, "not valid UTF-8")
+            continue
+        if text is _LINE_TOO_LONG:
+            yield loc, Rejected(loc, f"line longer than {MAX_RECORD_BYTES // 1024 // 1024} MiB "
+                                     "(a subscription is under 1 KiB); skipped")
             continue
         if not text.strip():
             continue
@@ -359,7 +426,32 @@ def _ndjson_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]
 _BAD_ENCODING = "\x00pushcli-bad-encoding\x00"
 
 
-def _csv_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
+def csv_delimiter(value: str) -> str:
+    """``--delimiter``: one character; ``tab`` or ``\\t`` for a tab."""
+    text = "\t" if value.lower() in ("tab", "\\t") else value
+    if len(text) != 1 or text in "\"\r\n" or text.isalnum():
+        raise InputError(f"must be one character such as ',' ';' or tab, not {value[:20]!r}",
+                         field="--delimiter")
+    return text
+
+
+def _sniff_delimiter(header_line: str) -> str:
+    """The separator of a CSV header: the first of ``,`` ``;`` tab that splits it into
+    the required columns (Excel writes ``;`` in many locales); if none does, the
+    most frequent of them, so the missing-column error can say what it found."""
+    for delimiter in CSV_DELIMITERS:
+        try:
+            cells = next(csv.reader([header_line], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        names = {c.strip().lower() for c in cells}
+        if all(c in names for c in CSV_REQUIRED):
+            return delimiter
+    return max(CSV_DELIMITERS, key=header_line.count)
+
+
+def _csv_records(stream: IO[bytes], source: str, delimiter: str | None = None,
+                 ) -> Iterator[tuple[str, Any]]:
     bad_lines: list[int] = []
 
     def lines() -> Iterator[str]:
@@ -370,7 +462,13 @@ def _csv_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
             else:
                 yield text
 
-    reader = csv.reader(lines())
+    line_iter = lines()
+    first = next(line_iter, None)
+    if first is None:
+        raise InputError("empty file (expected a header row with endpoint,p256dh,auth)",
+                         file=source)
+    chosen = delimiter or _sniff_delimiter(first)
+    reader = csv.reader(itertools.chain([first], line_iter), delimiter=chosen)
     try:
         header = next(reader)
     except StopIteration:
@@ -383,15 +481,22 @@ def _csv_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
     columns = [c.strip().lower() for c in header]
     missing = [c for c in CSV_REQUIRED if c not in columns]
     if missing:
+        name = CSV_DELIMITERS.get(chosen, repr(chosen))
+        if delimiter is not None:
+            found = f"split on {name} (--delimiter)"
+        elif chosen in first:
+            found = f"found separator {name}; use --delimiter for another"
+        else:
+            found = "found no ',', ';' or tab separator; use --delimiter"
         raise InputError(
             f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-            f"(header must include endpoint,p256dh,auth)",
+            f"(header must include endpoint,p256dh,auth; {found})",
             file=source,
             line=1,
         )
-    dupes = {c for c in columns if columns.count(c) > 1}
+    dupes = [c for c, n in Counter(columns).items() if n > 1]  # linear: 40,000 columns
     if dupes:
-        raise InputError(f"duplicate column {sorted(dupes)[0]!r}", file=source, line=1)
+        raise InputError(f"duplicate column {min(dupes)!r}", file=source, line=1)
     attr_columns = [c for c in columns if c not in CSV_RESERVED and c]
     for c in attr_columns:
         if not ATTR_NAME_RE.match(c):
@@ -415,7 +520,8 @@ def _csv_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
         if len(row) != width:
             yield loc, Rejected(loc, f"expected {width} columns, got {len(row)}")
             continue
-        values = dict(zip(columns, row, strict=True))
+        # undo export's formula neutralizing ('=x -> =x), see files.restore_cell
+        values = dict(zip(columns, map(restore_cell, row), strict=True))
         record: dict[str, Any] = {
             "endpoint": values["endpoint"].strip(),
             "keys": {"p256dh": values["p256dh"].strip(), "auth": values["auth"].strip()},
@@ -428,37 +534,208 @@ def _csv_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
         yield loc, record
 
 
+class _JsonCursor:
+    """A window over a JSON text read in chunks, for :func:`_json_records`.
+
+    ``json.JSONDecoder.raw_decode`` parses one value at an offset; the cursor
+    keeps only the unparsed tail of the file in memory (plus the value being
+    read, at most MAX_RECORD_BYTES), so a 50 MB array costs what one record does.
+    """
+
+    def __init__(self, stream: IO[bytes], source: str) -> None:
+        self.stream = stream
+        self.source = source
+        self.buf = ""
+        self.pos = 0
+        self.eof = False
+        self.lines_before = 0  # newlines in the text already dropped from buf
+        self.started = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._json = json.JSONDecoder()
+        self.last_size = 0  # characters of the last value read
+
+    def line(self, pos: int) -> int:
+        return self.lines_before + self.buf.count("\n", 0, pos) + 1
+
+    def error(self, message: str, pos: int | None = None) -> InputError:
+        return InputError(message, file=self.source,
+                          line=self.line(self.pos if pos is None else pos))
+
+    def fill(self, size: int = JSON_CHUNK) -> bool:
+        """Drop what was parsed, read ``size`` more bytes; False at end of file."""
+        if self.eof:
+            return False
+        self.lines_before += self.buf.count("\n", 0, self.pos)
+        self.buf = self.buf[self.pos:]
+        self.pos = 0
+        data = self.stream.read(size)
+        if not self.started:
+            self.started = True
+            if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise self.error("file is UTF-16; save it as UTF-8")
+            if data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8):]
+        if not data:
+            self.eof = True
+        try:
+            self.buf += self._decoder.decode(data, final=self.eof)
+        except UnicodeDecodeError as exc:
+            line = self.line(len(self.buf)) + data[: max(exc.start, 0)].count(b"\n")
+            raise InputError("not valid UTF-8", file=self.source, line=line) from None
+        return not self.eof or bool(self.buf)
+
+    def peek(self) -> str | None:
+        """The next non-whitespace character (not consumed), None at end of file."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\n\r":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.fill():
+                return None
+
+    def expect(self, chars: str, what: str) -> str:
+        ch = self.peek()
+        if ch is None or ch not in chars:
+            raise self.error(f"invalid JSON: Expecting {what}")
+        self.pos += 1
+        return ch
+
+    def value(self, where: str) -> Any:
+        """Parse the value at the cursor, reading more until it is complete."""
+        if self.peek() is None:
+            raise self.error("invalid JSON: Expecting value")
+        while True:
+            try:
+                obj, end = self._json.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                # A value cut by the chunk boundary fails at (or a few characters before)
+                # the end of the buffer, or as an unterminated string: read more and retry.
+                cut = exc.msg.startswith("Unterminated string") or exc.pos >= len(self.buf) - 8
+                if not (cut and self._grow(where)):
+                    raise self.error(f"invalid JSON: {exc.msg}", exc.pos) from None
+                continue
+            except RecursionError:
+                raise self.error("invalid JSON: nested too deeply") from None
+            if end == len(self.buf) and self._grow(where):
+                continue  # a number or literal may go on in the next chunk
+            self.last_size = end - self.pos
+            if self.last_size > MAX_RECORD_BYTES:
+                raise self._too_long(where)
+            self.pos = end
+            return obj
+
+    def _grow(self, where: str) -> bool:
+        """Read more for an incomplete value; grows geometrically so a long value
+        is re-parsed O(log n) times, and refuses past MAX_RECORD_BYTES."""
+        if self.eof:
+            return False
+        pending = len(self.buf) - self.pos
+        if pending > MAX_RECORD_BYTES:
+            raise self._too_long(where)
+        before = len(self.buf) - self.pos
+        while len(self.buf) - self.pos == before and self.fill(max(JSON_CHUNK, pending)):
+            pass  # a chunk of only a partial UTF-8 sequence adds no text yet
+        return len(self.buf) - self.pos > before
+
+    def _too_long(self, where: str) -> InputError:
+        return self.error(f"record {where} is longer than {MAX_RECORD_BYTES // 1024 // 1024} "
+                          "MiB; a subscription is under 1 KiB")
+
+
 def _json_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
-    data = stream.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise InputError("JSON file larger than 512 MiB; use NDJSON for big lists", file=source)
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError("not valid UTF-8", file=source, line=line) from None
-    if not text.strip():
+    """Records of a JSON array, ``{"subscriptions": [...]}`` or one object, streamed.
+
+    Each element is yielded as soon as it is parsed, so memory stays flat
+    whatever the file size; a syntax error after the first records raises
+    InputError naming its line once those records have been yielded.
+    """
+    cur = _JsonCursor(stream, source)
+    first = cur.peek()
+    if first is None:
         raise InputError("empty file (expected a JSON array of subscriptions)", file=source)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg}", file=source, line=exc.lineno) from None
-    except RecursionError:
-        raise InputError("invalid JSON: nested too deeply", file=source) from None
-    prefix = ""
-    if isinstance(doc, dict) and "subscriptions" in doc:
-        doc = doc["subscriptions"]
-        prefix = ".subscriptions"
-    elif isinstance(doc, dict) and "endpoint" in doc:
-        doc = [doc]
-    if not isinstance(doc, list):
-        raise InputError(
-            'expected a JSON array of subscriptions or {"subscriptions": [...]}', file=source
-        )
-    for index, record in enumerate(doc):
-        yield f"{prefix}[{index}]", record
+    shape_error = 'expected a JSON array of subscriptions or {"subscriptions": [...]}'
+    if first == "[":
+        yield from _json_array(cur, "")
+        if cur.peek() is not None:
+            raise cur.error("invalid JSON: Extra data")
+    elif first == "{":
+        cur.pos += 1
+        fields: dict[str, Any] = {}
+        size = 0
+        streamed = False
+        if cur.peek() == "}":
+            cur.pos += 1
+        else:
+            while True:
+                if cur.peek() != '"':
+                    raise cur.error("invalid JSON: Expecting property name enclosed in "
+                                    "double quotes")
+                key = cur.value("[0]")
+                cur.expect(":", "':' delimiter")
+                if key == "subscriptions" and cur.peek() == "[":
+                    yield from _json_array(cur, ".subscriptions")
+                    streamed = True
+                else:
+                    fields[key] = cur.value("[0]")
+                    size += len(key) + cur.last_size
+                    if size > MAX_RECORD_BYTES:
+                        raise cur._too_long("[0]")
+                if cur.expect(",}", "',' delimiter") == "}":
+                    break
+        if cur.peek() is not None:
+            raise cur.error("invalid JSON: Extra data")
+        if not streamed:
+            if "subscriptions" in fields or "endpoint" not in fields:
+                raise InputError(shape_error, file=source)
+            yield "[0]", fields
+    else:
+        cur.value("the document")
+        if cur.peek() is not None:
+            raise cur.error("invalid JSON: Extra data")
+        raise InputError(shape_error, file=source)
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_NOTHING = object()
+
+
+def _json_array(cur: _JsonCursor, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Yield the elements of the array at the cursor (which is on its ``[``).
+
+    Fast path: an element followed, inside the buffer, by ``,`` or ``]`` is
+    complete, so one scan suffices; anything else (a chunk boundary, an error)
+    goes through the careful :meth:`_JsonCursor.value`. The fast path keeps the
+    per-record cost near ``json.loads``' own.
+    """
+    cur.pos += 1
+    if cur.peek() == "]":
+        cur.pos += 1
+        return
+    skip = _WHITESPACE.match
+    scan = cur._json.scan_once
+    index = 0
+    while True:
+        where = f"{prefix}[{index}]"
+        index += 1
+        buf = cur.buf
+        pos = skip(buf, cur.pos).end()
+        try:
+            obj, end = scan(buf, pos)
+        except (StopIteration, json.JSONDecodeError, RecursionError):
+            obj = _NOTHING
+        if obj is not _NOTHING and end - pos <= MAX_RECORD_BYTES:
+            after = skip(buf, end).end()
+            if after < len(buf) and buf[after] in ",]":
+                cur.pos = after + 1
+                yield where, obj
+                if buf[after] == "]":
+                    return
+                continue
+        cur.pos = pos
+        yield where, cur.value(where)
+        if cur.expect(",]", "',' delimiter") == "]":
+            return
 
 
 def subscription_from_row(
@@ -507,19 +784,21 @@ def write_csv(subs: Iterable[Subscription], out: IO[str]) -> int:
             spool.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
             count += 1
         spool.seek(0)
-        writer = csv.writer(out, lineterminator="\n")
+        # \r\n makes the csv module quote a cell holding a bare \r, which import (and
+        # spreadsheets) would otherwise read as the end of the row.
+        writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(["endpoint", "p256dh", "auth", "tags", "locale", "user_id",
                          "expirationTime", *names])
         for line in spool:
             rec = json.loads(line)
             attrs = rec.get("attributes", {})
-            writer.writerow([
+            writer.writerow([neutralize_cell(cell) for cell in (
                 rec["endpoint"], rec["keys"]["p256dh"], rec["keys"]["auth"],
                 ";".join(rec.get("tags", [])), rec.get("locale") or "",
                 rec.get("user_id") or "",
                 "" if rec.get("expirationTime") is None else rec["expirationTime"],
                 *(_csv_cell(attrs.get(k)) for k in names),
-            ])
+            )])
     return count
 
 
