@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.connection as mp_connection
 import os
-import queue
 import signal
 import socket
 import threading
@@ -493,13 +493,16 @@ def _run_workers(
     """Run the campaign in ``workers`` processes and aggregate their progress.
 
     Each gets an id partition (or, in shared mode, claims from the queue).
-    Workers ignore SIGINT; the parent relays stop/abort through events, so one
-    Ctrl-C at a terminal (which signals the whole process group) counts once.
-    A worker whose parent dies stops by itself: the lock died with the parent.
+    Workers ignore SIGINT; the parent relays stop/abort down each worker's pipe,
+    so one Ctrl-C at a terminal (which signals the whole process group) counts
+    once. A worker whose parent dies stops by itself: the lock died with the parent.
+
+    One plain pipe per worker carries progress up and stop/abort down. A
+    multiprocessing Queue or Event would be named semaphores, which the resource
+    tracker reports as "leaked" when a process holding them is killed.
     """
     ctx = multiprocessing.get_context("spawn")
-    stop_event, abort_event = ctx.Event(), ctx.Event()
-    updates: Any = ctx.Queue()
+    links = [ctx.Pipe(duplex=True) for _ in range(workers)]
     options = plan.options
     share = replace(options, concurrency=max(1, options.concurrency // workers),
                     rate_limit=options.rate_limit / workers if options.rate_limit else None)
@@ -508,29 +511,45 @@ def _run_workers(
             store.url,
             replace(plan, options=share,
                     partition=None if plan.lease is not None else (i, workers)),
-            signer.private_pem(), signer.subject, i, updates, stop_event, abort_event,
-            os.getpid()))
+            signer.private_pem(), signer.subject, i, links[i][1], os.getpid()))
         for i in range(workers)
     ]
-    for p in procs:
+    for p, (_, child_end) in zip(procs, links, strict=True):
         p.start()
+        child_end.close()  # the worker has its copy; ours would hide its end-of-file
+    conns = {i: parent_end for i, (parent_end, _) in enumerate(links)}
     latest: dict[int, dict[str, Any]] = {}
     store_errors: list[str] = []
+    told: set[str] = set()
     last_beat = time.monotonic()
+
+    def tell(command: str) -> None:
+        if command in told:
+            return
+        told.add(command)
+        for conn in conns.values():
+            # a worker that is gone cannot be told; its end-of-file is read next round
+            with contextlib.suppress(OSError):
+                conn.send(command)
+
     try:
-        while any(p.is_alive() for p in procs) or not updates.empty():
-            try:
-                index, snapshot = updates.get(timeout=0.2)
+        while conns:  # each worker's pipe stays open until that worker exits
+            for conn in mp_connection.wait(list(conns.values()), timeout=0.2):
+                index = next(i for i, c in conns.items() if c is conn)
+                try:
+                    _, snapshot = conn.recv()
+                except (EOFError, OSError):
+                    conn.close()
+                    del conns[index]
+                    continue
                 latest[index] = snapshot
                 if snapshot.get("store_error"):
                     store_errors.append(snapshot["store_error"])
-                    stop_event.set()  # the others write to the same ledger: stop them too
-            except queue.Empty:
-                pass
+                    tell("stop")  # the others write to the same ledger: stop them too
             if control.stop:
-                stop_event.set()
+                tell("stop")
             if control.abort:
-                abort_event.set()
+                tell("abort")
             _merge(stats, latest.values())
             if on_progress is not None:
                 on_progress(stats)
@@ -538,10 +557,13 @@ def _run_workers(
                 last_beat = time.monotonic()
                 heartbeat()
     finally:
+        for conn in conns.values():
+            conn.close()
         for p in procs:
             p.join(timeout=60)
             if p.is_alive():
                 p.kill()
+                p.join()
     if store_errors:
         raise StoreError(store_errors[0])
     failed = [p for p in procs if p.exitcode not in (0, None)]
@@ -563,8 +585,8 @@ def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
 
 
 def _worker_main(
-    db_url: str, plan: Plan, private_pem: bytes, subject: str, index: int, updates: Any,
-    stop_event: Any, abort_event: Any, parent_pid: int,
+    db_url: str, plan: Plan, private_pem: bytes, subject: str, index: int,
+    link: mp_connection.Connection, parent_pid: int,
 ) -> None:
     """Entry point of one sender process (spawned, so it shares no state but its args)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -575,19 +597,34 @@ def _worker_main(
     stats = Stats()
     last_sent = 0.0
 
+    link_lock = threading.Lock()  # a Connection is not thread-safe; Queue.put was
+
     def report(s: Stats, force: bool = False, store_error: str | None = None) -> None:
+        with link_lock:
+            talk(s, force, store_error)
+
+    def talk(s: Stats, force: bool, store_error: str | None) -> None:
         nonlocal last_sent
         orphaned = os.getppid() != parent_pid
-        if stop_event.is_set() or orphaned:
-            control.stop = True
-        if abort_event.is_set() or orphaned:
-            control.abort = True
+        try:
+            while not orphaned and link.poll():
+                command = link.recv()
+                control.stop = True
+                control.abort = control.abort or command == "abort"
+        except (EOFError, OSError):  # the parent's end closed: it died, and its lock with it
+            orphaned = True
+        if orphaned:
+            control.stop = control.abort = True
+            return
         now = time.monotonic()
         if force or now - last_sent > 0.2:
             last_sent = now
-            updates.put((index, {"outcomes": dict(s.outcomes), "retries": s.retries,
-                                 "ambiguous": s.ambiguous, "signatures": signer.signatures,
-                                 "store_error": store_error}))
+            try:
+                link.send((index, {"outcomes": dict(s.outcomes), "retries": s.retries,
+                                   "ambiguous": s.ambiguous, "signatures": signer.signatures,
+                                   "store_error": store_error}))
+            except OSError:  # the parent is gone
+                control.stop = control.abort = True
 
     if os.getppid() != parent_pid:
         return  # the parent (and its lock) died while we started: send nothing

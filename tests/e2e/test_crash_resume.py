@@ -159,6 +159,42 @@ def test_orphaned_workers_send_nothing_after_the_parent_is_killed(e2e) -> None:
         f"+{max(late):.1f}s after the kill"
 
 
+def _sender_processes(pid: int) -> list[int]:
+    """The spawned sender workers among ``pid``'s children (not the resource tracker)."""
+    found = []
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as fh:
+                if b"spawn_main" in fh.read():
+                    found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("victim", ["parent", "worker"])
+def test_no_leaked_semaphore_warning_after_a_sender_process_is_killed(e2e, victim: str) -> None:
+    """kill -9 of a multi-process send (or of one of its workers) leaves nothing for the
+    resource tracker to warn about: with a multiprocessing Queue and Events it printed
+    "There appear to be 13 leaked semaphore objects" once the orphaned workers exited."""
+    subs = e2e.subscribe(1500)
+    e2e.import_subs(subs)
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.02)
+    proc = e2e.start("send", str(e2e.campaign()), "-q", "--workers", "2", "--concurrency", "8")
+    e2e.wait_until("accepted", 100)
+    workers = _sender_processes(proc.pid)
+    assert len(workers) == 2
+    os.kill(proc.pid if victim == "parent" else workers[0], signal.SIGKILL)
+    # stderr closes when the last holder exits: the workers and the resource tracker too
+    _, stderr = proc.communicate(timeout=120)
+    assert "leaked" not in stderr and "resource_tracker" not in stderr, stderr
+    if victim == "worker":
+        assert proc.returncode == 1
+        assert stderr.strip().splitlines() == [
+            "error: a sender process exited with code -9; "
+            "re-run the same command to finish the campaign"]
+
+
 def test_engine_flushes_at_flush_size_not_only_on_the_timer() -> None:
     """The unflushed window a kill -9 loses is bounded by ``flush_size`` (documented:
     "every flush_interval or flush_size records"), whatever the send rate."""
