@@ -225,3 +225,15 @@ def test_human_output_prints_paths_literally(setup: Setup) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert proc.returncode == 1
     assert f"{key}: no such file" in proc.stdout
+
+
+def test_store_readable_by_others(setup: Setup) -> None:
+    """The store holds every subscriber's auth secret: a 0644 store is a problem."""
+    assert "mode 0600" in checks(setup.doctor())["store"]["detail"]
+    os.chmod(setup.db, 0o644)
+    proc = setup.doctor()
+    assert proc.returncode == 1
+    problems = failing(proc)
+    assert list(problems) == ["store"]
+    assert "0644" in problems["store"] and "chmod 600" in problems["store"]
+    assert "push services" in checks(proc)  # the other checks still ran

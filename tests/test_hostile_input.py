@@ -40,6 +40,7 @@ from pushcli.campaign import Renderer, load_campaign, parse_campaign
 from pushcli.cli import app
 from pushcli.encoding import b64url_encode
 from pushcli.errors import InputError
+from pushcli.files import restore_cell
 from pushcli.keys import generate_keys
 from pushcli.pushservices import Outcome
 from pushcli.report import neutralize_cell, write_csv_rows
@@ -310,12 +311,15 @@ def test_ndjson_deep_line_is_one_rejected_line(tmp_path: Path) -> None:
     assert len(result.stderr.splitlines()) == 2
 
 
-def test_json_file_over_the_limit_is_refused_before_parsing(
+def test_json_record_over_the_limit_is_refused_without_holding_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(subs_mod, "MAX_JSON_BYTES", 2000)
-    result = _import(tmp_path, "big.json", serialize(POOL, "json"))
-    assert result.exit_code == 2 and "larger than" in result.stderr
+    """JSON is streamed, so the bound is per record (an NDJSON line's), not per file."""
+    monkeypatch.setattr(subs_mod, "MAX_RECORD_BYTES", 2000)
+    monkeypatch.setattr(subs_mod, "JSON_CHUNK", 256)
+    huge = dict(POOL[0], attributes={"bio": "x" * 5000})
+    result = _import(tmp_path, "big.json", serialize([POOL[4], huge, POOL[5]], "json"))
+    assert result.exit_code == 2 and "big.json:1: record [1] is longer than" in result.stderr
 
 
 def test_non_utf8_bytes(tmp_path: Path) -> None:
@@ -675,13 +679,14 @@ def test_send_dry_run_and_doctor_refuse_a_growing_template(tmp_path: Path) -> No
 
 @settings(max_examples=150, deadline=None)
 @given(value=st.text(max_size=30) | st.sampled_from(
-    ["=1+1", "+1", "-1", "@x", "\t=1", "\r=1", "=cmd|' /C calc'!A0"]))
+    ["=1+1", "+1", "-1", "@x", "\t=1", "\r=1", "=cmd|' /C calc'!A0", "'=1", "''+1", "'a"]))
 def test_neutralize_cell(value: str) -> None:
     out = neutralize_cell(value)
-    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        assert out == "'" + value
+    if value.lstrip("'")[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        assert out == "'" + value  # also after quotes of its own, so restore_cell is exact
     else:
         assert out == value
+    assert restore_cell(out) == value
     assert neutralize_cell(42) == 42 and neutralize_cell(None) is None
 
 
