@@ -376,7 +376,7 @@ def send_campaign(
 def _mark_interrupted(store: Store, campaign_id: int) -> None:
     """Best effort after the ledger failed: if even this write fails the campaign stays
     ``running`` with no live sender, which reports already show as interrupted."""
-    with contextlib.suppress(StoreError, SQLAlchemyError):
+    with contextlib.suppress(PushcliError, SQLAlchemyError):  # StoreError, Busy
         store.finish_campaign(campaign_id, "interrupted")
 
 
@@ -384,7 +384,7 @@ def _release_after_store_failure(lock: Lock) -> None:
     """Release the campaign lock if the store lets us; if not, the lock names a dead
     process once we exit and the next run takes it over, so the StoreError being
     raised (the real cause, exit 74) must not be replaced by this one."""
-    with contextlib.suppress(StoreError, SQLAlchemyError):
+    with contextlib.suppress(PushcliError, SQLAlchemyError):  # StoreError, Busy
         lock.release()
 
 

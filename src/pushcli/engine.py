@@ -41,6 +41,15 @@ class _LedgerGaveUp(StoreError):
     """The ledger stayed unwritable past the retry budget: the send stops (exit 74)."""
 
 
+async def _settled(future: asyncio.Future[None]) -> bool:
+    """Wait for a ledger write already under way; whether it succeeded."""
+    try:
+        await future
+    except Exception:  # noqa: BLE001 - any failure means: not written
+        return False
+    return True
+
+
 def _why(exc: BaseException) -> str:
     """One line for a failed ledger write; never SQL parameters (endpoints, auth secrets)."""
     if isinstance(exc, StoreError):
@@ -478,6 +487,10 @@ class Engine:
             except StoreError as exc:
                 self._give_up(exc)
                 return
+            except Exception as exc:  # noqa: BLE001 - a dead flusher would stall the run
+                self._give_up(_LedgerGaveUp(f"recording outcomes failed ({_why(exc)}); "
+                                            "nothing lost: re-run the same command to finish"))
+                return
 
     async def _flush(self, *, once: bool = False) -> None:
         async with self._flush_lock:
@@ -543,17 +556,11 @@ class Engine:
                 try:
                     await asyncio.shield(written)
                 except asyncio.CancelledError:
-                    try:
-                        await written
-                    except Exception as exc:  # noqa: BLE001 - any failure: not written
-                        raise _LedgerGaveUp(f"the ledger could not be written at shutdown "
-                                            f"({_why(exc)}); nothing lost: re-run the same "
-                                            "command to finish") from None
-                    if receipt is not None:
+                    # shutting down mid-write: let it finish. Without a receipt the caller
+                    # keeps the rows (the final flush retries them).
+                    if await _settled(written) and receipt is not None:
                         receipt.append(True)
                     raise
-            except _LedgerGaveUp:
-                raise
             except Exception as exc:  # noqa: BLE001 - StoreError, OperationalError, OSError...
                 failure = exc
             else:

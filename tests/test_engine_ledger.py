@@ -1,0 +1,200 @@
+"""The engine and an unwritable ledger, and the intent log, without a store.
+
+A failed ledger write must never drop outcomes: it is retried with backoff,
+no request starts while it fails, and after the retry budget the engine
+stops and raises StoreError (exit 74). Before a request goes out its
+subscriber is committed as in flight (intent), so a crash leaves a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pushcli.encoding import b64_decode
+from pushcli.engine import Engine
+from pushcli.errors import StoreError
+from pushcli.keys import VapidSigner, generate_keys, load_private_key
+from pushcli.messages import DeliveryOptions, Job
+from pushcli.pushservices import Outcome, check_endpoint
+from pushcli.store import DeliveryRecord
+from pushcli.testing import PushServiceEmulator
+
+ALLOWED = frozenset({"127.0.0.1"})
+
+
+class _NoSigner:
+    signatures = 0
+
+    def header(self, origin: str) -> str:
+        return ""
+
+
+class _FakeTime:
+    """A clock that only the injected sleep advances: backoff runs instantly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        await asyncio.sleep(0)
+
+
+def _blocked_jobs(n: int) -> list[list[Job]]:
+    jobs = [Job(i, "", "", "blocked", b"", b"", b"", blocked="refused") for i in range(1, n + 1)]
+    return [jobs[i:i + 10] for i in range(0, n, 10)]
+
+
+def test_a_sink_that_fails_once_loses_no_outcome() -> None:
+    """Before: the first exception killed the flush loop and its batch was gone."""
+    written: list[int] = []
+    calls = 0
+
+    def sink(recs: list[DeliveryRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("disk I/O error")
+        written.extend(r.subscription_id for r in recs)
+
+    t = _FakeTime()
+    engine = Engine(_NoSigner(), DeliveryOptions(flush_size=10), sink,  # type: ignore[arg-type]
+                    clock=t.clock, sleep=t.sleep)
+    stats = asyncio.run(engine.run(iter(_blocked_jobs(100))))
+    assert sorted(written) == list(range(1, 101))  # each exactly once, none dropped
+    assert t.sleeps == [0.05]
+    assert stats.ledger_retries == 1
+
+
+def test_a_sink_that_always_fails_stops_with_store_error_after_the_budget() -> None:
+    attempts = 0
+
+    def sink(recs: list[DeliveryRecord]) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise StoreError("database or disk is full")
+
+    t = _FakeTime()
+    options = DeliveryOptions(flush_size=10, ledger_retry_budget=60.0)
+    engine = Engine(_NoSigner(), options, sink, clock=t.clock,  # type: ignore[arg-type]
+                    sleep=t.sleep)
+    with pytest.raises(StoreError) as info:
+        asyncio.run(engine.run(iter(_blocked_jobs(100))))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "database or disk is full" in message and "re-run" in message
+    # exponential backoff, capped, for the whole budget (the run had finished sending, so
+    # its final flush is the one that keeps retrying), then it gives up
+    assert t.sleeps[:5] == [0.05, 0.1, 0.2, 0.4, 0.8]
+    assert max(t.sleeps) == options.ledger_backoff_max
+    assert 60.0 <= sum(t.sleeps) <= 120.0
+    # one try per backoff, plus the first of each loop (the flusher's, cut short by the
+    # end of the run, and the final flush's)
+    assert len(t.sleeps) + 1 <= attempts <= len(t.sleeps) + 2
+
+
+def _http_jobs(emu: PushServiceEmulator, key: str, n: int) -> tuple[list[Job], dict[int, str]]:
+    subs = emu.create_subscriptions(n, key)
+    jobs, endpoints = [], {}
+    for i, s in enumerate(subs, start=1):
+        ep = check_endpoint(s["endpoint"], ALLOWED)
+        jobs.append(Job(i, ep.url, ep.origin, ep.service, b64_decode(s["keys"]["p256dh"]),
+                        b64_decode(s["keys"]["auth"]), b'{"title":"hi"}'))
+        endpoints[i] = s["endpoint"]
+    return jobs, endpoints
+
+
+def _signer(tmp_path: Path) -> tuple[VapidSigner, str]:
+    info = generate_keys(tmp_path)
+    return (VapidSigner(load_private_key(tmp_path / "vapid_private.pem"),
+                        "mailto:ops@shop.example.com"), info.application_server_key)
+
+
+def test_no_request_starts_while_the_ledger_cannot_be_written(tmp_path: Path) -> None:
+    signer, key = _signer(tmp_path)
+    concurrency = 4
+    with PushServiceEmulator(port=0, seed=1) as emu:
+        emu.add_fault("slow", rate=1.0, delay=0.01)
+        jobs, endpoints = _http_jobs(emu, key, 120)
+        written: list[int] = []
+        failures = 0
+        growth: list[int] = []
+
+        def sink(recs: list[DeliveryRecord]) -> None:
+            nonlocal failures
+            if written and failures < 3:
+                failures += 1
+                raise StoreError("database is locked")
+            written.extend(r.subscription_id for r in recs)
+
+        async def watching_sleep(delay: float) -> None:
+            before = emu.stats()["total_requests"]
+            await asyncio.sleep(0.3)  # an observation window, not a schedule
+            growth.append(emu.stats()["total_requests"] - before)
+
+        engine = Engine(signer, DeliveryOptions(concurrency=concurrency, flush_size=5), sink,
+                        allowed_hosts=ALLOWED, sleep=watching_sleep)
+        asyncio.run(engine.run(iter([jobs[i:i + 20] for i in range(0, 120, 20)])))
+        assert failures == 3 and len(growth) == 3
+        # only requests already in flight when the ledger failed may still arrive
+        assert max(growth) <= concurrency, growth
+        assert sorted(written) == list(range(1, 121))
+        assert all(len(emu.messages(e)) == 1 for e in endpoints.values())
+
+
+def test_intent_is_committed_before_any_request_of_its_chunk(tmp_path: Path) -> None:
+    signer, key = _signer(tmp_path)
+    with PushServiceEmulator(port=0, seed=1) as emu:
+        jobs, endpoints = _http_jobs(emu, key, 200)
+        marked: list[int] = []
+        early: list[int] = []
+        recorded: list[int] = []
+
+        def intent(chunk: list[Job]) -> None:
+            early.extend(j.subscription_id for j in chunk
+                         if emu.messages(endpoints[j.subscription_id]))
+            marked.extend(j.subscription_id for j in chunk)
+
+        def sink(recs: list[DeliveryRecord]) -> None:
+            assert {r.subscription_id for r in recs} <= set(marked)
+            recorded.extend(r.subscription_id for r in recs)
+
+        options = DeliveryOptions(concurrency=8)
+        engine = Engine(signer, options, sink, allowed_hosts=ALLOWED, intent=intent)
+        asyncio.run(engine.run(iter([jobs[i:i + 100] for i in range(0, 200, 100)])))
+        assert early == []
+        assert sorted(marked) == sorted(recorded) == list(range(1, 201))
+
+
+def test_a_graceful_stop_releases_intent_of_what_never_went_out(tmp_path: Path) -> None:
+    """Else ``on_uncertain: skip`` would never send them after a Ctrl-C."""
+    signer, key = _signer(tmp_path)
+    with PushServiceEmulator(port=0, seed=1) as emu:
+        emu.add_fault("slow", rate=1.0, delay=0.02)
+        jobs, endpoints = _http_jobs(emu, key, 300)
+        marked: set[int] = set()
+        recorded: set[int] = set()
+        released: list[int] = []
+        engine: Engine
+
+        def sink(recs: list[DeliveryRecord]) -> None:
+            recorded.update(r.subscription_id for r in recs if r.outcome is Outcome.SENT)
+            engine.stop()  # Ctrl-C as soon as something is recorded
+
+        engine = Engine(signer, DeliveryOptions(concurrency=4, flush_size=2), sink,
+                        allowed_hosts=ALLOWED, intent=lambda c: marked.update(
+                            j.subscription_id for j in c), release=released.extend)
+        asyncio.run(engine.run(iter([jobs[i:i + 100] for i in range(0, 300, 100)])))
+        assert released, "nothing was left to release"
+        assert all(not emu.messages(endpoints[i]) for i in released)
+        # every subscriber marked in flight ended recorded or released: none left uncertain
+        assert marked == recorded | set(released)
+        assert not recorded & set(released)
