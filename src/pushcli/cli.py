@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from pushcli import __version__
+from pushcli.console import Progress, err, out, print_error, print_summary
 from pushcli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError
-from pushcli.store import DB_ENV, DEFAULT_DB, Store, store_error
+from pushcli.store import DB_ENV, DEFAULT_DB, PRUNE_LOCK, Store, is_campaign_lock, store_error
 
 if TYPE_CHECKING:
     from pushcli.campaign import Campaign
@@ -81,8 +81,6 @@ app.add_typer(campaigns_app, name="campaigns")
 app.add_typer(testing_app, name="testing")
 app.add_typer(web_app, name="web")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
 
 
 class OnUncertain(enum.StrEnum):
@@ -100,10 +98,7 @@ state = _State()
 
 
 def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
-    if err.is_terminal:
-        err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-    else:
-        print(f"error: {message}", file=sys.stderr)
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -401,7 +396,7 @@ def send(
     from pushcli.delivery import DeliveryOptions, count_by_service, send_campaign
     from pushcli.keys import resolve_vapid
     from pushcli.pushservices import KNOWN_SERVICES, allowed_hosts_from_env, topic_problem
-    from pushcli.report import build_report, exit_code_for, summary_tables, write_report_files
+    from pushcli.report import build_report, exit_code_for, write_report_files
 
     if limit is not None and limit < 1:
         fail("--limit must be at least 1")
@@ -472,7 +467,7 @@ def send(
             on_uncertain=(on_uncertain.value if on_uncertain is not None
                           else campaign.delivery.on_uncertain),
         )
-        progress = _Progress(quiet, campaign.name)
+        progress = Progress(quiet, campaign.name)
         try:
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
                                    options=options, retry_failed=retry_failed, limit=limit,
@@ -493,8 +488,7 @@ def send(
     if as_json:
         emit_json(doc)
     elif not quiet:
-        for table in summary_tables(doc):
-            out.print(table)
+        print_summary(doc)
         if result.interrupted:
             err.print("Interrupted: re-run the same command to finish the campaign.")
     if result.interrupted:
@@ -524,53 +518,6 @@ def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
                              field="delivery.topic")
 
 
-class _Progress:
-    """A rich bar on a terminal, plain periodic lines otherwise, nothing with -q."""
-
-    def __init__(self, quiet: bool, name: str) -> None:
-        self.quiet = quiet
-        self.name = name
-        self.bar: Any = None
-        self.last_line = 0.0
-        if not quiet and err.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(), console=err, transient=False,
-            )
-            self.task = self.bar.add_task(name, total=None, counts="", rate="")
-            self.bar.start()
-
-    def update(self, stats: Any) -> None:
-        if self.quiet:
-            return
-        o = stats.outcomes
-        counts = (f"sent {o['sent']:,}  expired {o['expired']:,}  failed {o['failed']:,}"
-                  + (f"  other {o['rejected'] + o['auth'] + o['blocked']:,}"
-                     if o['rejected'] + o['auth'] + o['blocked'] else ""))
-        if self.bar is not None:
-            self.bar.update(self.task, total=stats.total, completed=stats.done, counts=counts,
-                            rate=f"{stats.rate:,.0f}/s")
-            return
-        now = time.monotonic()
-        if now - self.last_line >= 5 or (stats.total and stats.done >= stats.total):
-            self.last_line = now
-            print(f"{self.name}: {stats.done:,}/{stats.total:,} {counts} "
-                  f"({stats.rate:,.0f}/s)", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 # --- reports and history -------------------------------------------------------------------
 
 
@@ -583,7 +530,7 @@ def report_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
     """Re-print a campaign's report from the ledger."""
-    from pushcli.report import build_report, summary_tables, write_report_files
+    from pushcli.report import build_report, write_report_files
 
     with open_store(create=False) as store:
         doc = build_report(store, name)
@@ -592,8 +539,7 @@ def report_cmd(
     if as_json:
         emit_json(doc)
     else:
-        for table in summary_tables(doc):
-            out.print(table)
+        print_summary(doc)
 
 
 @campaigns_app.command("list")
@@ -666,7 +612,7 @@ def prune(
             ids = store.prunable(failed_campaigns=failed_campaigns)
             deleted = 0
         else:
-            lock = store.acquire_lock("prune", wait=prune_wait, blocked_by=("campaign:",))
+            lock = store.acquire_lock(PRUNE_LOCK, wait=prune_wait, blocked_by=is_campaign_lock)
             try:
                 candidates = store.prune_candidates(failed_campaigns=failed_campaigns)
                 ids = [c.id for c in candidates]
@@ -779,7 +725,6 @@ def demo(
     import tempfile
 
     from pushcli.demo import run_demo
-    from pushcli.report import summary_tables
 
     if not 1 <= subscribers <= 1_000_000:
         fail("--subscribers must be between 1 and 1,000,000")
@@ -790,12 +735,12 @@ def demo(
         fail(f"{folder}: already holds a demo (vapid_private.pem); choose another --dir")
     say = (lambda msg: print(msg, file=sys.stderr)) if as_json else (
         lambda msg: err.print(f"[bold cyan]>[/bold cyan] {escape(msg)}"))
-    progress: _Progress | None = None
+    progress: Progress | None = None
 
     def on_progress(stats: Any) -> None:
         nonlocal progress
         if progress is None:
-            progress = _Progress(as_json, "sending")
+            progress = Progress(as_json, "sending")
         progress.update(stats)
 
     def step(msg: str) -> None:
@@ -817,8 +762,7 @@ def demo(
     if as_json:
         emit_json(doc)
         return
-    for table in summary_tables(result.second):
-        out.print(table)
+    print_summary(result.second)
     out.print(f"Sent {result.first['sent']:,} in the first campaign, {result.second['sent']:,} "
               f"in the second; {result.second['expired']:,} expired and "
               f"{result.pruned:,} pruned; {result.remaining:,} subscribers remain. "

@@ -1,5 +1,5 @@
-"""Campaign reports from the ledger: the JSON document, the per-subscriber CSV,
-and the rich summary tables. Reads only the ledger, so a report prints the same
+"""Campaign reports from the ledger: the JSON document and the per-subscriber CSV
+(``console.summary_tables`` draws them). Reads only the ledger, so a report prints the same
 after a prune as before it.
 """
 
@@ -11,8 +11,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
-
-from rich.table import Table
 
 from pushcli.errors import InputError
 from pushcli.files import neutralize_cell, private_file
@@ -135,32 +133,3 @@ def write_csv_rows(store: Store, campaign_id: int, out: IO[str]) -> int:
         )])
         n += 1
     return n
-
-
-def summary_tables(report: dict[str, Any]) -> list[Table]:
-    """The human summary: outcomes, then one row per push service."""
-    outcomes = Table(title=f"Campaign {report['campaign']} ({report['status']})",
-                     title_justify="left")
-    outcomes.add_column("outcome")
-    outcomes.add_column("count", justify="right")
-    for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
-        outcomes.add_row(key, f"{report.get(key, 0):,}")
-    if report.get("uncertain"):
-        outcomes.add_row("uncertain (not resent)", f"{report['uncertain']:,}")
-    outcomes.add_row("total", f"{report['total']:,}", style="bold")
-    if report.get("pending"):
-        outcomes.add_row("pending (re-run to finish)", f"{report['pending']:,}")
-    if report.get("possible_duplicates"):
-        outcomes.add_row("possible duplicates", f"{report['possible_duplicates']:,}")
-    run = report.get("run")
-    if run:
-        outcomes.add_row("duration", f"{run['duration_s']:.1f} s")
-        outcomes.add_row("rate", f"{run['rate_per_s']:,.0f} msg/s")
-    services = Table(title="By push service", title_justify="left")
-    services.add_column("service")
-    for key in ("sent", "expired", "rejected", "auth", "blocked", "failed", "total"):
-        services.add_column(key, justify="right")
-    for service, row in report["by_service"].items():
-        services.add_row(service, *(f"{row.get(k, 0):,}" for k in (
-            "sent", "expired", "rejected", "auth", "blocked", "failed", "total")))
-    return [outcomes, services]

@@ -1,0 +1,186 @@
+"""Everything rich: the progress display, summary tables, plain tab-separated
+output off a terminal, and error lines.
+
+The one place that draws. Library modules return data (report documents,
+dry-run results, doctor checks); ``cli.py`` hands them here. Imported by the
+CLI only, so no library import pulls rich in.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """One ``error:`` line on stderr: red on a terminal, plain text in logs and pipes."""
+    if err.is_terminal:
+        err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+
+
+def other_count(outcomes: Mapping[str, int]) -> int:
+    """What the short displays call "other": rejected + auth + blocked.
+
+    Those three end a subscriber's delivery without a push-service verdict on
+    the message itself; progress lines and ``campaigns list`` fold them together.
+    """
+    return sum(outcomes.get(k, 0) for k in ("rejected", "auth", "blocked"))
+
+
+class Progress:
+    """A rich bar on a terminal, plain periodic lines otherwise, nothing with -q."""
+
+    def __init__(self, quiet: bool, name: str) -> None:
+        self.quiet = quiet
+        self.name = name
+        self.bar: Any = None
+        self.last_line = 0.0
+        if not quiet and err.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(), console=err, transient=False,
+            )
+            self.task = self.bar.add_task(name, total=None, counts="", rate="")
+            self.bar.start()
+
+    def update(self, stats: Any) -> None:
+        if self.quiet:
+            return
+        o = stats.outcomes
+        other = other_count(o)
+        counts = (f"sent {o['sent']:,}  expired {o['expired']:,}  failed {o['failed']:,}"
+                  + (f"  other {other:,}" if other else ""))
+        if self.bar is not None:
+            self.bar.update(self.task, total=stats.total, completed=stats.done, counts=counts,
+                            rate=f"{stats.rate:,.0f}/s")
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 5 or (stats.total and stats.done >= stats.total):
+            self.last_line = now
+            print(f"{self.name}: {stats.done:,}/{stats.total:,} {counts} "
+                  f"({stats.rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def summary_tables(report: dict[str, Any]) -> list[Table]:
+    """The human summary: outcomes, then one row per push service."""
+    outcomes = Table(title=f"Campaign {report['campaign']} ({report['status']})",
+                     title_justify="left")
+    outcomes.add_column("outcome")
+    outcomes.add_column("count", justify="right")
+    for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
+        outcomes.add_row(key, f"{report.get(key, 0):,}")
+    if report.get("uncertain"):
+        outcomes.add_row("uncertain (not resent)", f"{report['uncertain']:,}")
+    outcomes.add_row("total", f"{report['total']:,}", style="bold")
+    if report.get("pending"):
+        outcomes.add_row("pending (re-run to finish)", f"{report['pending']:,}")
+    if report.get("possible_duplicates"):
+        outcomes.add_row("possible duplicates", f"{report['possible_duplicates']:,}")
+    run = report.get("run")
+    if run:
+        outcomes.add_row("duration", f"{run['duration_s']:.1f} s")
+        outcomes.add_row("rate", f"{run['rate_per_s']:,.0f} msg/s")
+    services = Table(title="By push service", title_justify="left")
+    services.add_column("service")
+    for key in ("sent", "expired", "rejected", "auth", "blocked", "failed", "total"):
+        services.add_column(key, justify="right")
+    for service, row in report["by_service"].items():
+        services.add_row(service, *(f"{row.get(k, 0):,}" for k in (
+            "sent", "expired", "rejected", "auth", "blocked", "failed", "total")))
+    return [outcomes, services]
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """Print a campaign report's summary tables on stdout."""
+    for table in summary_tables(report):
+        out.print(table)
+
+
+def print_import(result: Any) -> None:
+    """The ``subscribers import`` summary table."""
+    columns = ("read", "added", "updated", "unchanged", "rejected")
+    table = Table(title="Import" + ("" if result.committed else " (strict: nothing stored)"),
+                  title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="right")
+    table.add_row(*(f"{getattr(result, c):,}" for c in columns))
+    out.print(table)
+
+
+def _ts(value: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(value)) if value else "-"
+
+
+def print_campaigns(rows: Iterable[Mapping[str, Any]]) -> None:
+    """``campaigns list``: a rich table on a terminal, tab-separated lines otherwise."""
+    columns = ("campaign", "status", "started", "finished", "total", "sent", "expired",
+               "failed", "other", "pending")
+    cells = [[r["campaign"], r["status"], _ts(r["started_at"]), _ts(r["finished_at"]),
+              r["total"], r["sent"], r["expired"], r["failed"], other_count(r), r["pending"]]
+             for r in rows]
+    if not out.is_terminal:
+        # Cron logs and pipes: whole values, one tab-separated line per campaign; a rich
+        # table would be cut to 80 columns there (`campa…`, `2026-…`).
+        for line in [list(columns), *cells]:
+            print("\t".join(str(c) for c in line))
+        return
+    table = Table(title="Campaigns", title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in (
+            "campaign", "status", "started", "finished") else "right", overflow="fold")
+    for c in cells:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in c))
+    out.print(table)
+
+
+def print_dry_run(name: str, audience: int, variants: int, services: Mapping[str, int],
+                  sample: bytes | None) -> None:
+    """The ``send --dry-run`` summary: audience per service and a sample payload."""
+    out.print(f"Campaign [bold]{escape(name)}[/bold]: valid; "
+              f"{audience:,} subscribers, {variants} distinct payloads")
+    for svc, n in sorted(services.items()):
+        out.print(f"  {svc:<30} {n:>10,}")
+    if sample:
+        out.print(f"Sample payload ({len(sample)} bytes):")
+        out.print_json(sample.decode())
+
+
+def print_checks(checks: Sequence[Any], quiet: bool) -> None:
+    """Doctor's checks, one line each (only the failed ones with -q)."""
+    for c in checks:
+        if c.ok and quiet:
+            continue
+        mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+        out.print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
+
+
+def say(message: str, plain: bool) -> None:
+    """A step of the demo on stderr (plain text when stdout carries JSON)."""
+    if plain:
+        print(message, file=sys.stderr)
+    else:
+        err.print(f"[bold cyan]>[/bold cyan] {escape(message)}")
