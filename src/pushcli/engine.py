@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import socket
 import ssl
@@ -20,18 +19,16 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
-import http_ece
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
-from cryptography.hazmat.primitives.asymmetric import ec
 
+# encrypt: RFC 8291 aes128gcm with a fresh ephemeral key and salt per message.
+from pushcli.ece import encrypt
 from pushcli.errors import StoreError
 from pushcli.keys import VapidSigner
 from pushcli.messages import DeliveryOptions, Job, Stats
 from pushcli.pushservices import Fault, Outcome, address_allowed, classify, fcm_wp_endpoint
 from pushcli.store import DeliveryRecord
-
-_CURVE = ec.SECP256R1()
 
 UNCERTAIN_REASON = ("in flight when an earlier run stopped without recording it; may have "
                     "arrived; not resent (on_uncertain: skip)")
@@ -85,19 +82,6 @@ class _RateLimiter:
         self.next_at = slot + 1.0 / self.rate
         if slot > now:
             await asyncio.sleep(slot - now)
-
-
-def encrypt(payload: bytes, p256dh: bytes, auth: bytes) -> bytes:
-    """RFC 8291 aes128gcm body with a fresh ephemeral key and salt per message."""
-    server_key = ec.generate_private_key(_CURVE)
-    return http_ece.encrypt(
-        payload,
-        salt=os.urandom(16),
-        private_key=server_key,
-        dh=p256dh,
-        auth_secret=auth,
-        version="aes128gcm",
-    )
 
 
 class PrivateAddress(OSError):
