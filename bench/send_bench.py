@@ -7,6 +7,11 @@ the system store. Subscriptions carry real P-256 keys, so every message is
 really encrypted.
 
     .venv/bin/python bench/send_bench.py --subscribers 100000
+
+Unless ``--peer none``, Node web-push 3.6.7 (``npm ci``; ``bench/node_peer.js``)
+then sends the same payload shape to the same subscriptions and sink, 64
+requests in flight over a keep-alive agent, and the ratio of the two
+whole-process rates (start-up included) is printed.
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pushcli.encoding import b64url_encode
-from pushcli.keys import generate_keys
-from pushcli.testing import make_self_signed_cert
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/send_bench.py`: the harness is in tests/
+    sys.path.insert(0, str(ROOT))
+
+from pushcli.encoding import b64url_encode  # noqa: E402
+from pushcli.keys import generate_keys  # noqa: E402
+from pushcli.testing import make_self_signed_cert  # noqa: E402
+from tests.support import p256dh_keys  # noqa: E402
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -72,17 +82,53 @@ def nginx_binary() -> str:
 
 def write_subscriptions(path: Path, n: int, port: int) -> None:
     """n rows with real keys (2,000 key pairs cycled: key generation is not what we measure)."""
-    keys = []
-    for _ in range(min(n, 2000)):
-        point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-            Encoding.X962, PublicFormat.UncompressedPoint)
-        keys.append(b64url_encode(point))
+    keys = p256dh_keys(min(n, 2000))
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["endpoint", "p256dh", "auth", "tags"])
         for i in range(n):
             w.writerow([f"https://127.0.0.1:{port}/push/{i:08d}", keys[i % len(keys)],
                         b64url_encode(os.urandom(16)), "news"])
+
+
+PAYLOAD = {"web_push": 8030, "notification": {
+    "title": "Benchmark",
+    "body": "A message of ordinary length for a campaign notification body.",
+    "navigate": "https://shop.example.com/bench?utm_source=push&utm_medium=webpush"
+                "&utm_campaign=bench",
+    "icon": "https://shop.example.com/icon.png"}}
+
+
+def write_node_job(path: Path, subs: Path, private_pem: Path) -> None:
+    """The Node peer's input: the same subscriptions and VAPID key, a payload of the same shape."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(private_pem.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    with subs.open(newline="") as fh:
+        rows = [{"endpoint": r["endpoint"], "keys": {"p256dh": r["p256dh"], "auth": r["auth"]}}
+                for r in csv.DictReader(fh)]
+    path.write_text(json.dumps({
+        "vapid": {"subject": "mailto:bench@shop.example.com",
+                  "publicKey": b64url_encode(key.public_key().public_bytes(
+                      Encoding.X962, PublicFormat.UncompressedPoint)),
+                  "privateKey": b64url_encode(key.private_numbers().private_value.to_bytes(
+                      32, "big"))},
+        "ttl": 3600, "topic": "bench", "payload": json.dumps(PAYLOAD),
+        "subscriptions": rows}))
+
+
+def run_node_peer(job: Path, cert: Path, concurrency: int, cwd: Path) -> tuple[float, dict]:
+    """Node web-push 3.6.7 (npm ci) on the same subscriptions: wall seconds and its summary."""
+    root = Path(__file__).resolve().parent.parent
+    node = shutil.which("node")
+    if node is None or not (root / "node_modules" / "web-push").is_dir():
+        sys.exit("the Node peer needs node and `npm ci` in the checkout (or pass --peer none)")
+    t, proc = run([node, str(root / "bench" / "node_peer.js"), str(job), str(concurrency)],
+                  dict(os.environ, NODE_EXTRA_CA_CERTS=str(cert)), cwd)
+    if proc.returncode != 0:
+        sys.exit(f"node peer exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return t, json.loads(proc.stdout)
 
 
 def run(cmd: list[str], env: dict[str, str],
@@ -141,10 +187,20 @@ def main() -> None:
     ap.add_argument("--pg", action="store_true",
                     help="use a throwaway PostgreSQL server instead of SQLite")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--peer", choices=["node", "none"], default="node",
+                    help="also send with Node web-push 3.6.7 (same subscriptions, sink and run) "
+                    "and print the ratio")
+    ap.add_argument("--peer-concurrency", type=int, default=64,
+                    help="requests the Node peer keeps in flight")
+    ap.add_argument("--compare-loops", action="store_true",
+                    help="also send with PUSHCLI_EVENT_LOOP=asyncio (another campaign, same "
+                    "store) to measure what uvloop gives")
+    ap.add_argument("--paired", action="store_true",
+                    help="first send the same audience without the intent log (another "
+                    "campaign, same store), to measure what the intent writes cost")
     args = ap.parse_args()
     if args.pg:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from pg import fresh_database, postgres_server
+        from tests.support import fresh_database, postgres_server
 
         with postgres_server() as admin:
             bench(args, fresh_database(admin))
@@ -197,6 +253,31 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             cmd += ["--concurrency", str(args.concurrency)]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
+        baseline: float | None = None
+        if args.paired:
+            (work / "baseline.yml").write_text(
+                (work / "campaign.yml").read_text().replace("name: bench\n",
+                                                           "name: bench-no-intent\n"))
+            base_cmd = [c if c != str(work / "campaign.yml") else str(work / "baseline.yml")
+                        for c in cmd]
+            _, bproc, _, _ = run_measured(base_cmd, dict(env, PUSHCLI_BENCH_NO_INTENT="1"),
+                                          work)
+            if bproc.returncode != 0:
+                sys.exit(f"baseline send exited {bproc.returncode}: {bproc.stderr[-2000:]}")
+            b = json.loads(bproc.stdout)
+            baseline = b["sent"] / b["run"]["duration_s"]
+        stdlib_loop: tuple[float, dict] | None = None
+        if args.compare_loops:  # run first, so the uvloop send below is the one reported
+            (work / "asyncio.yml").write_text(
+                (work / "campaign.yml").read_text().replace("name: bench\n",
+                                                           "name: bench-asyncio\n"))
+            loop_cmd = [str(work / "asyncio.yml") if c == str(work / "campaign.yml") else c
+                        for c in cmd]
+            t_loop, lproc, _, _ = run_measured(loop_cmd, dict(env, PUSHCLI_EVENT_LOOP="asyncio"),
+                                               work)
+            if lproc.returncode != 0:
+                sys.exit(f"asyncio-loop send exited {lproc.returncode}: {lproc.stderr[-2000:]}")
+            stdlib_loop = t_loop, json.loads(lproc.stdout)
         latencies: list[float] = []
         stop_probe = threading.Event()
 
@@ -218,6 +299,10 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             sys.exit(f"send exited {proc.returncode}: {proc.stderr[-2000:]}")
         report = json.loads(proc.stdout)
         run_info = report["run"]
+        peer: tuple[float, dict] | None = None
+        if args.peer == "node":
+            write_node_job(work / "node-job.json", subs, Path(info.private_key or ""))
+            peer = run_node_peer(work / "node-job.json", cert, args.peer_concurrency, work)
         print(f"store              {'PostgreSQL' if db_url else 'SQLite'}, "
               f"{args.workers or 'auto'} sender process(es)")
         print(f"subscribers        {args.subscribers:,}")
@@ -227,6 +312,24 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"messages/s         {report['sent'] / run_info['duration_s']:,.0f} (engine), "
               f"{report['sent'] / t_send:,.0f} (wall)")
         print(f"sent / failed      {report['sent']:,} / {report['failed']:,}")
+        if baseline is not None:
+            rate = report["sent"] / run_info["duration_s"]
+            print(f"without intent log {baseline:,.0f} messages/s (engine, run first); "
+                  f"intent log cost {100 * (1 - rate / baseline):+.1f} %")
+        if stdlib_loop is not None:
+            t_loop, lrep = stdlib_loop
+            print(f"asyncio loop       {lrep['sent'] / lrep['run']['duration_s']:,.0f} messages/s "
+                  f"(engine), {lrep['sent'] / t_loop:,.0f} (wall), run first; uvloop's wall "
+                  f"rate {(report['sent'] / t_send) / (lrep['sent'] / t_loop):.2f}x that")
+        if peer is not None:
+            t_node, nrep = peer
+            ours, theirs = report["sent"] / t_send, nrep["sent"] / t_node
+            print(f"node web-push      {theirs:,.0f} messages/s (wall, whole process, "
+                  f"{args.peer_concurrency} in flight, keep-alive), sent / failed "
+                  f"{nrep['sent']:,} / {nrep['failed']:,}"
+                  + (f" (first error: {nrep['first_error']})" if nrep["failed"] else ""))
+            print(f"pushcli vs node    {ours / theirs:.2f}x (whole process, start-up included, "
+                  "same subscriptions and sink, this run)")
         print(f"VAPID signatures   {run_info['vapid_signatures']}")
         print(f"peak RSS           {peak_one / 2**20:.0f} MB largest process, "
               f"{peak_sum / 2**20:.0f} MB whole sender tree")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import multiprocessing
-import multiprocessing.connection as mp_connection
+import json
 import os
 import signal
 import socket
@@ -21,24 +20,36 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from pushcli import eventloop
 from pushcli.campaign import Campaign, Renderer, RenderError
 from pushcli.encoding import b64_decode
-from pushcli.errors import InputError, PushcliError, StoreError
+from pushcli.errors import EXIT_OK, EXIT_PARTIAL, InputError, PushcliError, StoreError
 from pushcli.keys import VapidSigner
-from pushcli.messages import DeliveryOptions, Job, Stats
-from pushcli.pushservices import EndpointRefused, Fault, canonical_endpoint, check_endpoint
-from pushcli.store import Lock, Store, StoredSubscription
+from pushcli.messages import CONCURRENCY_RANGE, DeliveryOptions, Job, Stats
+from pushcli.pushservices import (
+    KNOWN_SERVICES,
+    EndpointRefused,
+    Fault,
+    canonical_endpoint,
+    check_endpoint,
+    topic_problem,
+)
+from pushcli.store import Lock, Store, StoredSubscription, campaign_lock, is_prune_lock
+from pushcli.workers import Control, run_workers
 
 #: How long a send waits for a running prune (prunes are short) before refusing.
 PRUNE_WAIT = 10.0
 #: Seconds a claimed batch stays reserved for its sender without renewal (shared sends).
 DEFAULT_LEASE = 60.0
 CLAIM_SIZE = 500
+#: bench/send_bench.py --paired only: send without the intent log, to measure its cost.
+#: Never set it otherwise: a crash would then leave duplicates nobody counts.
+BENCH_NO_INTENT = "PUSHCLI_BENCH_NO_INTENT"
 #: Below this many pending messages one process is quicker than spawning more.
 AUTO_WORKERS_FROM = 20_000
 
@@ -51,6 +62,14 @@ class SendResult:
     stats: Stats
     duration: float
     interrupted: bool = False
+
+    def run_summary(self) -> dict[str, Any]:
+        """This run's figures, the ``run`` section of the report (``build_report(run=...)``)."""
+        stats = self.stats
+        return {"duration_s": round(self.duration, 3),
+                "rate_per_s": round(stats.done / self.duration, 1) if self.duration else 0.0,
+                "attempted": stats.done, "retries": stats.retries,
+                "vapid_signatures": stats.signatures, "interrupted": self.interrupted}
 
 
 def audience_matcher(campaign: Campaign, to: str | None = None
@@ -79,10 +98,10 @@ def audience_matcher(campaign: Campaign, to: str | None = None
     return lambda s: is_to(s) and (not targeted or in_audience(s))
 
 
-def _audience(store: Store, campaign: Campaign,
+def _audience(store: Store, campaign: Campaign | None,
               to: str | None) -> Iterator[StoredSubscription]:
-    """Stream the active subscribers a send reaches."""
-    match = audience_matcher(campaign, to)
+    """Stream the active subscribers a send reaches (all active ones without a campaign)."""
+    match = audience_matcher(campaign, to) if campaign is not None else None
     for s in store.iter_subscriptions(status="active"):
         if match is None or match(s):
             yield s
@@ -224,7 +243,7 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _batches(store: Store, plan: Plan, control: _Control) -> Iterator[list[StoredSubscription]]:
+def _batches(store: Store, plan: Plan, control: Control) -> Iterator[list[StoredSubscription]]:
     """This sender's work: its id partition, or batches claimed from the shared queue.
 
     In shared mode a sender that finds nothing to claim keeps polling while
@@ -249,7 +268,7 @@ def _batches(store: Store, plan: Plan, control: _Control) -> Iterator[list[Store
 
 
 def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
-              control: _Control) -> Iterator[list[Job]]:
+              control: Control) -> Iterator[list[Job]]:
     """Batches of jobs for pending subscribers; refused endpoints are finished as blocked."""
     for batch in _batches(store, plan, control):
         jobs: list[Job] = []
@@ -330,8 +349,8 @@ def send_campaign(
     renderer = Renderer(campaign)
     validate_variants(store, campaign, renderer, to=to)
     shared = store.supports_shared_work and limit is None and to is None
-    lock_name = f"campaign:{campaign.name}" + (f"#{_owner()}" if shared else "")
-    lock = store.acquire_lock(lock_name, wait=PRUNE_WAIT, blocked_by=("prune",))
+    lock_name = campaign_lock(campaign.name, _owner() if shared else None)
+    lock = store.acquire_lock(lock_name, wait=PRUNE_WAIT, blocked_by=is_prune_lock)
     ledger_failed: StoreError | None = None
     try:
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
@@ -348,7 +367,7 @@ def send_campaign(
             workers = 1 if stats.total < AUTO_WORKERS_FROM else min(os.cpu_count() or 1, 4)
         if limit is not None or to is not None:
             workers = 1  # a handful of test sends is not worth splitting
-        control = _Control()
+        control = Control()
         started = time.monotonic()
         with _signals(control, handle_signals):
             try:
@@ -356,8 +375,8 @@ def send_campaign(
                     _run_partition(store, plan, renderer, signer, stats, on_progress, control,
                                    lock.heartbeat)
                 else:
-                    _run_workers(store, plan, signer, workers, stats, on_progress, control,
-                                 lock.heartbeat)
+                    run_workers(store, plan, signer, workers, stats, on_progress, control,
+                                lock.heartbeat, _run_partition)
             except StoreError as exc:
                 ledger_failed = exc
                 _mark_interrupted(store, info.id)
@@ -401,23 +420,8 @@ def _enqueue_audience(store: Store, plan: Plan) -> None:
     store.enqueue(plan.campaign_id, ids)
 
 
-class _Control:
-    """Stop requests, from signals (in-process) or from the parent (in a worker)."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.abort = False
-        self.presses = 0
-
-    def press(self) -> None:
-        self.presses += 1
-        self.stop = True
-        if self.presses > 1:
-            self.abort = True
-
-
 @contextmanager
-def _signals(control: _Control, enabled: bool) -> Iterator[None]:
+def _signals(control: Control, enabled: bool) -> Iterator[None]:
     """Ctrl-C / SIGTERM set flags instead of raising, while a send runs."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
@@ -434,7 +438,7 @@ def _signals(control: _Control, enabled: bool) -> Iterator[None]:
 
 def _run_partition(
     store: Store, plan: Plan, renderer: Renderer, signer: VapidSigner, stats: Stats,
-    on_progress: Callable[[Stats], None] | None, control: _Control,
+    on_progress: Callable[[Stats], None] | None, control: Control,
     heartbeat: Callable[[], None] | None, poll: Callable[[], None] | None = None,
 ) -> None:
     """Send one share of the campaign in this process, on a fresh event loop.
@@ -446,8 +450,9 @@ def _run_partition(
 
     engine = Engine(signer, plan.options, lambda recs: store.record(plan.campaign_id, recs),
                     on_progress=on_progress, stats=stats, allowed_hosts=plan.allowed_hosts,
-                    intent=lambda jobs: store.mark_inflight(
-                        plan.campaign_id, [(j.subscription_id, j.service) for j in jobs]),
+                    intent=None if os.environ.get(BENCH_NO_INTENT) else lambda jobs: (
+                        store.mark_inflight(plan.campaign_id,
+                                            [(j.subscription_id, j.service) for j in jobs])),
                     release=lambda ids: store.release_inflight(plan.campaign_id, ids))
     jobs = iter_jobs(store, plan, renderer, control)
     beat = 15.0 if plan.lease is None else min(15.0, plan.lease / 3)
@@ -480,162 +485,9 @@ def _run_partition(
             run.result()
 
     try:
-        asyncio.run(main())
+        eventloop.run(main())  # uvloop where installed: less CPU per request
     except asyncio.CancelledError:
         control.stop = True
-
-
-def _run_workers(
-    store: Store, plan: Plan, signer: VapidSigner, workers: int, stats: Stats,
-    on_progress: Callable[[Stats], None] | None, control: _Control,
-    heartbeat: Callable[[], None],
-) -> None:
-    """Run the campaign in ``workers`` processes and aggregate their progress.
-
-    Each gets an id partition (or, in shared mode, claims from the queue).
-    Workers ignore SIGINT; the parent relays stop/abort down each worker's pipe,
-    so one Ctrl-C at a terminal (which signals the whole process group) counts
-    once. A worker whose parent dies stops by itself: the lock died with the parent.
-
-    One plain pipe per worker carries progress up and stop/abort down. A
-    multiprocessing Queue or Event would be named semaphores, which the resource
-    tracker reports as "leaked" when a process holding them is killed.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    links = [ctx.Pipe(duplex=True) for _ in range(workers)]
-    options = plan.options
-    share = replace(options, concurrency=max(1, options.concurrency // workers),
-                    rate_limit=options.rate_limit / workers if options.rate_limit else None)
-    procs = [
-        ctx.Process(target=_worker_main, name=f"pushcli-sender-{i}", daemon=True, args=(
-            store.url,
-            replace(plan, options=share,
-                    partition=None if plan.lease is not None else (i, workers)),
-            signer.private_pem(), signer.subject, i, links[i][1], os.getpid()))
-        for i in range(workers)
-    ]
-    for p, (_, child_end) in zip(procs, links, strict=True):
-        p.start()
-        child_end.close()  # the worker has its copy; ours would hide its end-of-file
-    conns = {i: parent_end for i, (parent_end, _) in enumerate(links)}
-    latest: dict[int, dict[str, Any]] = {}
-    store_errors: list[str] = []
-    told: set[str] = set()
-    last_beat = time.monotonic()
-
-    def tell(command: str) -> None:
-        if command in told:
-            return
-        told.add(command)
-        for conn in conns.values():
-            # a worker that is gone cannot be told; its end-of-file is read next round
-            with contextlib.suppress(OSError):
-                conn.send(command)
-
-    try:
-        while conns:  # each worker's pipe stays open until that worker exits
-            for conn in mp_connection.wait(list(conns.values()), timeout=0.2):
-                index = next(i for i, c in conns.items() if c is conn)
-                try:
-                    _, snapshot = conn.recv()
-                except (EOFError, OSError):
-                    conn.close()
-                    del conns[index]
-                    continue
-                latest[index] = snapshot
-                if snapshot.get("store_error"):
-                    store_errors.append(snapshot["store_error"])
-                    tell("stop")  # the others write to the same ledger: stop them too
-            if control.stop:
-                tell("stop")
-            if control.abort:
-                tell("abort")
-            _merge(stats, latest.values())
-            if on_progress is not None:
-                on_progress(stats)
-            if time.monotonic() - last_beat > 15:
-                last_beat = time.monotonic()
-                heartbeat()
-    finally:
-        for conn in conns.values():
-            conn.close()
-        for p in procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    if store_errors:
-        raise StoreError(store_errors[0])
-    failed = [p for p in procs if p.exitcode not in (0, None)]
-    if failed and not control.stop:
-        raise PushcliError(f"a sender process exited with code {failed[0].exitcode}; "
-                           "re-run the same command to finish the campaign")
-
-
-def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
-    outcomes: Counter[str] = Counter()
-    retries = ambiguous = signatures = 0
-    for snap in snapshots:
-        outcomes.update(snap["outcomes"])
-        retries += snap["retries"]
-        ambiguous += snap["ambiguous"]
-        signatures += snap["signatures"]
-    stats.outcomes = outcomes
-    stats.retries, stats.ambiguous, stats.signatures = retries, ambiguous, signatures
-
-
-def _worker_main(
-    db_url: str, plan: Plan, private_pem: bytes, subject: str, index: int,
-    link: mp_connection.Connection, parent_pid: int,
-) -> None:
-    """Entry point of one sender process (spawned, so it shares no state but its args)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from py_vapid import Vapid02
-
-    signer = VapidSigner(Vapid02.from_pem(private_pem), subject)
-    control = _Control()
-    stats = Stats()
-    last_sent = 0.0
-
-    link_lock = threading.Lock()  # a Connection is not thread-safe; Queue.put was
-
-    def report(s: Stats, force: bool = False, store_error: str | None = None) -> None:
-        with link_lock:
-            talk(s, force, store_error)
-
-    def talk(s: Stats, force: bool, store_error: str | None) -> None:
-        nonlocal last_sent
-        orphaned = os.getppid() != parent_pid
-        try:
-            while not orphaned and link.poll():
-                command = link.recv()
-                control.stop = True
-                control.abort = control.abort or command == "abort"
-        except (EOFError, OSError):  # the parent's end closed: it died, and its lock with it
-            orphaned = True
-        if orphaned:
-            control.stop = control.abort = True
-            return
-        now = time.monotonic()
-        if force or now - last_sent > 0.2:
-            last_sent = now
-            try:
-                link.send((index, {"outcomes": dict(s.outcomes), "retries": s.retries,
-                                   "ambiguous": s.ambiguous, "signatures": signer.signatures,
-                                   "store_error": store_error}))
-            except OSError:  # the parent is gone
-                control.stop = control.abort = True
-
-    if os.getppid() != parent_pid:
-        return  # the parent (and its lock) died while we started: send nothing
-    try:
-        with Store.open(db_url) as store:
-            _run_partition(store, plan, Renderer(plan.campaign), signer, stats, report,
-                           control, None, poll=lambda: report(stats))
-    except StoreError as exc:  # the parent says it in one line and exits 74
-        report(stats, force=True, store_error=str(exc))
-        raise SystemExit(exc.exit_code) from None
-    report(stats, force=True)
 
 
 def _pending_count(store: Store, plan: Plan) -> int:
@@ -650,22 +502,40 @@ def _pending_count(store: Store, plan: Plan) -> int:
     return n
 
 
-def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[str],
-                     limit: int | None = None, to: str | None = None,
-                     renderer: Renderer | None = None) -> Counter[str]:
-    """Audience per push service, for --dry-run: ``blocked`` for refused endpoints,
-    ``rejected`` for those send would reject without contacting (malformed stored
-    rows, duplicate spellings of one endpoint and, given ``renderer``, attributes
-    that do not render)."""
-    counts: Counter[str] = Counter()
-    duplicates = duplicate_endpoints(store, campaign, to)
+@dataclass
+class AudienceCount:
+    """The audience per push service, and why the rest would not be sent.
+
+    One count for ``send --dry-run`` and ``doctor``: ``services`` maps each push
+    service to its subscribers, plus ``blocked`` (refused by the endpoint
+    policy) and ``rejected`` (malformed stored rows, duplicate spellings of one
+    endpoint and, when rendering was checked, attributes that do not render).
+    """
+
+    services: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)  # policy reason -> subscribers
+    malformed: int = 0  # stored rows that do not parse, blocked or not
+    malformed_example: str = ""
+    duplicates: dict[int, int] = field(default_factory=dict)  # see duplicate_endpoints
+
+
+def count_audience(store: Store, campaign: Campaign | None, allowed_hosts: frozenset[str],
+                   *, limit: int | None = None, to: str | None = None,
+                   renderer: Renderer | None = None) -> AudienceCount:
+    """Count a send's audience (every active subscriber without a campaign) per service."""
+    count = AudienceCount(duplicates=duplicate_endpoints(store, campaign, to))
+    counts = count.services
     for s in itertools.islice(_audience(store, campaign, to), limit):
+        if s.problem is not None:
+            count.malformed += 1
+            count.malformed_example = count.malformed_example or f"id {s.id}: {s.problem}"
         try:
             service = check_endpoint(s.subscription.endpoint, allowed_hosts).service
-        except EndpointRefused:
+        except EndpointRefused as exc:
             counts["blocked"] += 1
+            count.refused[str(exc)] += 1
             continue
-        if s.problem is not None or s.id in duplicates:
+        if s.problem is not None or s.id in count.duplicates:
             counts["rejected"] += 1
             continue
         if renderer is not None:
@@ -675,18 +545,139 @@ def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[
                 counts["rejected"] += 1
                 continue
         counts[service] += 1
-    return counts
+    return count
+
+
+def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[str],
+                     limit: int | None = None, to: str | None = None,
+                     renderer: Renderer | None = None) -> Counter[str]:
+    """Audience per push service, with ``blocked`` and ``rejected`` (see AudienceCount)."""
+    return count_audience(store, campaign, allowed_hosts, limit=limit, to=to,
+                          renderer=renderer).services
+
+
+def options_for(campaign: Campaign, *, concurrency: int | None = None, timeout: float = 10.0,
+                on_uncertain: str | None = None) -> DeliveryOptions:
+    """How to send this campaign: its ``delivery`` settings, overridden by the command line.
+
+    The one place ``--concurrency`` is checked against the campaign's bounds
+    (``CONCURRENCY_RANGE``, the same rule as ``delivery.concurrency``).
+    """
+    lo, hi = CONCURRENCY_RANGE
+    if concurrency is not None and not lo <= concurrency <= hi:
+        raise InputError(f"--concurrency must be between {lo} and {hi}")
+    if timeout <= 0:
+        raise InputError("--timeout must be positive")
+    d = campaign.delivery
+    return DeliveryOptions(ttl=d.ttl, urgency=d.urgency, topic=d.topic,
+                           concurrency=concurrency or d.concurrency, rate_limit=d.rate_limit,
+                           timeout=timeout, on_uncertain=on_uncertain or d.on_uncertain)
+
+
+def _check_to(store: Store, to: str | None) -> None:
+    if to is not None and store.find_by_endpoint(to) is None:
+        # The endpoint itself is never named: its path is a bearer token.
+        raise InputError("--to: no subscriber with this endpoint in the store (import it first)")
+
+
+def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
+    """Refuse a ``delivery.topic`` that a push service in the audience rejects outright.
+
+    ``services`` counts the audience per push service; one Apple subscriber is
+    enough, since Apple would reject the topic for every one of them.
+    """
+    from pushcli.campaign import field_line
+
+    for svc, n in sorted(services.items()):
+        problem = topic_problem(svc, campaign.delivery.topic) if n else None
+        if problem:
+            raise InputError(f"{problem} ({n:,} subscribers at {svc} in the audience)",
+                             file=campaign.source, line=field_line(campaign, "delivery.topic"),
+                             field="delivery.topic")
+
+
+def preflight(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
+              limit: int | None = None, to: str | None = None) -> None:
+    """What a send refuses before it takes its lock, in the order ``dry_run`` refuses it:
+    an unknown ``--to`` endpoint, then a topic a push service in the audience rejects."""
+    _check_to(store, to)
+    topic = campaign.delivery.topic
+    if topic and any(topic_problem(svc, topic) for svc in KNOWN_SERVICES):
+        _refuse_topic(campaign, count_by_service(store, campaign, allowed_hosts,
+                                                 limit=limit, to=to))
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What ``send --dry-run`` found: the audience per service, distinct payloads, a sample."""
+
+    campaign: str
+    services: Mapping[str, int]
+    variants: int
+    sample: bytes | None  # a payload for a subscriber without attributes, if it renders
+
+    @property
+    def audience(self) -> int:
+        return sum(self.services.values())
+
+    @property
+    def exit_code(self) -> int:
+        """1 when a send would block or reject anyone (it would exit 1 too), else 0."""
+        return EXIT_PARTIAL if self.services.get("blocked") or self.services.get(
+            "rejected") else EXIT_OK
+
+    def warnings(self) -> list[str]:
+        """One line per group of subscribers a send would not contact."""
+        lines = []
+        rejected, blocked = self.services.get("rejected", 0), self.services.get("blocked", 0)
+        if rejected:  # malformed rows, duplicate endpoints, attributes that do not render
+            lines.append(f"{rejected:,} of {self.audience:,} subscribers would be rejected "
+                         "without being contacted (see: pushcli doctor)")
+        if blocked:  # a send would record them `blocked` and exit 1: so does the dry run
+            lines.append(f"{blocked:,} of {self.audience:,} subscribers would be blocked by "
+                         "the endpoint policy (see: pushcli doctor; --allow-host)")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        sample = self.sample
+        return {"campaign": self.campaign, "audience": self.audience,
+                "by_service": dict(self.services), "variants": self.variants,
+                "sample_payload": json.loads(sample) if sample else None,
+                "sample_payload_bytes": len(sample) if sample else None}
+
+
+def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
+            limit: int | None = None, to: str | None = None) -> DryRun:
+    """Validate, count, render and size-check a send without sending: it refuses what
+    the send would refuse (``--to``, variants that render for nobody, the topic)."""
+    _check_to(store, to)
+    renderer = Renderer(campaign)
+    variants = validate_variants(store, campaign, renderer, to=to)
+    services = count_by_service(store, campaign, allowed_hosts, limit=limit, to=to,
+                                renderer=renderer)
+    _refuse_topic(campaign, services)
+    try:  # a subscriber without attributes; templates with defaults still render
+        sample: bytes | None = renderer.render(None, {})
+    except PushcliError:
+        sample = None
+    return DryRun(campaign.name, services, variants, sample)
 
 
 __all__ = [
+    "AudienceCount",
     "DeliveryOptions",
+    "DryRun",
     "Job",
     "Plan",
     "RenderError",
     "SendResult",
     "Stats",
     "VariantCheck",
+    "count_audience",
     "count_by_service",
+    "dry_run",
+    "options_for",
+    "preflight",
     "check_variants",
     "duplicate_endpoints",
     "send_campaign",

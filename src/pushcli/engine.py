@@ -13,7 +13,7 @@ import random
 import socket
 import ssl
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -26,9 +26,9 @@ from aiohttp.resolver import ThreadedResolver
 from pushcli.ece import encrypt
 from pushcli.errors import StoreError
 from pushcli.keys import VapidSigner
-from pushcli.messages import DeliveryOptions, Job, Stats
+from pushcli.limiter import INITIAL_LIMIT, ConcurrencyLimit, Pacer, Signal
+from pushcli.messages import DeliveryOptions, DeliveryRecord, Job, Stats, service_rate_limits
 from pushcli.pushservices import Fault, Outcome, address_allowed, classify, fcm_wp_endpoint
-from pushcli.store import DeliveryRecord
 
 UNCERTAIN_REASON = ("in flight when an earlier run stopped without recording it; may have "
                     "arrived; not resent (on_uncertain: skip)")
@@ -58,30 +58,26 @@ def _why(exc: BaseException) -> str:
 
 
 class _HostState:
-    __slots__ = ("not_before", "transport_failures", "auth_failures", "stopped")
+    """One push-service origin: its failure counters, Retry-After pause, adaptive
+    in-flight limit, learnt pacing, and the jobs waiting for one of its workers."""
 
-    def __init__(self) -> None:
+    __slots__ = ("not_before", "transport_failures", "auth_failures", "stopped", "limit",
+                 "pacer", "waiting", "workers", "resume")
+
+    def __init__(self, limit: ConcurrencyLimit, pacer: Pacer) -> None:
         self.not_before = 0.0
         self.transport_failures = 0
         self.auth_failures = 0
         self.stopped: str | None = None
+        self.limit = limit
+        self.pacer = pacer
+        self.waiting: deque[Job] = deque()
+        self.workers = 0
+        self.resume: asyncio.TimerHandle | None = None
 
 
-class _RateLimiter:
-    """A token bucket shared by all workers; None rate means unlimited."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.next_at = time.monotonic()
-
-    async def wait(self) -> None:
-        if not self.rate:
-            return
-        now = time.monotonic()
-        slot = max(now, self.next_at)
-        self.next_at = slot + 1.0 / self.rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
+#: Answers that mean "slow down": the limit halves and the pacer learns a lower rate.
+_THROTTLING = frozenset({429, 503})
 
 
 class PrivateAddress(OSError):
@@ -156,10 +152,13 @@ class Engine:
         self.on_progress = on_progress
         self.stats = stats or Stats()
         self.rng = rng or random.Random()
-        self._hosts: defaultdict[str, _HostState] = defaultdict(_HostState)
-        self._limiter = _RateLimiter(options.rate_limit)
+        self._hosts: dict[str, _HostState] = {}
+        self._pacer = Pacer(options.rate_limit, clock=clock)  # the whole run's rate_limit
+        self._service_pacers = {name: Pacer(rate, clock=clock)
+                                for name, rate in service_rate_limits(options).items()}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._queued = 0  # jobs waiting in the origins' queues
         self._buffer: list[DeliveryRecord] = []
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._stopping = False
@@ -181,13 +180,14 @@ class Engine:
             self._note_unsent(job)
         self._outstanding -= len(self._delayed)
         self._delayed.clear()
+        self._drain_waiting()
         if self._outstanding <= 0:
             self._idle.set()
 
     async def run(self, batches: Iterator[list[Job]]) -> Stats:
         """Send every job from ``batches`` (pulled lazily, in a thread) and flush."""
         connector = aiohttp.TCPConnector(
-            limit=self.options.concurrency,
+            limit=0, limit_per_host=self.options.concurrency,  # the per-origin ceiling
             ssl=make_ssl_context(),
             resolver=GuardedResolver(self.allowed_hosts),
             ttl_dns_cache=300,
@@ -200,8 +200,6 @@ class Engine:
             skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
         ) as session:
             self._session = session
-            workers = [asyncio.create_task(self._worker())
-                       for _ in range(self.options.concurrency)]
             flusher = asyncio.create_task(self._flush_loop())
             try:
                 await self._feed(batches)
@@ -209,17 +207,16 @@ class Engine:
                     self._idle.clear()
                     await self._idle.wait()
             except asyncio.CancelledError:
-                for w in workers:  # second Ctrl-C: abort in-flight requests too
+                for w in list(self._workers):  # second Ctrl-C: abort in-flight requests too
                     w.cancel()
                 raise
             finally:
-                for _ in workers:
-                    self._queue.put_nowait(None)
-                await asyncio.gather(*workers, return_exceptions=True)
-                while not self._queue.empty():  # aborted: jobs no worker took never went out
-                    left = self._queue.get_nowait()
-                    if left is not None:
-                        self._note_unsent(left)
+                self._stopping = self._stopping or self._outstanding > 0
+                await asyncio.gather(*self._workers, return_exceptions=True)
+                self._drain_waiting()  # aborted: jobs no worker took never went out
+                for host in self._hosts.values():
+                    if host.resume is not None:
+                        host.resume.cancel()
                 flusher.cancel()
                 await asyncio.gather(flusher, return_exceptions=True)
                 await self._final_writes()
@@ -241,7 +238,6 @@ class Engine:
         """
         loop = asyncio.get_running_loop()
         sentinel: list[Job] = []
-        chunk = max(2 * self.options.concurrency, 32)
         skip = self.options.on_uncertain == "skip"
         upcoming = loop.run_in_executor(None, next, batches, sentinel)
         try:
@@ -267,14 +263,17 @@ class Engine:
                         # duplicate, counted in the ledger like an ambiguous retry
                         job.ambiguous = job.ambiguous or job.uncertain
                         ready.append(job)
-                for i in range(0, len(ready), chunk):
-                    while self._queue.qsize() > chunk and not self._stopping:
+                i = 0
+                while i < len(ready):
+                    chunk = self._chunk()
+                    while self._queued > chunk and not self._stopping:
                         await asyncio.sleep(0.005)
                     if not self._ledger_ok.is_set():
                         await self._ledger_ok.wait()  # the ledger is failing: queue nothing
                     if self._stopping:
                         return
                     part = ready[i:i + chunk]
+                    i += chunk
                     if self.intent is not None:
                         try:
                             await self._ledger_write(self.intent, part)
@@ -287,27 +286,107 @@ class Engine:
                         return
                     self._outstanding += len(part)
                     for job in part:
-                        self._queue.put_nowait(job)
+                        self._enqueue(job)
         finally:
             upcoming.cancel()  # a batch loaded ahead and not fed is simply not sent
 
+    def _chunk(self) -> int:
+        """Jobs committed as in flight per intent write, and queued ahead of the workers:
+        twice what the origins may have in flight now (at least 32), so the intent
+        window follows the adaptive limits instead of their ceiling."""
+        if self._hosts:
+            window = sum(h.limit.limit for h in self._hosts.values())
+        elif self.options.adaptive_concurrency:
+            window = min(INITIAL_LIMIT, self.options.concurrency)
+        else:
+            window = self.options.concurrency
+        return max(2 * window, 32)
+
     # --- workers --------------------------------------------------------------------
 
-    async def _worker(self) -> None:
-        while True:
-            job = await self._queue.get()
-            if job is None:
-                return
-            if not self._ledger_ok.is_set():
-                await self._ledger_ok.wait()  # start no request while outcomes cannot be written
-            try:
-                await self._attempt(job)
-            except Exception as exc:  # noqa: BLE001 - one bad job must not kill the run
-                self._finish(job, Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}",
-                             job.last_status, Fault.SENDER)
+    def _host(self, origin: str) -> _HostState:
+        host = self._hosts.get(origin)
+        if host is None:
+            opts = self.options
+            host = self._hosts[origin] = _HostState(
+                ConcurrencyLimit(opts.concurrency, adaptive=opts.adaptive_concurrency,
+                                 clock=self._clock),
+                Pacer(adaptive=opts.adaptive_concurrency, clock=self._clock))
+        return host
+
+    def _enqueue(self, job: Job) -> None:
+        """Queue a job for its origin and start a worker for it if the limit allows."""
+        host = self._host(job.origin)
+        host.waiting.append(job)
+        self._queued += 1
+        self._top_up(host)
+
+    def _top_up(self, host: _HostState) -> None:
+        """Run as many workers for ``host`` as its limit allows and its queue needs.
+
+        Each origin has its own workers, so a paused or throttled service never
+        holds up the others; none run while the origin is paused (Retry-After).
+        """
+        if self._stopping:
+            return
+        wait = host.not_before - time.monotonic()
+        if wait > 0:
+            if host.waiting and host.resume is None:
+                host.resume = asyncio.get_running_loop().call_later(wait, self._resume, host)
+            return
+        while host.workers < min(host.limit.limit, len(host.waiting)):
+            host.workers += 1
+            task = asyncio.create_task(self._worker(host))
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    def _resume(self, host: _HostState) -> None:
+        host.resume = None
+        self._top_up(host)
+
+    async def _worker(self, host: _HostState) -> None:
+        """Send the origin's waiting jobs one at a time; leave when the queue is empty, the
+        limit shrank below the workers running, or the origin was paused."""
+        try:
+            while (host.waiting and host.workers <= host.limit.limit
+                   and host.not_before <= time.monotonic()):
+                job = host.waiting.popleft()
+                self._queued -= 1
+                if not self._ledger_ok.is_set():
+                    await self._ledger_ok.wait()  # start nothing while outcomes cannot be written
+                try:
+                    await self._attempt(job)
+                except Exception as exc:  # noqa: BLE001 - one bad job must not kill the run
+                    self._finish(job, Outcome.FAILED,
+                                 f"internal error: {type(exc).__name__}: {exc}",
+                                 job.last_status, Fault.SENDER)
+                self._top_up(host)  # the limit may have grown
+        finally:
+            host.workers -= 1
+        if host.waiting and not self._stopping:
+            self._top_up(host)  # paused: resume when the pause ends
+
+    def _drain_waiting(self) -> None:
+        """Stopping: jobs still waiting for a worker never went out (the next run sends them)."""
+        for host in self._hosts.values():
+            while host.waiting:
+                job = host.waiting.popleft()
+                self._queued -= 1
+                self._note_unsent(job)
+                self._outstanding -= 1
+
+    async def _pace(self, host: _HostState, service: str) -> None:
+        """Wait for a start slot: the run's rate_limit, the service's ceiling (FCM's quota
+        unless the campaign says otherwise), and the rate this origin was found to take."""
+        service_pacer = self._service_pacers.get(service)
+        for pacer in (self._pacer, service_pacer, host.pacer):
+            if pacer is not None:
+                delay = pacer.reserve()
+                if delay > 0:
+                    await asyncio.sleep(delay)
 
     async def _attempt(self, job: Job) -> None:
-        host = self._hosts[job.origin]
+        host = self._host(job.origin)
         if host.stopped:
             # Held back, never asked: ``failed`` so --retry-failed sends it, marked
             # ``held`` so prune never counts it against the subscriber.
@@ -320,7 +399,10 @@ class Engine:
         if wait > 0:
             self._later(job, wait)
             return
-        await self._limiter.wait()
+        await self._pace(host, job.service)
+        if host.not_before > time.monotonic() and not self._stopping:
+            self._later(job, host.not_before - time.monotonic())  # paused while pacing
+            return
         job.attempts += 1
         body = encrypt(job.payload, job.p256dh, job.auth)
         headers = {
@@ -334,6 +416,12 @@ class Engine:
         if self.options.topic:
             headers["Topic"] = self.options.topic
         sent_body = False
+        signal = Signal.NONE
+        started = host.limit.start()
+        self.stats.in_flight[job.service] += 1
+        in_flight = self.stats.in_flight[job.service]
+        if in_flight > self.stats.concurrency.get(job.service, 0):
+            self.stats.concurrency[job.service] = in_flight
         try:
             async with self._session.post(job.url, data=body, headers=headers,
                                           allow_redirects=False) as resp:
@@ -348,12 +436,25 @@ class Engine:
                 self._transport_error(job, host, exc, False)
             return
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                signal = Signal.TIMEOUT
             ambiguous = sent_body or isinstance(
                 exc, TimeoutError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
             self._transport_error(job, host, exc, ambiguous)
             return
+        else:
+            self.stats.note_latency(job.service, self._clock() - started)
+            verdict = classify(status, resp_headers, text)
+            throttled = status in _THROTTLING or (status == 406 and verdict.outcome is None)
+            signal = Signal.THROTTLED if throttled else Signal.OK
+            if throttled:
+                host.pacer.throttled()
+            else:
+                host.pacer.accepted()
+        finally:
+            host.limit.finish(started, signal)
+            self.stats.in_flight[job.service] -= 1
         host.transport_failures = 0
-        verdict = classify(status, resp_headers, text)
         job.last_status = status
         if verdict.outcome is None:
             self._retry(job, host, verdict.reason, verdict.retry_after)
@@ -422,7 +523,7 @@ class Engine:
 
         def requeue() -> None:
             self._delayed.pop(handle, None)
-            self._queue.put_nowait(job)
+            self._enqueue(job)
 
         handle = loop.call_later(delay, requeue)
         self._delayed[handle] = job
@@ -561,7 +662,7 @@ class Engine:
                 raise _LedgerGaveUp(
                     f"the ledger could not be written{during} ({_why(failure)}); "
                     "sending stopped; nothing lost: re-run the same command to finish")
-            await self._sleep(min(delay, opts.ledger_retry_budget - elapsed))
+            await self._sleep(delay)
             delay = min(delay * 2, opts.ledger_backoff_max)
 
 
