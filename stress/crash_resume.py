@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 from _env import e2e_env
 
-from tests.e2e.test_crash_resume import CONCURRENCY, FLUSH_WINDOW, crash_cycle, intent_window
+from tests.scenarios import CONCURRENCY, FLUSH_WINDOW, crash_cycle, intent_window
 
 
 def main() -> None:

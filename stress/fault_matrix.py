@@ -12,7 +12,7 @@ import time
 
 from _env import e2e_env
 
-from tests.e2e.test_fault_matrix import run_matrix
+from tests.scenarios import run_matrix
 
 
 def main() -> None:

@@ -1,30 +1,13 @@
-"""Shared fixtures: real keys, real subscriptions, a real store file per test."""
+"""Shared fixtures: thin wrappers over tests/support.py (the one harness)."""
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from pushcli.encoding import b64url_encode
 from pushcli.store import Store
-
-
-def real_subscription(endpoint: str | None = None, **extra: object) -> dict:
-    """A toJSON()-shaped subscription whose keys come from a real P-256 key pair."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    sub = {
-        "endpoint": endpoint or f"https://fcm.googleapis.com/fcm/send/{secrets.token_urlsafe(16)}",
-        "expirationTime": None,
-        "keys": {"p256dh": b64url_encode(point), "auth": b64url_encode(os.urandom(16))},
-    }
-    sub.update(extra)
-    return sub
+from tests.support import postgres_server
 
 
 @pytest.fixture
@@ -51,7 +34,5 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def pg_admin():
     """A real PostgreSQL server for the whole session (see tests/pg.py)."""
-    from pg import postgres_server
-
     with postgres_server() as url:
         yield url

@@ -574,11 +574,11 @@ def test_render_error_names_file_line_and_locale_field(tmp_path: Path) -> None:
 
 
 def test_dry_run_names_file_line_field_and_subscriber(tmp_path: Path) -> None:
-    from conftest import real_subscription
     from typer.testing import CliRunner
 
     from pushcli.cli import app
     from pushcli.keys import generate_keys
+    from tests.support import real_subscription
 
     runner = CliRunner()
     generate_keys(tmp_path)

@@ -21,14 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from pushcli.keys import generate_keys
 from pushcli.store import Store
-from pushcli.subscriptions import parse_stream
 from pushcli.testing import PushServiceEmulator
+from tests import support
+from tests.support import Workspace, pushcli_env, run_pushcli, run_side_by_side
 
-#: Variables that make rich or typer colour output even off a terminal.
-COLOUR_FORCING = ("FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "GITHUB_ACTIONS",
-                  "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "COLUMNS", "LINES")
 ANSI = "\x1b["
 SGR_RE = re.compile(rb"\x1b\[([0-9;:]*)m")
 #: SGR parameters that set a colour (foreground, background, bright, 256/truecolour).
@@ -55,81 +52,57 @@ def colour_codes(data: bytes) -> list[bytes]:
     return found
 
 
-class World:
-    """A folder with a 0600 key, a store of emulated subscribers and a campaign file."""
-
-    def __init__(self, folder: Path, emu: PushServiceEmulator, n: int = 20) -> None:
-        self.dir = folder
-        self.emu = emu
-        self.key = folder / "vapid_private.pem"
-        self.db = folder / "pushcli.db"
-        self.server_key = generate_keys(folder).application_server_key
-        self.subs = emu.create_subscriptions(n, self.server_key)
-        self.subs_file = folder / "subs.json"
-        self.subs_file.write_text(json.dumps(self.subs))
-        allowed = frozenset({"127.0.0.1"})
-        with open(self.subs_file, "rb") as fh, Store.open(self.db) as store:
-            recs = [("subs.json", r) for r in parse_stream(fh, "json", source="subs.json",
-                                                             allowed_hosts=allowed)]
-            assert store.import_subscriptions(recs).added == n
-
-    def campaign(self, name: str) -> Path:
-        path = self.dir / f"{name}.yml"
-        path.write_text(CAMPAIGN.format(name=name))
-        return path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in COLOUR_FORCING}
-        env.update(PUSHCLI_DB=str(self.db), PUSHCLI_ALLOW_HOSTS="127.0.0.1",
-                   PUSHCLI_VAPID_PRIVATE_KEY=str(self.key), TERM="xterm-256color")
-        for k in ("PUSHCLI_VAPID_SUBJECT",):
-            env.pop(k, None)
-        env.update(extra)
-        return env
-
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pushcli", *args], cwd=self.dir,
-                              env=self.env(**env), capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
+SUBS_FILE = "subs.json"
 
 
-def run_many(world: World, jobs: dict[str, tuple[list[str], dict[str, str]]],
+def make_world(folder: Path, emu: PushServiceEmulator, n: int = 20) -> Workspace:
+    """A folder with a 0600 key, a store of ``n`` emulated subscribers (``subs.json``) and
+    children that see a colour terminal's TERM but no colour-forcing variable."""
+    world = Workspace.create(folder, emu, no_color=False,
+                             extra_env={"TERM": "xterm-256color"})
+    subs = world.subscribe(n)
+    world.write_subs(subs, name=SUBS_FILE)
+    world.add_subscribers(subs)
+    return world
+
+
+def first_endpoint(world: Workspace) -> str:
+    return json.loads((world.dir / SUBS_FILE).read_text())[0]["endpoint"]
+
+
+def campaign_file(world: Workspace, name: str) -> Path:
+    path = world.dir / f"{name}.yml"
+    path.write_text(CAMPAIGN.format(name=name))
+    return path
+
+
+def run_many(world: Workspace, jobs: dict[str, tuple[list[str], dict[str, str]]],
              parallel: int = 2) -> dict[str, subprocess.CompletedProcess[str]]:
     """Run independent read-only commands a few at a time (start-up dominates their cost)."""
-    results: dict[str, subprocess.CompletedProcess[str]] = {}
-    pending = list(jobs.items())
-    running: list[tuple[str, list[str], subprocess.Popen[str]]] = []
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, (argv, extra) = pending.pop(0)
-            running.append((name, argv, subprocess.Popen(
-                [sys.executable, "-m", "pushcli", *argv], cwd=world.dir,
-                env=world.env(**extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True)))
-        name, argv, proc = running.pop(0)
-        out, err = proc.communicate(timeout=120)
-        results[name] = subprocess.CompletedProcess(argv, proc.returncode, out, err)
-    return results
+    return run_side_by_side({name: (argv, world.env(**extra))
+                             for name, (argv, extra) in jobs.items()},
+                            cwd=world.dir, parallel=parallel)
 
 
 @pytest.fixture(scope="module")
 def emulator():
-    with PushServiceEmulator(port=0, seed=3) as emu:
+    with support.emulator(seed=3) as emu:
         yield emu
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, emulator: PushServiceEmulator) -> World:
+def shared(tmp_path_factory: pytest.TempPathFactory,
+           emulator: PushServiceEmulator) -> Workspace:
     """A store that already ran campaign ``sent``; tests on it must not change it."""
-    world = World(tmp_path_factory.mktemp("shared"), emulator)
-    proc = world.run("send", str(world.campaign("sent")), "-q")
+    world = make_world(tmp_path_factory.mktemp("shared"), emulator)
+    proc = world.pushcli("send", str(campaign_file(world, "sent")), "-q")
     assert proc.returncode == 0, proc.stderr
     return world
 
 
 @pytest.fixture
-def world(tmp_path: Path, emulator: PushServiceEmulator) -> World:
-    return World(tmp_path, emulator)
+def world(tmp_path: Path, emulator: PushServiceEmulator) -> Workspace:
+    return make_world(tmp_path, emulator)
 
 
 def one_json_document(proc: subprocess.CompletedProcess[str]) -> object:
@@ -154,13 +127,13 @@ READ_ONLY_JSON = {
 }
 
 
-def with_campaign(world: World, argv: list[str]) -> list[str]:
-    campaign = str(world.campaign("sent"))
+def with_campaign(world: Workspace, argv: list[str]) -> list[str]:
+    campaign = str(campaign_file(world, "sent"))
     return [a.replace("{campaign}", campaign) for a in argv]
 
 
 @pytest.fixture(scope="module")
-def json_results(shared: World) -> dict[str, subprocess.CompletedProcess[str]]:
+def json_results(shared: Workspace) -> dict[str, subprocess.CompletedProcess[str]]:
     return run_many(shared, {name: (with_campaign(shared, argv), {})
                              for name, (argv, _) in READ_ONLY_JSON.items()})
 
@@ -180,45 +153,44 @@ def test_json_is_one_document_on_stdout(json_results, name: str) -> None:
         assert doc["ok"] is True, doc
 
 
-def test_json_of_commands_that_change_things(world: World) -> None:
-    gen = world.run("keys", "generate", "--dir", str(world.dir / "k2"), "--json",
+def test_json_of_commands_that_change_things(world: Workspace) -> None:
+    gen = world.pushcli("keys", "generate", "--dir", str(world.dir / "k2"), "--json",
                     "--subject", "mailto:ops@shop.example.com")
     assert gen.returncode == 0, gen.stderr
     assert one_json_document(gen)["application_server_key"]
 
-    imp = world.run("subscribers", "import", str(world.subs_file), "--json")
+    imp = world.pushcli("subscribers", "import", str(world.dir / SUBS_FILE), "--json")
     assert imp.returncode == 0, imp.stderr
     assert one_json_document(imp)["unchanged"] == 20
 
-    send = world.run("send", str(world.campaign("news")), "--json")
+    send = world.pushcli("send", str(campaign_file(world, "news")), "--json")
     assert send.returncode == 0, send.stderr
     assert one_json_document(send)["sent"] == 20
 
-    world.emu.expire(world.subs[0]["endpoint"])
-    send = world.run("send", str(world.campaign("more")), "--json")
+    world.emu.expire(first_endpoint(world))
+    send = world.pushcli("send", str(campaign_file(world, "more")), "--json")
     assert send.returncode == 0, send.stderr
     assert one_json_document(send)["expired"] == 1
 
-    prune = world.run("prune", "--json")
+    prune = world.pushcli("prune", "--json")
     assert prune.returncode == 0, prune.stderr
     assert one_json_document(prune)["deleted"] == 1
 
 
 def test_demo_json_is_one_document(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in COLOUR_FORCING}
-    proc = subprocess.run([sys.executable, "-m", "pushcli", "demo", "--subscribers", "200",
-                           "--json", "--dir", str(tmp_path / "demo")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = pushcli_env(allow_hosts=None, no_color=False)
+    proc = run_pushcli("demo", "--subscribers", "200", "--json", "--dir",
+                       str(tmp_path / "demo"), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     doc = one_json_document(proc)
     assert doc["subscribers"] == 200 and doc["second_campaign"]["campaign"]
 
 
-def test_reject_messages_do_not_leak_into_json(world: World) -> None:
+def test_reject_messages_do_not_leak_into_json(world: Workspace) -> None:
     bad = world.dir / "bad.json"
     bad.write_text(json.dumps([{"endpoint": "https://evil.example.com/x",
                                 "keys": {"p256dh": "x", "auth": "y"}}]))
-    proc = world.run("subscribers", "import", str(bad), "--json")
+    proc = world.pushcli("subscribers", "import", str(bad), "--json")
     assert proc.returncode == 1
     assert one_json_document(proc)["rejected"] == 1
     assert "rejected" in proc.stderr
@@ -227,12 +199,12 @@ def test_reject_messages_do_not_leak_into_json(world: World) -> None:
 # --- --quiet: nothing at all on success --------------------------------------------------
 
 
-def test_quiet_prints_nothing_on_success(world: World) -> None:
-    world.emu.expire(world.subs[0]["endpoint"])
-    for argv in (["subscribers", "import", str(world.subs_file), "-q"],
-                 ["send", str(world.campaign("quiet")), "--quiet"],
+def test_quiet_prints_nothing_on_success(world: Workspace) -> None:
+    world.emu.expire(first_endpoint(world))
+    for argv in (["subscribers", "import", str(world.dir / SUBS_FILE), "-q"],
+                 ["send", str(campaign_file(world, "quiet")), "--quiet"],
                  ["prune", "-q"]):
-        proc = world.run(*argv)
+        proc = world.pushcli(*argv)
         assert proc.returncode == 0, (argv, proc.stderr)
         assert (proc.stdout, proc.stderr) == ("", ""), argv
     assert Store.open(world.db).count(status="all") == 19
@@ -250,7 +222,7 @@ PLAIN_OUTPUT = {
 
 
 @pytest.fixture(scope="module")
-def plain_results(shared: World) -> dict[str, subprocess.CompletedProcess[str]]:
+def plain_results(shared: Workspace) -> dict[str, subprocess.CompletedProcess[str]]:
     return run_many(shared, {
         f"{name}-{no_color}": (with_campaign(shared, argv), {"NO_COLOR": "1"} if no_color else {})
         for name, (argv, _) in PLAIN_OUTPUT.items() for no_color in (False, True)})
@@ -265,9 +237,9 @@ def test_no_ansi_off_a_terminal(plain_results, name: str, no_color: bool) -> Non
     assert ANSI not in proc.stdout and ANSI not in proc.stderr
 
 
-def test_no_ansi_in_a_send_summary(world: World) -> None:
+def test_no_ansi_in_a_send_summary(world: Workspace) -> None:
     for name, extra in (("plain", {}), ("nocolor", {"NO_COLOR": "1"})):
-        proc = world.run("send", str(world.campaign(name)), **extra)
+        proc = world.pushcli("send", str(campaign_file(world, name)), **extra)
         assert proc.returncode == 0, proc.stderr
         assert "sent" in proc.stdout and "20" in proc.stdout
         assert ANSI not in proc.stdout and ANSI not in proc.stderr, name
@@ -301,7 +273,7 @@ def run_in_pty(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, by
 
 @pytest.mark.parametrize("argv", [["doctor", "{campaign}", "--subject", "mailto:a@localhost"],
                                   ["--help"]], ids=["doctor", "help"])
-def test_no_colour_codes_on_a_terminal_with_no_color(shared: World, argv: list[str]) -> None:
+def test_no_colour_codes_on_a_terminal_with_no_color(shared: Workspace, argv: list[str]) -> None:
     cmd = [sys.executable, "-m", "pushcli", *with_campaign(shared, argv)]
     if argv[0] == "doctor":
         # the probe: on a terminal without NO_COLOR it is coloured (else this proves nothing)
@@ -332,9 +304,9 @@ BAD_INPUT = {
 
 
 @pytest.fixture(scope="module")
-def bad_results(shared: World) -> dict[str, subprocess.CompletedProcess[str]]:
+def bad_results(shared: Workspace) -> dict[str, subprocess.CompletedProcess[str]]:
     (shared.dir / "typo.yml").write_text(TYPO_CAMPAIGN.format(name="typo"))
-    shared.campaign("ok")
+    campaign_file(shared, "ok")
     return run_many(shared, {name: (argv, {}) for name, argv in BAD_INPUT.items()})
 
 
@@ -353,10 +325,10 @@ def test_bad_input_is_one_line_and_exit_2(bad_results, name: str) -> None:
 # --- version and help --------------------------------------------------------------------
 
 
-def test_version_and_help(world: World) -> None:
+def test_version_and_help(world: Workspace) -> None:
     from pushcli import __version__
 
-    proc = world.run("--version")
+    proc = world.pushcli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"pushcli {__version__}"
     script = Path(sys.executable).parent / "pushcli"
     if script.exists():
@@ -364,7 +336,7 @@ def test_version_and_help(world: World) -> None:
                               env=world.env(), timeout=60)
         assert proc.returncode == 0 and __version__ in proc.stdout
 
-    proc = world.run("--help")
+    proc = world.pushcli("--help")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     assert "pushcli.db" in text and "PUSHCLI_DB" in text
@@ -373,22 +345,22 @@ def test_version_and_help(world: World) -> None:
     assert "75" in text  # the exit codes are documented
 
 
-def test_send_progress_and_summary_on_a_terminal_with_no_color(world: World) -> None:
-    cmd = [sys.executable, "-m", "pushcli", "send", str(world.campaign("tty"))]
+def test_send_progress_and_summary_on_a_terminal_with_no_color(world: Workspace) -> None:
+    cmd = [sys.executable, "-m", "pushcli", "send", str(campaign_file(world, "tty"))]
     code, out = run_in_pty(cmd, world.dir, world.env(NO_COLOR="1"))
     assert code == 0, out[-2000:]
     assert b"sent" in out
     assert colour_codes(out) == [], out[:500]
 
 
-def test_user_text_is_never_read_as_markup(world: World) -> None:
+def test_user_text_is_never_read_as_markup(world: Workspace) -> None:
     """File names with brackets print as they are, on a terminal and off it."""
     name = "spring[/b].yml"
     code, out = run_in_pty([sys.executable, "-m", "pushcli", "send", name], world.dir,
                            world.env(NO_COLOR="1"))
     assert b"Traceback" not in out, out[-800:]
     assert code == 2 and f"error: {name}: no such file".encode() in out
-    proc = world.run("keys", "generate", "--dir", "k[/k]")  # relative: short enough not to wrap
+    proc = world.pushcli("keys", "generate", "--dir", "k[/k]")  # relative: short enough not to wrap
     assert "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert proc.returncode == 0 and "k[/k]/vapid_private.pem" in proc.stdout
 
@@ -432,7 +404,7 @@ def test_help_shows_no_type_after_plain_flags() -> None:
 LONG_NAME = "spring-sale-2026-newsletter-for-every-subscriber"
 
 
-def _interrupted_campaign(world: World, name: str, audience: str, done: int) -> None:
+def _interrupted_campaign(world: Workspace, name: str, audience: str, done: int) -> None:
     """A campaign whose sender stopped after ``done`` outcomes (as Ctrl-C leaves it)."""
     from pushcli.campaign import load_campaign
     from pushcli.pushservices import Outcome
@@ -448,21 +420,21 @@ def _interrupted_campaign(world: World, name: str, audience: str, done: int) -> 
         store.finish_campaign(info.id, "interrupted")
 
 
-def test_report_and_campaigns_list_say_how_many_are_still_pending(world: World) -> None:
+def test_report_and_campaigns_list_say_how_many_are_still_pending(world: Workspace) -> None:
     _interrupted_campaign(world, LONG_NAME, "", done=5)
     _interrupted_campaign(world, "targeted", "audience:\n  exclude_tags: [vip]\n", done=8)
-    doc = one_json_document(world.run("report", LONG_NAME, "--json"))
+    doc = one_json_document(world.pushcli("report", LONG_NAME, "--json"))
     assert doc["status"] == "interrupted" and doc["sent"] == 5 and doc["pending"] == 15
-    human = world.run("report", "targeted")
+    human = world.pushcli("report", "targeted")
     assert human.returncode == 0, human.stderr
     assert re.search(r"pending \(re-run to finish\)\W+12\b", human.stdout), human.stdout
-    rows = one_json_document(world.run("campaigns", "list", "--json"))
+    rows = one_json_document(world.pushcli("campaigns", "list", "--json"))
     assert {r["campaign"]: r["pending"] for r in rows} == {LONG_NAME: 15, "targeted": 12}
 
 
-def test_campaigns_list_without_a_terminal_prints_whole_values(world: World) -> None:
+def test_campaigns_list_without_a_terminal_prints_whole_values(world: Workspace) -> None:
     _interrupted_campaign(world, LONG_NAME, "", done=5)
-    proc = world.run("campaigns", "list")  # stdout is a pipe, as in a cron job
+    proc = world.pushcli("campaigns", "list")  # stdout is a pipe, as in a cron job
     assert proc.returncode == 0, proc.stderr
     assert "…" not in proc.stdout
     header, row = (line.split("\t") for line in proc.stdout.splitlines())

@@ -14,19 +14,14 @@ endpoint would defeat de-duplication by endpoint.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import insert, select
 from typer.testing import CliRunner
 
 from pushcli.cli import app
-from pushcli.encoding import b64url_encode
 from pushcli.keys import generate_keys
 from pushcli.pushservices import (
     Endpoint,
@@ -40,18 +35,7 @@ from pushcli.pushservices import (
 )
 from pushcli.store import Store, deliveries, subscriptions
 from pushcli.testing import PushServiceEmulator
-
-
-def real_subscription(endpoint: str | None = None) -> dict:
-    """A toJSON()-shaped subscription with keys from a real P-256 key pair."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    return {
-        "endpoint": endpoint or f"https://fcm.googleapis.com/fcm/send/{secrets.token_urlsafe(16)}",
-        "expirationTime": None,
-        "keys": {"p256dh": b64url_encode(point), "auth": b64url_encode(os.urandom(16))},
-    }
-
+from tests.support import real_subscription
 
 FCM = "https://fcm.googleapis.com/fcm/send/dGVzdA:APA91bHrandomtoken_-123"
 

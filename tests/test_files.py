@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import real_subscription
 from typer.testing import CliRunner
 
 from pushcli.cli import app
@@ -20,6 +19,7 @@ from pushcli.keys import PRIVATE_KEY_NAME, generate_keys
 from pushcli.pushservices import Outcome
 from pushcli.store import DeliveryRecord, Store
 from pushcli.subscriptions import parse_stream
+from tests.support import real_subscription
 
 runner = CliRunner()
 FORMULA = ("=", "+", "-", "@", "\t", "\r")

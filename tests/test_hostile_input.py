@@ -14,9 +14,7 @@ import copy
 import csv
 import io
 import json
-import os
 import resource
-import secrets
 import stat
 import subprocess
 import sys
@@ -28,17 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from pushcli import subscriptions as subs_mod
 from pushcli.campaign import Renderer, load_campaign, parse_campaign
 from pushcli.cli import app
-from pushcli.encoding import b64url_encode
 from pushcli.errors import InputError
 from pushcli.files import restore_cell
 from pushcli.keys import generate_keys
@@ -46,24 +40,14 @@ from pushcli.pushservices import Outcome
 from pushcli.report import neutralize_cell, write_csv_rows
 from pushcli.store import DeliveryRecord, Store, subscriptions
 from pushcli.subscriptions import Subscription, parse_stream, write_csv, write_json
+from pushcli.subscriptions import formats as subs_mod  # the parsers read its limits
 from pushcli.testing import PushServiceEmulator
+from tests.support import real_subscription as _real
 
 runner = CliRunner()
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-def _real(endpoint: str | None = None, **extra: Any) -> dict[str, Any]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    sub: dict[str, Any] = {
-        "endpoint": endpoint or f"https://fcm.googleapis.com/fcm/send/{secrets.token_urlsafe(16)}",
-        "expirationTime": None,
-        "keys": {"p256dh": b64url_encode(point), "auth": b64url_encode(os.urandom(16))},
-    }
-    sub.update(extra)
-    return sub
 
 
 POOL = [

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import real_subscription
 from typer.testing import CliRunner
 
 from pushcli.cli import app
 from pushcli.encoding import b64_decode, b64url_encode
-from pushcli.store import Store
+from pushcli.store import Rejection, Store
 from pushcli.subscriptions import Rejected, Subscription, make_subscription, parse_stream
+from tests.support import real_subscription
 
 runner = CliRunner()
 
@@ -207,8 +207,8 @@ def test_changed_keys_or_tags_update_and_expired_is_reactivated(tmp_path: Path,
     # mark expired as a send would, then re-import: active again
     with Store.open(db_path) as store:
         stored = store.find_by_endpoint(sub["endpoint"])
+        from pushcli.messages import DeliveryRecord
         from pushcli.pushservices import Outcome
-        from pushcli.store import DeliveryRecord
         info = store.start_campaign("c", {})
         store.record(info.id, [DeliveryRecord(stored.id, Outcome.EXPIRED, "fcm", 410)])
         assert store.count(status="expired") == 1
@@ -260,8 +260,9 @@ def test_a_record_the_database_cannot_store_loses_only_itself(store: Store) -> N
     result = store.import_subscriptions([("f.json", good[0]), ("f.json", bad),
                                          ("f.json", good[1]), ("f.json", good[2])])
     assert result.added == 3 and result.rejected == 1
-    assert result.errors == ["f.json: record 2: cannot be stored: a value is not valid "
-                             "Unicode text"]
+    assert result.rejections == [Rejection("f.json", "record 2", "cannot be stored: a value "
+                                           "is not valid Unicode text")]
+    assert result.rejections[0].field is None
     assert store.count() == 3
 
 

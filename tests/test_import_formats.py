@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import real_subscription
 from typer.testing import CliRunner
 
-from pushcli import subscriptions as subs_mod
 from pushcli.cli import app
 from pushcli.errors import InputError
 from pushcli.subscriptions import Rejected, Subscription, parse_stream
+from pushcli.subscriptions import formats as subs_mod  # the parsers read its limits
+from tests.support import real_subscription
 
 runner = CliRunner()
 

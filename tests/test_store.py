@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from conftest import real_subscription
-from pg import fresh_database
 
 from pushcli.errors import Busy
+from pushcli.messages import DeliveryRecord
 from pushcli.pushservices import Fault, Outcome
-from pushcli.store import SCHEMA_VERSION, DeliveryRecord, Store, locks
+from pushcli.store import (
+    PRUNE_LOCK,
+    SCHEMA_VERSION,
+    Store,
+    campaign_lock,
+    is_campaign_lock,
+    locks,
+)
 from pushcli.subscriptions import make_subscription
+from tests.support import fresh_database, real_subscription, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -204,7 +212,9 @@ def test_prune_delete_spares_a_subscriber_changed_after_selection(st: Store) -> 
                      DeliveryRecord(ids[3], Outcome.SENT, "fcm", 201)])
     selected = st.prune_candidates(failed_campaigns=1)
     assert [p.id for p in selected] == ids[:3]
-    time.sleep(0.01)  # updated_at must differ from the selected one (wall-clock seconds)
+    # updated_at (wall-clock seconds) must differ from the selected one
+    wait_for(lambda: time.time() > max(p.updated_at or 0 for p in selected), 5,
+             "the clock to pass the selection's updated_at")
     load(st, [batch[1]])  # the user subscribed again: reactivated
     load(st, [make_subscription(real_subscription(batch[2].endpoint))])  # new keys
     assert st.delete_subscriptions(selected) == 1
@@ -246,25 +256,42 @@ def test_an_endpoint_moved_to_fcm_wp_form_is_kept_unless_taken(st: Store) -> Non
 
 
 def test_locks_are_exclusive_blocking_and_recover_from_dead_owners(st: Store) -> None:
-    lock = st.acquire_lock("campaign:a")
+    lock = st.acquire_lock(campaign_lock("a"))
     with pytest.raises(Busy, match="campaign:a is locked by pid"):
-        st.acquire_lock("campaign:a", wait=5)  # same name: refused at once, no waiting
+        st.acquire_lock(campaign_lock("a"), wait=5)  # same name: refused at once, no waiting
     t = time.monotonic()
     with pytest.raises(Busy, match="campaign:a"):
-        st.acquire_lock("prune", wait=0.5, blocked_by=("campaign:",))
+        st.acquire_lock(PRUNE_LOCK, wait=0.5, blocked_by=is_campaign_lock)
     assert 0.4 < time.monotonic() - t < 5
-    other = st.acquire_lock("campaign:b")  # different campaigns do not block each other
+    other = st.acquire_lock(campaign_lock("b"))  # different campaigns do not block each other
     other.release()
     lock.release()
-    st.acquire_lock("prune", blocked_by=("campaign:",)).release()
-    # a lock whose process is dead is taken over at once
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    st.acquire_lock(PRUNE_LOCK, blocked_by=is_campaign_lock).release()
+
+
+def test_a_dead_owners_lock_is_taken_over_at_once(st: Store) -> None:
+    """kill -9 never blocks the next run: a lock whose process is gone is cleared by the
+    next taker of the same name and by a taker it would block (prune, with no wait).
+    (Merged from the e2e "prune right after kill -9 of a sender" test: same property.)"""
+    import sqlalchemy as sa
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    now = time.time()
     with st.engine.begin() as conn:
-        conn.execute(locks.insert().values(name="campaign:a", owner=f"pid {dead}", pid=int(dead),
-                                           host=os.uname().nodename, acquired_at=time.time(),
-                                           heartbeat_at=time.time()))
-    st.acquire_lock("campaign:a").release()
+        for name in (campaign_lock("a"), campaign_lock("killed", "sender-1")):
+            conn.execute(locks.insert().values(name=name, owner=f"pid {dead}", pid=dead,
+                                               host=socket.gethostname(), acquired_at=now,
+                                               heartbeat_at=now))
+    assert st.running_senders("a") == st.running_senders("killed") == 0
+    st.acquire_lock(campaign_lock("a")).release()  # the same name
+    # a taker it would block; wait=0: a live blocker would be refused at once
+    with st.acquire_lock(PRUNE_LOCK, wait=0, blocked_by=is_campaign_lock), \
+            st.engine.connect() as conn:
+        assert [r.name for r in conn.execute(sa.select(locks))] == [PRUNE_LOCK], \
+            "the dead sender's lock must be cleared"
+    with st.engine.connect() as conn:
+        assert conn.execute(sa.select(locks)).all() == []
 
 
 def test_concurrent_imports_of_overlapping_files_lose_nothing(backend: str) -> None:
@@ -356,8 +383,9 @@ def test_claims_are_disjoint_and_expired_leases_return_to_the_pool(st: Store) ->
     assert len(a) == 3 and len(b) == 2 and not a & b
     assert st.claim(c.id, "c", size=10, lease=60) == []
     assert st.renew_leases(c.id, "b", 60) == 2
-    time.sleep(0.4)  # a died: its lease runs out, b's was renewed
-    taken = {s.id for s in st.claim(c.id, "c", size=10, lease=60)}
+    # a died: once its lease runs out its rows return to the pool; b's was renewed
+    taken = wait_for(lambda: {s.id for s in st.claim(c.id, "c", size=10, lease=60)}, 10,
+                     "a's lease to run out")
     assert taken == a
     st.record(c.id, [DeliveryRecord(i, Outcome.SENT, "fcm") for i in a | b])
     assert st.queued(c.id) == 0

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import real_subscription
-from pg import fresh_database
 from typer.testing import CliRunner
 
 from pushcli import cli, store
 from pushcli.cli import app
 from pushcli.store import Store
+from tests.support import fresh_database, real_subscription
 
 PASSWORD = "s3cretPassw0rd"
 runner = CliRunner()
@@ -184,7 +183,7 @@ def test_disk_full_during_import_is_74_and_a_rerun_finishes(tmp_path: Path, max_
                                      ["prune"]])
 def test_a_lock_held_past_the_busy_wait_is_75(filled, monkeypatch, command) -> None:
     db, new = filled
-    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 100)  # the wait, not a sleep
+    monkeypatch.setattr(store.database, "BUSY_TIMEOUT_MS", 100)  # the wait, not a sleep
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process mid-write, for longer than the wait
     try:

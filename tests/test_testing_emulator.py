@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,12 +334,11 @@ def test_drop_after_accept_stores_then_aborts(emu: PushServiceEmulator, vapid: V
 def test_slow_exceeds_client_timeout(emu: PushServiceEmulator, vapid: Vapid) -> None:
     sub = emu.create_subscription(vapid.public_b64)
     emu.add_fault("slow", client_hash=sub["endpoint"], delay=0.6, times=1)
-    start = time.monotonic()
     with pytest.raises(requests.Timeout):
         push(sub, vapid, timeout=0.2)
-    assert time.monotonic() - start < 0.6
-    time.sleep(0.6)  # the service still processes it after the client gave up
-    assert emu.messages(sub["endpoint"]) == [b'{"title": "hi"}']
+    assert emu.messages(sub["endpoint"]) == []  # the client gave up before the answer
+    # the service still processes it after the client gave up
+    assert emu.wait_for_messages(sub["endpoint"], 1) == [b'{"title": "hi"}']
 
 
 def test_rate_faults_are_reproducible(vapid: Vapid) -> None:
@@ -523,9 +523,10 @@ def test_stop_does_not_wait_for_slow_handlers(vapid: Vapid) -> None:
     emu.add_fault("slow", delay=30)
     with pytest.raises(requests.Timeout):
         push(sub, vapid, timeout=0.2)
-    start = time.monotonic()
-    emu.stop()
-    assert time.monotonic() - start < 3
+    stopping = threading.Thread(target=emu.stop)
+    stopping.start()
+    stopping.join(3)  # a deadline well below the handler's 30 s, not a measurement
+    assert not stopping.is_alive(), "stop() waited for the slow handler"
 
 
 def test_wait_for_messages(emu: PushServiceEmulator, vapid: Vapid) -> None:

@@ -652,6 +652,14 @@ def web_init(
         print(f"wrote {p}")
 
 
+def _announce_emulator(url: str) -> None:
+    """First stdout line ``listening on URL``: with ``--port 0`` the caller learns the
+    port the server bound (no bind-and-release race); the hint goes to stderr."""
+    print(f"listening on {url}", flush=True)
+    print(f"push-service emulator listening on {url} (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
+
+
 @testing_app.command("serve")
 @handle_errors
 def testing_serve(
@@ -669,9 +677,7 @@ def testing_serve(
     if not 0 <= port <= 65535:
         raise InputError(f"--port: {port} is not a port number (0-65535; 0 = any free port)")
     try:
-        serve_forever(host=host, port=port,
-                      on_ready=lambda url: print(f"push-service emulator listening on {url} "
-                                                 "(Ctrl-C to stop)", file=sys.stderr, flush=True))
+        serve_forever(host=host, port=port, on_ready=_announce_emulator)
     except OSError as exc:  # the port is taken, or the address is not on this machine
         raise PushcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

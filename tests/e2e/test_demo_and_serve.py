@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from tests.support import emulator_server, pushcli_env, run_pushcli
 
 
 def test_demo_report_is_consistent_with_what_the_emulator_was_told(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pushcli", "demo", "--subscribers", "500", "--expire-share",
-         "0.2", "--dir", str(tmp_path / "demo"), "--json"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    env = pushcli_env(allow_hosts=None)
+    proc = run_pushcli("demo", "--subscribers", "500", "--expire-share", "0.2", "--dir",
+                       str(tmp_path / "demo"), "--json", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["first_campaign"]["sent"] == 500
@@ -29,50 +23,28 @@ def test_demo_report_is_consistent_with_what_the_emulator_was_told(tmp_path: Pat
     for secret in ("vapid_private.pem", "pushcli.db", "subscriptions.ndjson"):
         assert (tmp_path / "demo" / secret).stat().st_mode & 0o777 == 0o600, secret
     # the demo's store is an ordinary store: its history is readable with the CLI
-    listed = subprocess.run([sys.executable, "-m", "pushcli", "--db",
-                             doc["files"]["store"], "campaigns", "list", "--json"],
-                            capture_output=True, text=True, timeout=60)
+    listed = run_pushcli("--db", doc["files"]["store"], "campaigns", "list", "--json",
+                         cwd=tmp_path, env=env, timeout=60)
     assert [c["campaign"] for c in json.loads(listed.stdout)] == ["demo-welcome", "demo-sale"]
 
 
 def test_demo_refuses_a_folder_that_already_holds_a_key(tmp_path: Path) -> None:
     (tmp_path / "vapid_private.pem").write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "pushcli", "demo", "--dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_pushcli("demo", "--dir", str(tmp_path), cwd=tmp_path,
+                       env=pushcli_env(allow_hosts=None), timeout=60)
     assert proc.returncode == 2 and "already holds a demo" in proc.stderr
     assert (tmp_path / "vapid_private.pem").read_text() == "x"
 
 
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def test_testing_serve_is_usable_from_another_process(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, PUSHCLI_DB=str(tmp_path / "p.db"), PUSHCLI_ALLOW_HOSTS="127.0.0.1",
-               NO_COLOR="1")
-    server = subprocess.Popen([sys.executable, "-m", "pushcli", "testing", "serve", "--port",
-                               str(port)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                assert _post(f"{base}/status", {})["ok"] is True
-                break
-            except OSError:
-                time.sleep(0.1)
-        run = lambda *a: subprocess.run([sys.executable, "-m", "pushcli", *a], env=env,  # noqa: E731
-                                        cwd=tmp_path, capture_output=True, text=True,
-                                        timeout=60)
+    env = pushcli_env(db=tmp_path / "p.db")
+    with emulator_server(cwd=tmp_path, env=env) as server:  # --port 0: it prints its URL
+        assert server.url.startswith("http://127.0.0.1:")
+        assert server.post("/status", {})["ok"] is True
+        run = lambda *a: run_pushcli(*a, cwd=tmp_path, env=env, timeout=60)  # noqa: E731
         key = json.loads(run("keys", "generate", "--json").stdout)["application_server_key"]
-        subs = _post(f"{base}/subscribe", {"applicationServerKey": key, "count": 5,
-                                            "userVisibleOnly": "true"})["data"]
+        subs = server.post("/subscribe", {"applicationServerKey": key, "count": 5,
+                                          "userVisibleOnly": "true"})["data"]
         (tmp_path / "subs.json").write_text(json.dumps(subs))
         assert run("subscribers", "import", "subs.json").returncode == 0
         (tmp_path / "c.yml").write_text(
@@ -82,10 +54,7 @@ def test_testing_serve_is_usable_from_another_process(tmp_path: Path) -> None:
         assert sent.returncode == 0, sent.stderr
         assert json.loads(sent.stdout)["sent"] == 5
         for sub in subs:
-            got = _post(f"{base}/get-notifications", {"clientHash": sub["clientHash"]})
+            got = server.post("/get-notifications", {"clientHash": sub["clientHash"]})
             [message] = got["data"]["messages"]
             assert json.loads(message)["notification"]["title"] == "Hi"
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=10)
-    assert server.returncode == 0
+    assert server.proc.returncode == 0

@@ -325,7 +325,7 @@ def test_dry_run_fails_exactly_where_send_would(e2e, fault) -> None:
 
 
 def test_apple_topic_of_length_1_mod_4_is_refused_naming_the_field(e2e) -> None:
-    from conftest import real_subscription
+    from tests.support import real_subscription
 
     e2e.import_subs([real_subscription("https://web.push.apple.com/QGx1bmNoZXMtMQ",
                                        tags=["safari"]), *e2e.subscribe(2)])

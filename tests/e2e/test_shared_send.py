@@ -7,10 +7,10 @@ import signal
 import subprocess
 from collections import Counter
 
-from pg import fresh_database
 from sqlalchemy import select
 
 from pushcli.store import Store, deliveries
+from tests.support import fresh_database
 
 N = 20_000
 

@@ -1,0 +1,481 @@
+"""The one test harness: how tests, ``stress/`` and ``bench/`` start things.
+
+Everything that starts pushcli (in process with typer's runner, or as
+``python -m pushcli`` in a subprocess with its store, key, allow-list and
+colour settings in the environment), the push-service emulator (in process,
+or as ``pushcli testing serve --port 0`` in another process), npm's
+web-push-testing and a throwaway PostgreSQL lives here, so every test starts
+them the same way. Servers report the port they bound (``--port 0``); nothing
+here picks a port by binding and releasing it, which races with other
+processes on a busy machine.
+
+Waiting is on conditions (:func:`wait_for`), never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pushcli.encoding import b64url_encode
+from pushcli.testing import PushServiceEmulator
+from tests.pg import fresh_database, postgres_server
+
+__all__ = [
+    "COLOUR_FORCING", "ROOT", "EmulatorServer", "WebPushTesting", "Workspace",
+    "emulator", "emulator_server", "fresh_database", "invoke", "p256dh_keys",
+    "postgres_server", "pushcli_env", "real_subscription", "run_pushcli", "start_pushcli",
+    "wait_for", "web_push_testing", "workspace",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+#: Variables that make rich or typer colour output even off a terminal: never inherited,
+#: so a developer's FORCE_COLOR cannot change what a test sees.
+COLOUR_FORCING = ("FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "GITHUB_ACTIONS",
+                  "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "COLUMNS", "LINES")
+
+
+# --- real subscriptions ------------------------------------------------------------------
+
+
+def p256dh_keys(n: int) -> list[str]:
+    """``n`` genuine uncompressed P-256 public keys, base64url: import checks the curve."""
+    out = []
+    for _ in range(n):
+        point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            Encoding.X962, PublicFormat.UncompressedPoint)
+        out.append(b64url_encode(point))
+    return out
+
+
+def real_subscription(endpoint: str | None = None, **extra: object) -> dict[str, Any]:
+    """A toJSON()-shaped subscription whose keys come from a real P-256 key pair."""
+    sub: dict[str, Any] = {
+        "endpoint": endpoint or f"https://fcm.googleapis.com/fcm/send/{secrets.token_urlsafe(16)}",
+        "expirationTime": None,
+        "keys": {"p256dh": p256dh_keys(1)[0], "auth": b64url_encode(os.urandom(16))},
+    }
+    sub.update(extra)
+    return sub
+
+
+# --- waiting -----------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "a condition",
+             interval: float = 0.02) -> T:
+    """Poll ``condition`` until it returns something truthy and return that value.
+
+    The timeout is a failure deadline, not a schedule: a test that waits here
+    takes as long as the condition needs, and fails loudly if it never holds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_line(stream: IO[str], timeout: float, what: str) -> str:
+    """One line from a child's pipe, or AssertionError after ``timeout`` s."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"{what} printed nothing within {timeout} s")
+    return stream.readline()
+
+
+# --- pushcli -----------------------------------------------------------------------------
+
+
+def pushcli_env(*, db: Path | str | None = None, key: Path | str | None = None,
+                allow_hosts: str | None = "127.0.0.1", no_color: bool = True,
+                **extra: str) -> dict[str, str]:
+    """The environment a pushcli child runs with: none of the caller's PUSHCLI_* or
+    colour settings, then the store (``db``), key, allow-list and NO_COLOR given here."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PUSHCLI_") and k not in COLOUR_FORCING}
+    if db is not None:
+        env["PUSHCLI_DB"] = str(db)
+    if key is not None:
+        env["PUSHCLI_VAPID_PRIVATE_KEY"] = str(key)
+    if allow_hosts is not None:
+        env["PUSHCLI_ALLOW_HOSTS"] = allow_hosts
+    if no_color:
+        env["NO_COLOR"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_pushcli(*args: str, cwd: Path | str, env: dict[str, str], timeout: float = 120,
+                check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -m pushcli ARGS`` as a user runs it (no stdin), to completion."""
+    proc = subprocess.run([sys.executable, "-m", "pushcli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pushcli {' '.join(args)}: exit {proc.returncode}\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_pushcli(*args: str, cwd: Path | str, env: dict[str, str],
+                  stdout: int | IO[Any] | None = subprocess.PIPE,
+                  stderr: int | IO[Any] | None = subprocess.PIPE) -> subprocess.Popen[str]:
+    """``python -m pushcli ARGS`` in the background (kill, interrupt, concurrency tests)."""
+    return subprocess.Popen([sys.executable, "-m", "pushcli", *args], cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True)
+
+
+def run_side_by_side(jobs: dict[str, tuple[list[str], dict[str, str]]], *, cwd: Path | str,
+                     parallel: int = 2, timeout: float = 120
+                     ) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run independent commands ``parallel`` at a time (start-up dominates their cost).
+
+    ``jobs`` maps a name to (argv, environment).
+    """
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+    pending = list(jobs.items())
+    running: list[tuple[str, list[str], subprocess.Popen[str]]] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, (argv, env) = pending.pop(0)
+            running.append((name, argv, start_pushcli(*argv, cwd=cwd, env=env)))
+        name, argv, proc = running.pop(0)
+        out, err = proc.communicate(timeout=timeout)
+        results[name] = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return results
+
+
+def invoke(*args: str, db: Path | str | None = None, env: dict[str, str] | None = None,
+           input: str | bytes | None = None, catch_exceptions: bool = True) -> Any:
+    """pushcli in this process (typer's CliRunner): fast, for tests of one command's
+    output; ``db`` becomes ``--db``. Returns click's Result."""
+    from typer.testing import CliRunner
+
+    from pushcli.cli import app
+
+    argv = ["--db", str(db), *args] if db is not None else list(args)
+    return CliRunner().invoke(app, argv, env=env, input=input,
+                              catch_exceptions=catch_exceptions)
+
+
+# --- a folder with a key, a store and an emulator -----------------------------------------
+
+
+@dataclass
+class Workspace:
+    """A folder with a 0600 VAPID key and a store, pushcli run inside it, and (for
+    sends) a loopback push-service emulator whose subscriptions it imports.
+
+    ``allow_hosts``/``no_color``/``extra_env`` shape every child's environment
+    (see :func:`pushcli_env`).
+    """
+
+    dir: Path
+    emu: PushServiceEmulator | None = None
+    server_key: str = ""  # applicationServerKey of the key in ``dir``
+    allow_hosts: str | None = "127.0.0.1"
+    no_color: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, folder: Path, emu: PushServiceEmulator | None = None,
+               **settings: Any) -> Workspace:
+        """Generate the key in ``folder`` (``vapid_private.pem``)."""
+        from pushcli.keys import generate_keys
+
+        info = generate_keys(folder)
+        return cls(folder, emu, info.application_server_key, **settings)
+
+    @property
+    def db(self) -> Path:
+        return self.dir / "pushcli.db"
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "vapid_private.pem"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return pushcli_env(db=self.db, key=self.key, allow_hosts=self.allow_hosts,
+                           no_color=self.no_color, **{**self.extra_env, **extra})
+
+    def pushcli(self, *args: str, check: bool = False, timeout: float = 120,
+                **env: str) -> subprocess.CompletedProcess[str]:
+        """``pushcli ARGS`` in a subprocess; ``env`` adds or overrides variables."""
+        return run_pushcli(*args, cwd=self.dir, env=self.env(**env), timeout=timeout,
+                           check=check)
+
+    def start(self, *args: str, stdout: int | IO[Any] | None = subprocess.PIPE,
+              stderr: int | IO[Any] | None = subprocess.PIPE,
+              **env: str) -> subprocess.Popen[str]:
+        """Start ``pushcli ARGS`` in the background (for kill/interrupt/concurrency tests)."""
+        return start_pushcli(*args, cwd=self.dir, env=self.env(**env), stdout=stdout,
+                             stderr=stderr)
+
+    def wait_until(self, stat: str, at_least: int, timeout: float = 60) -> None:
+        """Wait until the emulator's ``stats()[stat]`` reaches ``at_least``."""
+        assert self.emu is not None
+        emu = self.emu
+        wait_for(lambda: emu.stats()[stat] >= at_least, timeout,
+                 f"emulator {stat} to reach {at_least}")
+
+    def subscribe(self, n: int, *, key: str | None = None, **fields: object) -> list[dict]:
+        """``n`` new subscriptions at the emulator for this folder's key (or ``key``)."""
+        assert self.emu is not None
+        subs = self.emu.create_subscriptions(n, key or self.server_key)
+        for s in subs:
+            s.update(fields)
+        return subs
+
+    def write_subs(self, subs: list[dict], name: str | None = None) -> Path:
+        path = self.dir / (name or f"subs-{len(list(self.dir.glob('subs-*')))}.json")
+        path.write_text(json.dumps(subs))
+        return path
+
+    def import_subs(self, subs: list[dict], *extra: str) -> dict:
+        """``pushcli subscribers import`` in a subprocess; returns its JSON summary."""
+        proc = self.pushcli("subscribers", "import", str(self.write_subs(subs)), "--json",
+                            *extra)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def add_subscribers(self, subs: list[dict],
+                        allowed: frozenset[str] | None = None) -> None:
+        """Import in this process (faster than a subprocess when import is not under test).
+
+        ``allowed`` defaults to this workspace's allow-list.
+        """
+        from pushcli.store import Store
+        from pushcli.subscriptions import parse_stream
+
+        if allowed is None:
+            allowed = frozenset(h for h in (self.allow_hosts or "").split(",") if h)
+        data = io.BytesIO(json.dumps(subs).encode())
+        with Store.open(self.db) as store:
+            recs = [("subs", r) for r in parse_stream(data, "json", source="subs",
+                                                      allowed_hosts=allowed)]
+            result = store.import_subscriptions(recs)
+        assert result.rejected == 0 and result.added + result.updated == len(subs), \
+            result.rejections
+
+    def campaign(self, name: str = "e2e", body: str = "Hello {{ first_name | default('you') }}",
+                 extra: str = "") -> Path:
+        path = self.dir / f"{name}.yml"
+        path.write_text(
+            f"name: {name}\n"
+            "notification:\n"
+            "  title: Big news\n"
+            f"  body: \"{body}\"\n"
+            "  url: https://shop.example.com/news\n"
+            "  icon: https://shop.example.com/icon.png\n"
+            "vapid:\n"
+            "  subject: mailto:ops@shop.example.com\n" + extra
+        )
+        return path
+
+    def send(self, campaign: Path, *args: str, **env: str) -> tuple[int, dict]:
+        proc = self.pushcli("send", str(campaign), "--json", *args, **env)
+        assert proc.returncode in (0, 1, 130), f"{proc.returncode}: {proc.stderr}"
+        return proc.returncode, json.loads(proc.stdout)
+
+
+@contextmanager
+def emulator(seed: int = 1, **kwargs: Any) -> Iterator[PushServiceEmulator]:
+    """The push-service emulator in this process (a background thread), on a port it
+    chose itself."""
+    with PushServiceEmulator(port=0, seed=seed, **kwargs) as emu:
+        yield emu
+
+
+@contextmanager
+def workspace(seed: int = 1) -> Iterator[Workspace]:
+    """A fresh folder with a key and a running emulator, without pytest (stress/)."""
+    with tempfile.TemporaryDirectory(prefix="pushcli-ws-") as d, emulator(seed) as emu:
+        yield Workspace.create(Path(d), emu)
+
+
+# --- servers in other processes -----------------------------------------------------------
+
+
+def _post_json(url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    """POST JSON (no proxy: every server here is on loopback); decoded answer or None."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"POST {url}: HTTP {exc.code} {exc.read()[:500]!r}") from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _stop(proc: subprocess.Popen[Any], signal_first: Callable[[], None]) -> None:
+    if proc.poll() is None:
+        signal_first()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class EmulatorServer:
+    """``pushcli testing serve`` in another process and its JSON API."""
+
+    url: str
+    proc: subprocess.Popen[str]
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return _post_json(self.url + path, body)
+
+
+@contextmanager
+def emulator_server(*, cwd: Path | str, env: dict[str, str],
+                    timeout: float = 30) -> Iterator[EmulatorServer]:
+    """``pushcli testing serve --port 0``; its URL is the first line it prints.
+
+    Stopped with SIGINT (Ctrl-C) at exit; the caller may check ``proc.returncode``.
+    """
+    import signal
+
+    proc = start_pushcli("testing", "serve", "--port", "0", cwd=cwd, env=env)
+    assert proc.stdout is not None
+    try:
+        line = read_line(proc.stdout, timeout, "pushcli testing serve")
+        assert line.startswith("listening on http://"), (line, proc.poll())
+        yield EmulatorServer(line.split()[-1], proc)
+    finally:
+        _stop(proc, lambda: proc.send_signal(signal.SIGINT))
+        proc.communicate()
+
+
+#: web-push-testing's own launcher (``bin/server.js PORT``) builds its endpoint URLs
+#: from the port it was given, so port 0 would give endpoints at ``:0``. This launcher
+#: listens on port 0 and, once bound, sets the model's notify URL to the real port and
+#: prints it. It relies on the package's ``_server`` field: if a new version renames it,
+#: the fallback is to pass a port (``WPT_PORT``) and poll ``/status``.
+_WPT_LAUNCHER = """
+const dir = process.argv[1];
+const TestingServer = require(dir + '/server.js');
+const {PushApiModel} = require(dir + '/PushApiModel.js');
+const model = new PushApiModel();
+const server = new TestingServer(model, 0);
+server.startServer();
+server._server.on('listening', () => {
+  const port = server._server.address().port;
+  model.notifyUrl = 'http://localhost:' + port + '/notify/';
+  console.log('listening on http://localhost:' + port);
+});
+"""
+WPT_DIR = ROOT / "node_modules" / "web-push-testing" / "src"
+WPT_INSTALL_HINT = f"run `npm ci` in {ROOT} (CI installs web-push-testing from package-lock.json)"
+
+
+@dataclass
+class WebPushTesting:
+    """A running web-push-testing server and its JSON API (every route is POST)."""
+
+    url: str
+    log: Path
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """POST JSON; return the decoded answer (None when it is not JSON, e.g. "OK")."""
+        try:
+            return _post_json(self.url + path, body)
+        except AssertionError as exc:
+            raise AssertionError(f"web-push-testing {path}: {exc}") from None
+
+    def subscribe(self, application_server_key: str) -> dict[str, Any]:
+        """A new subscription: {"endpoint", "keys": {"p256dh", "auth"}, "clientHash"}.
+
+        userVisibleOnly must be the string "true": the server rejects a JSON boolean.
+        """
+        return self.post("/subscribe", {"applicationServerKey": application_server_key,
+                                        "userVisibleOnly": "true"})["data"]
+
+    def messages(self, client_hash: str) -> list[str]:
+        """Decrypted payloads, oldest first, as UTF-8 text (``decrypted.toString('utf-8')``)."""
+        return self.post("/get-notifications", {"clientHash": client_hash})["data"]["messages"]
+
+    def expire(self, client_hash: str) -> None:
+        """From now on the endpoint answers 410 Gone."""
+        self.post(f"/expire-subscription/{client_hash}")
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+
+@contextmanager
+def web_push_testing(log: Path, timeout: float = 20) -> Iterator[WebPushTesting]:
+    """npm's web-push-testing on a port it chose, endpoints at http://localhost:PORT.
+
+    A missing node or package raises AssertionError (never a skip: interop must not
+    silently stop being checked).
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise AssertionError(f"node is not on PATH; install Node.js >= 20, then "
+                             f"{WPT_INSTALL_HINT}")
+    if not (WPT_DIR / "server.js").is_file():
+        raise AssertionError(f"web-push-testing is not installed ({WPT_DIR} missing): "
+                             f"{WPT_INSTALL_HINT}")
+    with log.open("w") as out:
+        proc = subprocess.Popen([node, "-e", _WPT_LAUNCHER, str(WPT_DIR)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=out, text=True)
+    assert proc.stdout is not None
+    try:
+        url = ""
+        deadline = time.monotonic() + timeout
+        while not url:
+            left = deadline - time.monotonic()
+            line = read_line(proc.stdout, max(left, 0), "web-push-testing") if left > 0 else ""
+            if not line:
+                raise AssertionError(f"web-push-testing did not start (exit {proc.poll()}): "
+                                     f"{log.read_text(errors='replace')[-2000:]}")
+            if line.startswith("listening on "):
+                url = line.split()[-1]
+        # keep draining its stdout into the log, or a full pipe would stall the server
+        drain = threading.Thread(target=_copy_lines, args=(proc.stdout, log), daemon=True)
+        drain.start()
+        yield WebPushTesting(url, log)
+    finally:
+        _stop(proc, proc.terminate)
+
+
+def _copy_lines(stream: IO[str], log: Path) -> None:
+    with stream, log.open("a") as out:
+        for line in stream:
+            out.write(line)
+            out.flush()
