@@ -664,6 +664,3 @@ class Engine:
                     "sending stopped; nothing lost: re-run the same command to finish")
             await self._sleep(delay)
             delay = min(delay * 2, opts.ledger_backoff_max)
-
-
-# --- campaign orchestration ---------------------------------------------------------------

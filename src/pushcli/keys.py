@@ -204,10 +204,6 @@ def resolve_vapid(campaign: Campaign | None, key: str | os.PathLike[str] | None,
     return VapidSigner(load_private_key(vapid_key_path(campaign, key)), chosen_subject)
 
 
-def key_mode(path: str | os.PathLike[str]) -> int:
-    return stat.S_IMODE(Path(path).stat().st_mode)
-
-
 def show_key(path: str | os.PathLike[str]) -> KeyInfo:
     """The applicationServerKey of an existing private key (file mode not enforced)."""
     vapid = load_private_key(path, check_mode=False)

@@ -99,10 +99,6 @@ class Outcome(StrEnum):
     UNCERTAIN = "uncertain"
 
 
-#: Outcomes that need no further attempt in a re-run (``failed`` is retried
-#: only with ``--retry-failed``).
-SUCCESS_OUTCOMES = frozenset({Outcome.SENT, Outcome.EXPIRED})
-
 #: Outcomes ``send --retry-failed`` sends again: ``failed`` (temporary trouble,
 #: or held back by a stopped push service) and ``blocked`` (the allow-list may
 #: include the host by now; still refused ones are recorded ``blocked`` again).

@@ -18,7 +18,6 @@ from pushcli.subscriptions.formats import (
     open_source,
     parse_stream,
     read_files,
-    subscription_from_row,
     write_csv,
     write_json,
 )
@@ -62,7 +61,6 @@ __all__ = [
     "parse_stream",
     "read_files",
     "stored_keys_valid",
-    "subscription_from_row",
     "validate_auth",
     "validate_p256dh",
     "validate_tag",

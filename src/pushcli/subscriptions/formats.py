@@ -14,7 +14,7 @@ import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -526,15 +526,6 @@ def _json_array(cur: _JsonCursor, prefix: str) -> Iterator[tuple[str, Any]]:
         yield where, cur.value(where)
         if cur.expect(",]", "',' delimiter") == "]":
             return
-
-
-def subscription_from_row(
-    endpoint: str, p256dh: str, auth: str, tags: Iterable[str], locale: str | None,
-    attributes: Mapping[str, Any], user_id: str | None, expiration_time: int | None,
-) -> Subscription:
-    """Rebuild a stored row without re-validating (the store only holds valid rows)."""
-    return Subscription(endpoint, p256dh, auth, tuple(tags), locale, dict(attributes), user_id,
-                        expiration_time)
 
 
 def write_json(subs: Iterable[Subscription], out: IO[str], *, ndjson: bool) -> int:
