@@ -92,7 +92,7 @@ def test_another_process_holding_the_write_lock(e2e, monkeypatch, hold: float, b
                                                 finishes: bool) -> None:
     """Held past the busy timeout: retried until released (nothing lost, no duplicate),
     or, past the retry budget, exit 74 and a re-run finishes. Before: 1,985 of 2,000."""
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(store_mod.database, "BUSY_TIMEOUT_MS", 100)
     subs = e2e.subscribe(500)
     e2e.import_subs(subs)
     campaign = e2e.campaign("locked")

@@ -1,0 +1,406 @@
+"""Campaign and delivery-ledger queries: campaign runs, the pending audience, shared
+sends (queue, claims, leases), the intent log, outcomes and their counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from pushcli.messages import DeliveryRecord
+from pushcli.pushservices import Outcome
+from pushcli.store.database import Database, dialect_insert
+from pushcli.store.rows import (
+    SUB_COLUMNS,
+    CampaignInfo,
+    StoredSubscription,
+    campaign_info,
+    dumps,
+    stored,
+)
+from pushcli.store.schema import (
+    INFLIGHT,
+    PENDING,
+    RETRY,
+    UNFINAL,
+    campaigns,
+    deliveries,
+    subscriptions,
+)
+
+_SQLITE_MARK_INFLIGHT = (
+    "INSERT INTO deliveries (campaign_id, subscription_id, outcome, service, attempts, "
+    f"ambiguous, updated_at) VALUES (?, ?, '{INFLIGHT}', ?, 0, 0, ?) "
+    "ON CONFLICT (campaign_id, subscription_id) DO UPDATE SET "
+    f"outcome = '{INFLIGHT}', updated_at = excluded.updated_at")
+
+
+class Ledger(Database):
+    """The campaign and delivery-ledger queries of ``Store``."""
+
+    def start_campaign(self, name: str, spec: Mapping[str, Any]) -> CampaignInfo:
+        """Create the campaign on its first run, or mark a re-run; returns its row."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(select(campaigns.c.id).where(campaigns.c.name == name)).first()
+            if row is None:
+                conn.execute(campaigns.insert().values(
+                    name=name, created_at=now, started_at=now, status="running", runs=1,
+                    spec=dumps(dict(spec)),
+                ))
+            else:
+                conn.execute(update(campaigns).where(campaigns.c.id == row[0]).values(
+                    status="running", runs=campaigns.c.runs + 1, finished_at=None,
+                    spec=dumps(dict(spec)),
+                ))
+        info = self.get_campaign(name)
+        assert info is not None
+        return info
+
+    def finish_campaign(self, campaign_id: int, status: str) -> None:
+        with self._write() as conn:
+            conn.execute(update(campaigns).where(campaigns.c.id == campaign_id).values(
+                status=status, finished_at=time.time()))
+
+    def get_campaign(self, name: str) -> CampaignInfo | None:
+        with self._read() as conn:
+            row = conn.execute(select(campaigns).where(campaigns.c.name == name)).first()
+        return campaign_info(row) if row else None
+
+    def list_campaigns(self) -> list[CampaignInfo]:
+        with self._read() as conn:
+            rows = conn.execute(select(campaigns).order_by(campaigns.c.id)).all()
+        return [campaign_info(r) for r in rows]
+
+    def pending(
+        self,
+        campaign_id: int,
+        *,
+        retry_failed: bool = False,
+        batch_size: int = 500,
+        match: Callable[[StoredSubscription], bool] | None = None,
+        limit: int | None = None,
+        partition: tuple[int, int] | None = None,
+    ) -> Iterator[list[StoredSubscription]]:
+        """Stream batches of active subscribers with no final outcome in this campaign.
+
+        One short keyset query per batch, so the whole audience is never in
+        memory and no read transaction stays open across the send.
+        ``partition=(i, k)`` keeps the subscribers with ``id % k == i``, so k
+        sender processes split a campaign without ever sharing a subscriber.
+        """
+        s = subscriptions
+        part = [] if partition is None else [s.c.id % partition[1] == partition[0]]
+        after = 0
+        given = 0
+        while True:
+            stmt = (
+                _pending_query(select(*SUB_COLUMNS), campaign_id, retry_failed)
+                .where(s.c.id > after, *part)
+                .order_by(s.c.id)
+                .limit(batch_size)
+            )
+            with self._read() as conn:
+                rows = conn.execute(stmt).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            batch = [stored(r) for r in rows]
+            if match is not None:
+                batch = [b for b in batch if match(b)]
+            if limit is not None:
+                batch = batch[: max(0, limit - given)]
+            if batch:
+                given += len(batch)
+                yield batch
+            if limit is not None and given >= limit:
+                return
+
+    def count_pending(self, campaign_id: int, *, retry_failed: bool = False) -> int:
+        """How many active subscribers have no final outcome in this campaign (one query)."""
+        stmt = _pending_query(select(func.count()), campaign_id, retry_failed)
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    # --- shared sends (several processes or hosts on one campaign) -----------------------
+
+    @property
+    def supports_shared_work(self) -> bool:
+        """PostgreSQL can hand out work with FOR UPDATE SKIP LOCKED; SQLite cannot."""
+        return self.engine.dialect.name == "postgresql"
+
+    def enqueue(self, campaign_id: int, ids: Sequence[int]) -> None:
+        """Queue subscribers as ``pending`` work; rows already in the ledger are left alone."""
+        if not ids:
+            return
+        insert = dialect_insert(self.engine)
+        now = time.time()
+        stmt = insert(deliveries).on_conflict_do_nothing(
+            index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id])
+        with self._write() as conn:
+            conn.execute(stmt, [
+                {"campaign_id": campaign_id, "subscription_id": i, "outcome": PENDING,
+                 "service": "", "attempts": 0, "updated_at": now} for i in ids])
+
+    def claim(self, campaign_id: int, owner: str, *, size: int, lease: float,
+              retry_failed: bool = False) -> list[StoredSubscription]:
+        """Claim up to ``size`` queued subscribers for ``lease`` seconds.
+
+        ``FOR UPDATE SKIP LOCKED`` lets concurrent senders take disjoint rows
+        without waiting for each other; the lease (re-checked by PostgreSQL on
+        the locked row) keeps a claimed row from being handed out again while
+        its owner lives, and returns it to the pool once the owner is gone.
+        """
+        d, s = deliveries, subscriptions
+        wanted = [*UNFINAL, *RETRY] if retry_failed else [*UNFINAL]
+        now = time.time()
+        free = _claimable(now)
+        pick = (
+            select(d.c.subscription_id)
+            .join(s, s.c.id == d.c.subscription_id)
+            .where(d.c.campaign_id == campaign_id, d.c.outcome.in_(wanted), free,
+                   s.c.status == "active")
+            .order_by(d.c.subscription_id)
+            .limit(size)
+        )
+        if self.supports_shared_work:
+            pick = pick.with_for_update(of=d, skip_locked=True)
+        with self._write() as conn:
+            ids = [r[0] for r in conn.execute(pick)]
+            if not ids:
+                return []
+            conn.execute(update(d).where(d.c.campaign_id == campaign_id,
+                                         d.c.subscription_id.in_(ids))
+                         .values(lease_owner=owner, lease_until=now + lease))
+            rows = conn.execute(select(*SUB_COLUMNS).where(s.c.id.in_(ids))
+                                .order_by(s.c.id)).all()
+        return [stored(r) for r in rows]
+
+    def renew_leases(self, campaign_id: int, owner: str, lease: float) -> int:
+        """Extend every lease this sender holds on unfinished work."""
+        d = deliveries
+        with self._write() as conn:
+            return int(conn.execute(
+                update(d).where(d.c.campaign_id == campaign_id, d.c.lease_owner == owner,
+                                d.c.outcome.in_([*UNFINAL, *RETRY]))
+                .values(lease_until=time.time() + lease)).rowcount or 0)
+
+    def queued(self, campaign_id: int, *, retry_failed: bool = False) -> int:
+        """Queued work left in a shared send (claimed by someone or not)."""
+        d, s = deliveries, subscriptions
+        wanted = [*UNFINAL, *RETRY] if retry_failed else [*UNFINAL]
+        unfinished = or_(d.c.outcome.in_(UNFINAL), d.c.lease_owner.is_(None),
+                         d.c.lease_until.is_not(None))
+        stmt = (select(func.count()).select_from(d.join(s, s.c.id == d.c.subscription_id))
+                .where(d.c.campaign_id == campaign_id, d.c.outcome.in_(wanted),
+                       s.c.status == "active", unfinished))
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def reset_failed_claims(self, campaign_id: int) -> None:
+        """Make failed rows claimable again for a --retry-failed run."""
+        d = deliveries
+        with self._write() as conn:
+            conn.execute(update(d).where(d.c.campaign_id == campaign_id,
+                                         d.c.outcome.in_(RETRY))
+                         .values(lease_owner=None, lease_until=None))
+
+    def record(self, campaign_id: int, records: Sequence[DeliveryRecord]) -> None:
+        """Commit a batch of outcomes in one transaction; mark expired subscribers."""
+        if not records:
+            return
+        now = time.time()
+        rows = [
+            {
+                "campaign_id": campaign_id,
+                "subscription_id": r.subscription_id,
+                "outcome": r.outcome.value,
+                "status_code": r.status_code,
+                "reason": r.reason[:500] if r.reason else None,
+                "service": r.service,
+                "attempts": r.attempts,
+                "ambiguous": 1 if r.ambiguous else 0,
+                "updated_at": now,
+                "fault": r.fault.value if r.fault is not None else None,
+            }
+            for r in records
+        ]
+        expired = [r.subscription_id for r in records if r.outcome is Outcome.EXPIRED]
+        moved = [r for r in records if r.moved is not None]
+        insert = dialect_insert(self.engine)
+        stmt = insert(deliveries)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id],
+            set_={
+                "outcome": stmt.excluded.outcome,
+                "status_code": stmt.excluded.status_code,
+                "reason": stmt.excluded.reason,
+                "attempts": deliveries.c.attempts + stmt.excluded.attempts,
+                "ambiguous": deliveries.c.ambiguous + stmt.excluded.ambiguous,
+                "updated_at": stmt.excluded.updated_at,
+                "service": stmt.excluded.service,
+                "fault": stmt.excluded.fault,
+                # lease_owner stays: a failed row retried in this run is not retried again
+                "lease_until": None,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(stmt, rows)
+            if expired:
+                conn.execute(
+                    update(subscriptions)
+                    .where(subscriptions.c.id.in_(expired), subscriptions.c.status == "active")
+                    .values(status="expired", expired_at=now, updated_at=now)
+                )
+            for r in moved:
+                self._move_endpoint(conn, r, now)
+
+    # --- the intent log ------------------------------------------------------------------
+
+    def mark_inflight(self, campaign_id: int, targets: Sequence[tuple[int, str]]) -> None:
+        """Commit ``(subscription_id, service)`` pairs as in flight, in one transaction.
+
+        Called for each small batch just before its requests go out, so whatever
+        happens to this process, the next run knows who may already have the
+        message. The final outcome (``record``) overwrites the row.
+        """
+        if not targets:
+            return
+        now = time.time()
+        if self.is_sqlite:  # the driver's executemany: a third of the cost, once per chunk
+            with self._write() as conn:
+                conn.exec_driver_sql(_SQLITE_MARK_INFLIGHT, [
+                    (campaign_id, sid, service, now) for sid, service in targets])
+            return
+        insert = dialect_insert(self.engine)
+        stmt = insert(deliveries)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id],
+            set_={"outcome": INFLIGHT, "updated_at": stmt.excluded.updated_at},
+        )
+        with self._write() as conn:
+            conn.execute(stmt, [
+                {"campaign_id": campaign_id, "subscription_id": sid, "outcome": INFLIGHT,
+                 "service": service, "attempts": 0, "ambiguous": 0, "updated_at": now}
+                for sid, service in targets])
+
+    def inflight_among(self, campaign_id: int, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` an earlier run marked in flight and never recorded."""
+        if not ids:
+            return set()
+        d = deliveries
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(
+                select(d.c.subscription_id).where(d.c.campaign_id == campaign_id,
+                                                  d.c.outcome == INFLIGHT,
+                                                  d.c.subscription_id.in_(ids)))}
+
+    def release_inflight(self, campaign_id: int, ids: Sequence[int]) -> None:
+        """Return in-flight rows whose request never went out to the queue (a graceful stop)."""
+        if not ids:
+            return
+        d = deliveries
+        with self._write() as conn:
+            conn.execute(update(d).where(d.c.campaign_id == campaign_id,
+                                         d.c.outcome == INFLIGHT,
+                                         d.c.subscription_id.in_(ids))
+                         .values(outcome=PENDING, lease_until=None))
+
+    @staticmethod
+    def _move_endpoint(conn: Connection, r: DeliveryRecord, now: float) -> bool:
+        """Keep the endpoint form the push service accepted (FCM /wp/) for later sends.
+
+        Only while the row still holds the old form; if another row already
+        holds the new one (imported meanwhile), both stay as they are (False):
+        a unique clash must never cost the ledger batch it rides in.
+        """
+        assert r.moved is not None
+        old, new = r.moved
+        s, other = subscriptions, subscriptions.alias("other")
+        taken = select(other.c.id).where(other.c.endpoint == new).exists()
+        try:
+            with conn.begin_nested():
+                n = conn.execute(update(s).where(s.c.id == r.subscription_id,
+                                                 s.c.endpoint == old, ~taken)
+                                 .values(endpoint=new, updated_at=now)).rowcount
+        except IntegrityError:  # an import stored the /wp/ form between our check and write
+            return False
+        return bool(n)
+
+    def outcome_counts(self, campaign_id: int) -> dict[str, dict[str, int]]:
+        """{service: {outcome: count}} plus the ambiguous re-sends under ``"_ambiguous"``."""
+        stmt = (
+            select(deliveries.c.service, deliveries.c.outcome, func.count(),
+                   func.sum(deliveries.c.ambiguous))
+            .where(deliveries.c.campaign_id == campaign_id,
+                   deliveries.c.outcome.not_in(UNFINAL))
+            .group_by(deliveries.c.service, deliveries.c.outcome)
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for service, outcome, n, amb in conn.execute(stmt):
+                out.setdefault(service, {})[outcome] = int(n)
+                if amb:
+                    out.setdefault("_ambiguous", {})[service] = (
+                        out.get("_ambiguous", {}).get(service, 0) + int(amb))
+        return out
+
+    def delivery_rows(self, campaign_id: int) -> Iterator[dict[str, Any]]:
+        """Every ledger row of a campaign with the endpoint while it is still stored."""
+        d, s = deliveries, subscriptions
+        after = 0
+        while True:
+            stmt = (
+                select(d.c.subscription_id, s.c.endpoint, d.c.service, d.c.outcome,
+                       d.c.status_code, d.c.reason, d.c.attempts, d.c.updated_at,
+                       d.c.ambiguous)
+                .select_from(d.outerjoin(s, s.c.id == d.c.subscription_id))
+                .where(d.c.campaign_id == campaign_id, d.c.subscription_id > after,
+                       d.c.outcome.not_in(UNFINAL))
+                .order_by(d.c.subscription_id)
+                .limit(2000)
+            )
+            with self._read() as conn:
+                rows = conn.execute(stmt).all()
+            if not rows:
+                return
+            for r in rows:
+                yield dict(r._mapping)
+            after = rows[-1][0]
+
+def _pending_query(stmt: Any, campaign_id: int, retry_failed: bool) -> Any:
+    """Restrict ``stmt`` to the active subscribers who still need this campaign's message.
+
+    The one definition of "pending" that streaming and counting share.
+    """
+    d, s = deliveries, subscriptions
+    return (stmt.select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
+                                                 d.c.campaign_id == campaign_id)))
+            .where(s.c.status == "active", _unresolved(retry_failed)))
+
+
+def _unresolved(retry_failed: bool) -> Any:
+    """Ledger state of a subscriber who still needs this campaign's message."""
+    d = deliveries
+    states = [*UNFINAL, *RETRY] if retry_failed else [*UNFINAL]
+    return or_(d.c.outcome.is_(None), d.c.outcome.in_(states))
+
+
+def _claimable(now: float) -> Any:
+    """Queued work nobody holds: pending with no live lease, or failed (for
+    --retry-failed) not yet retried in this run or whose retrier died."""
+    d = deliveries
+    expired_lease = and_(d.c.lease_until.is_not(None), d.c.lease_until < now)
+    return or_(
+        # in flight under a lease that ran out: its sender died (uncertain, see INFLIGHT)
+        and_(d.c.outcome.in_(UNFINAL), or_(d.c.lease_until.is_(None), expired_lease)),
+        and_(d.c.outcome.in_(RETRY), or_(d.c.lease_owner.is_(None),
+                                                      expired_lease)),
+    )
+
+
