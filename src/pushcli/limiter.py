@@ -1,0 +1,234 @@
+"""How many requests one push-service origin may have in flight, learnt while sending.
+
+A push service is tens of milliseconds away, so a fixed number of requests in
+flight caps a send at ``limit / round-trip``. ``ConcurrencyLimit`` is an AIMD
+limiter (additive increase, multiplicative decrease), the way TCP finds a
+link's capacity:
+
+- It starts modest (``initial``, 32) and, while the limit is actually used and
+  latency holds, doubles once per window (a window is ``limit`` completed
+  requests, about one round trip); after the first cut it grows by
+  ``sqrt(limit)`` per window instead. It never passes ``ceiling``.
+- "Latency holds" means the window's mean latency stays within
+  ``latency_tolerance`` times the lowest window mean seen (plus a few ms of
+  slack). At a constant throughput latency grows in proportion to what is in
+  flight (Little's law), so this is what stops growth once throughput stops
+  rising: past that point more requests in flight only queue, here or there.
+  Latency alone shrinks the limit gently (x0.9) and never below ``initial``.
+- A throttling answer (429, WNS 406, 503) or a timeout halves it, at most once
+  per round trip: only a request started after the previous cut can cut again,
+  so one burst of 429s from the same window counts once.
+- Pinned (``adaptive=False``, from ``--concurrency N``) it stays at ``ceiling``.
+
+``Pacer`` spaces request starts: a fixed ceiling (``rate_limit``, a push
+service's quota such as FCM's 600,000/min) and, when adaptive, a rate learnt
+from throttling: at a 429/406/503 it drops to 90 % of what the origin accepted
+in the last second (at most 30 % less a second, never below 10/s), then
+creeps up 2 % per second while it is what holds the send back. A concurrency
+limit alone cannot be polite to a rate quota: a service 60 ms away that allows
+1,000/s is over it with 61 requests in flight.
+
+Pure bookkeeping with an injected clock: the engine decides when to call it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable
+
+#: Requests in flight an adaptive limit starts from, per origin.
+INITIAL_LIMIT = 32
+
+
+class Signal(enum.Enum):
+    """What one finished request says about the push service's load."""
+
+    OK = "ok"  # an answer that was not a throttling one (201, 410, 400, ...)
+    THROTTLED = "throttled"  # 429, WNS 406, 503: slow down
+    TIMEOUT = "timeout"  # no answer in time: as much a congestion sign as a 429
+    NONE = "none"  # says nothing about load (never posted, refused by our own guard)
+
+
+class ConcurrencyLimit:
+    """The in-flight limit of one origin (see the module docstring for the rules)."""
+
+    def __init__(self, ceiling: int, *, adaptive: bool = True, initial: int = INITIAL_LIMIT,
+                 latency_tolerance: float = 2.0, latency_slack: float = 0.005,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if ceiling < 1:
+            raise ValueError("ceiling must be at least 1")
+        self.ceiling = ceiling
+        self.adaptive = adaptive
+        self.initial = min(initial, ceiling) if adaptive else ceiling
+        self._limit = float(self.initial)
+        self._tolerance = latency_tolerance
+        self._slack = latency_slack
+        self._clock = clock
+        self.in_flight = 0
+        self.peak_in_flight = 0  # the concurrency this origin actually reached
+        self.peak_limit = self.initial
+        self.cuts = 0  # multiplicative decreases on throttling answers or timeouts
+        self.lowest_after_cut: int | None = None
+        self.baseline: float | None = None  # lowest window mean latency, seconds
+        self._slow_start = True
+        self._last_cut = -math.inf
+        self._reset_window()
+
+    @property
+    def limit(self) -> int:
+        """Requests this origin may have in flight now."""
+        return max(1, int(self._limit))
+
+    def can_start(self) -> bool:
+        """Whether one more request may go out to this origin now."""
+        return self.in_flight < self.limit
+
+    def start(self) -> float:
+        """Count a request as in flight; returns its start time for ``finish``."""
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._window_busiest = max(self._window_busiest, self.in_flight)
+        return self._clock()
+
+    def finish(self, started: float, signal: Signal) -> None:
+        """A request begun at ``started`` ended with ``signal``: adjust the limit."""
+        self.in_flight -= 1
+        if not self.adaptive or signal is Signal.NONE:
+            return
+        now = self._clock()
+        if signal is not Signal.OK:
+            if started >= self._last_cut:  # once per round trip
+                self._cut(now, 0.5, floor=1)
+            return
+        self._window_count += 1
+        self._window_latency += now - started
+        if self._window_count < max(self.limit, 4):
+            return
+        mean = self._window_latency / self._window_count
+        busy = self._window_busiest >= self.limit - max(1, self.limit // 10)
+        if self.baseline is None or mean < self.baseline:
+            self.baseline = mean
+        if mean > self.baseline * self._tolerance + self._slack:
+            # queueing: more in flight no longer buys throughput
+            self._slow_start = False
+            gentler = self._limit * 0.9
+            self._limit = gentler if gentler >= self.initial else min(self._limit,
+                                                                       float(self.initial))
+        elif busy:
+            step = self._limit if self._slow_start else max(1.0, math.sqrt(self._limit))
+            self._limit = min(float(self.ceiling), self._limit + step)
+            self.peak_limit = max(self.peak_limit, self.limit)
+        self._reset_window()
+
+    def _cut(self, now: float, factor: float, *, floor: int) -> None:
+        self._limit = max(float(floor), self._limit * factor)
+        self._last_cut = now
+        self._slow_start = False
+        self.cuts += 1
+        low = self.lowest_after_cut
+        self.lowest_after_cut = self.limit if low is None else min(low, self.limit)
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._window_count = 0
+        self._window_latency = 0.0
+        self._window_busiest = self.in_flight
+
+
+class Pacer:
+    """Spaces request starts to at most ``rate`` per second (None: unpaced).
+
+    ``reserve`` books the next start slot and says how long to wait for it, so
+    concurrent callers queue in order without a lock. With ``adaptive`` it also
+    learns a lower rate from throttling answers (see the module docstring).
+    """
+
+    #: A throttling answer is followed within a second by others from the same burst.
+    CUT_EVERY = 1.0
+    #: Learnt rates stay above this: throttling that does not follow the rate (a fixed
+    #: share of 429s) must not bring a send to a crawl.
+    MIN_RATE = 10.0
+    #: How fast a learnt rate probes upwards while it holds the send back, per second.
+    PROBE = 0.02
+    _BUCKETS = 10  # accepted answers in 0.1 s buckets over the last second
+
+    def __init__(self, rate: float | None = None, *, adaptive: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if rate is not None and not rate > 0:
+            raise ValueError("rate must be positive")
+        self.ceiling = rate
+        self.adaptive = adaptive
+        self.learnt: float | None = None
+        self.cuts = 0
+        self._clock = clock
+        self._next_at = clock()
+        self._last_cut = -math.inf
+        self._grown_at = self._next_at
+        self._first_accepted = math.inf
+        self._counts = [0] * self._BUCKETS
+        self._bucket = int(self._next_at * self._BUCKETS)
+
+    @property
+    def rate(self) -> float | None:
+        """Starts per second allowed now: the lower of the ceiling and the learnt rate."""
+        if self.learnt is None:
+            return self.ceiling
+        return self.learnt if self.ceiling is None else min(self.ceiling, self.learnt)
+
+    def reserve(self) -> float:
+        """Book the next start; seconds the caller must wait before starting."""
+        rate = self.rate
+        if rate is None:
+            return 0.0
+        now = self._clock()
+        slot = max(now, self._next_at)
+        self._next_at = slot + 1.0 / rate
+        if self.learnt is not None:
+            if slot > now:  # the learnt rate is what holds the send back: probe upwards
+                self.learnt *= 1.0 + self.PROBE * min(now - self._grown_at, 1.0)
+                if self.ceiling is not None and self.learnt > self.ceiling:
+                    self.learnt = self.ceiling
+            self._grown_at = now
+        return slot - now
+
+    def accepted(self) -> None:
+        """Count an answer that was not a throttling one (the rate the origin takes)."""
+        if self.adaptive:
+            if self._first_accepted == math.inf:
+                self._first_accepted = self._clock()
+            self._advance()
+            self._counts[self._bucket % self._BUCKETS] += 1
+
+    def throttled(self) -> None:
+        """A throttling answer: learn 90 % of what the origin accepted in the last second."""
+        if not self.adaptive:
+            return
+        now = self._clock()
+        if now - self._last_cut < self.CUT_EVERY:
+            return
+        self._last_cut = now
+        self._advance()
+        taken = float(sum(self._counts))
+        # the buckets span 0.9 s plus the part of the current one gone by (less when the
+        # origin answered for less than a second)
+        span = min(0.9 + (now * self._BUCKETS - self._bucket) / self._BUCKETS,
+                   now - self._first_accepted)
+        before = self.rate
+        if taken >= 1 and span > 0:
+            self.learnt = 0.9 * taken / span
+            if before is not None:  # at most -30 % a second: a few stray 429s are no quota
+                self.learnt = max(self.learnt, 0.7 * before)
+        elif self.learnt is not None:
+            self.learnt = 0.7 * self.learnt
+        if self.learnt is not None:
+            self.learnt = max(self.MIN_RATE, self.learnt)
+        self._grown_at = now
+        self.cuts += 1
+
+    def _advance(self) -> None:
+        bucket = int(self._clock() * self._BUCKETS)
+        for b in range(max(self._bucket + 1, bucket - self._BUCKETS + 1), bucket + 1):
+            self._counts[b % self._BUCKETS] = 0
+        self._bucket = max(self._bucket, bucket)

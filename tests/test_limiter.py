@@ -1,0 +1,240 @@
+"""Adaptive concurrency and pacing per push-service origin (``pushcli.limiter``), and the
+engine shrinking its in-flight limit when the push service throttles, losing nothing.
+
+The limiter tests drive a fake clock: no sleeping, no timing assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pushcli.encoding import b64_decode
+from pushcli.engine import Engine
+from pushcli.keys import VapidSigner, generate_keys, load_private_key
+from pushcli.limiter import INITIAL_LIMIT, ConcurrencyLimit, Pacer, Signal
+from pushcli.messages import DeliveryOptions, DeliveryRecord, Job, LatencyHistogram, Stats
+from pushcli.pushservices import Outcome, check_endpoint
+from pushcli.testing import PushServiceEmulator
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_window(limit: ConcurrencyLimit, clock: Clock, latency: float,
+               signal: Signal = Signal.OK, fill: bool = True) -> None:
+    """One round trip: fill the limit (or send 4), advance ``latency``, finish them all."""
+    n = limit.limit if fill else 4
+    starts = [limit.start() for _ in range(n)]
+    clock.now += latency
+    for started in starts:
+        limit.finish(started, signal)
+
+
+def test_starts_modest_and_doubles_while_latency_holds() -> None:
+    clock = Clock()
+    limit = ConcurrencyLimit(1000, clock=clock)
+    assert limit.limit == INITIAL_LIMIT == 32
+    seen = []
+    for _ in range(6):
+        run_window(limit, clock, 0.06)
+        seen.append(limit.limit)
+    assert seen == [64, 128, 256, 512, 1000, 1000]  # never past the ceiling
+    assert limit.peak_limit == 1000 and limit.cuts == 0
+
+
+def test_does_not_grow_when_the_limit_is_not_used() -> None:
+    clock = Clock()
+    limit = ConcurrencyLimit(1000, clock=clock)
+    for _ in range(5):
+        run_window(limit, clock, 0.06, fill=False)  # only 4 in flight of 32 allowed
+    assert limit.limit == 32
+
+
+def test_latency_growth_stops_growth_and_backs_off_gently_not_below_the_start() -> None:
+    clock = Clock()
+    limit = ConcurrencyLimit(1000, clock=clock)
+    run_window(limit, clock, 0.01)
+    run_window(limit, clock, 0.01)
+    assert limit.limit == 128
+    run_window(limit, clock, 0.05)  # 5x the baseline: queueing, not capacity
+    assert limit.limit == 115  # x0.9
+    for _ in range(30):
+        run_window(limit, clock, 0.05)
+    assert limit.limit == INITIAL_LIMIT  # latency alone never goes below the start
+
+
+@pytest.mark.parametrize("signal", [Signal.THROTTLED, Signal.TIMEOUT])
+def test_throttling_or_timeouts_halve_once_per_round_trip(signal: Signal) -> None:
+    clock = Clock()
+    limit = ConcurrencyLimit(1000, clock=clock)
+    for _ in range(3):
+        run_window(limit, clock, 0.06)
+    assert limit.limit == 256
+    run_window(limit, clock, 0.06, signal)  # 256 throttled answers of one burst
+    assert limit.limit == 128 and limit.cuts == 1
+    run_window(limit, clock, 0.06, signal)  # started after the cut: cuts again
+    assert limit.limit == 64 and limit.cuts == 2
+    assert limit.lowest_after_cut == 64
+    # after a cut, additive growth: + sqrt(limit) per round trip
+    run_window(limit, clock, 0.06)
+    assert limit.limit == 72
+
+
+def test_repeated_throttling_goes_down_to_one_request_but_not_zero() -> None:
+    clock = Clock()
+    limit = ConcurrencyLimit(1000, clock=clock)
+    for _ in range(10):
+        run_window(limit, clock, 0.06, Signal.THROTTLED)
+    assert limit.limit == 1 and limit.can_start()
+
+
+def test_signals_without_an_answer_change_nothing() -> None:
+    clock = Clock()
+    limit = ConcurrencyLimit(1000, clock=clock)
+    run_window(limit, clock, 0.06, Signal.NONE)
+    assert limit.limit == 32 and limit.in_flight == 0
+
+
+def test_pinned_limit_never_moves() -> None:
+    clock = Clock()
+    limit = ConcurrencyLimit(8, adaptive=False, clock=clock)
+    assert limit.limit == 8
+    for signal in (Signal.OK, Signal.THROTTLED, Signal.TIMEOUT, Signal.OK):
+        run_window(limit, clock, 0.06, signal)
+        assert limit.limit == 8
+    assert limit.peak_in_flight == 8 and limit.cuts == 0
+
+
+def test_a_small_ceiling_is_the_start() -> None:
+    assert ConcurrencyLimit(10, clock=Clock()).limit == 10
+
+
+def test_in_flight_is_bounded_by_the_limit() -> None:
+    limit = ConcurrencyLimit(1000, clock=Clock())
+    started = 0
+    while limit.can_start():
+        limit.start()
+        started += 1
+    assert started == 32 == limit.in_flight
+
+
+def test_pacer_spaces_starts_at_its_ceiling() -> None:
+    clock = Clock()
+    pacer = Pacer(10_000, clock=clock)  # FCM's default quota, per second
+    delays = [pacer.reserve() for _ in range(5)]
+    assert delays == pytest.approx([0.0, 0.0001, 0.0002, 0.0003, 0.0004])
+    assert Pacer(None, clock=clock).reserve() == 0.0
+
+
+def test_pacer_learns_the_rate_the_origin_takes_and_probes_up_slowly() -> None:
+    clock = Clock()
+    pacer = Pacer(None, adaptive=True, clock=clock)
+    assert pacer.rate is None
+    for _ in range(1000):  # the origin takes 1,000 in the last second, then throttles
+        clock.now += 0.001
+        pacer.accepted()
+    pacer.throttled()
+    assert pacer.rate == pytest.approx(900, rel=0.01)
+    pacer.throttled()  # the rest of the same burst: once per second
+    assert pacer.cuts == 1
+    for _ in range(1000):  # 10 s of more demand than the learnt rate allows
+        clock.now += 0.01
+        for _ in range(20):
+            pacer.reserve()
+    assert 1000 < pacer.rate < 1200  # ~2 %/s upwards
+    capped = Pacer(500, adaptive=True, clock=clock)
+    for _ in range(1000):
+        clock.now += 0.001
+        capped.accepted()
+    capped.throttled()
+    assert capped.rate == 500  # the ceiling still holds
+
+
+def test_pacer_without_a_measure_cuts_what_it_had_learnt() -> None:
+    clock = Clock()
+    pacer = Pacer(None, adaptive=True, clock=clock)
+    pacer.throttled()  # throttled before anything was accepted: nothing to learn from
+    assert pacer.rate is None
+    for _ in range(100):
+        clock.now += 0.01
+        pacer.accepted()
+    pacer.throttled()
+    assert pacer.rate == pytest.approx(90, rel=0.02)
+    clock.now += 5  # nothing accepted in the last second
+    pacer.throttled()
+    assert pacer.rate == pytest.approx(63, rel=0.02)  # -30 % at most
+    for _ in range(20):
+        clock.now += 5
+        pacer.throttled()
+    assert pacer.rate == Pacer.MIN_RATE
+
+
+def test_latency_histogram_quantiles_within_five_percent_and_merge() -> None:
+    a, b = LatencyHistogram(), LatencyHistogram()
+    for i in range(1, 101):
+        (a if i % 2 else b).add(i / 1000)  # 1..100 ms
+    a.merge(b)
+    assert a.quantile(0.5) == pytest.approx(0.050, rel=0.05)
+    assert a.quantile(0.95) == pytest.approx(0.095, rel=0.05)
+    assert LatencyHistogram().quantile(0.5) is None
+    assert len(a.counts) < 60  # bounded: buckets, not samples
+
+
+def test_stats_live_rate_and_eta_from_an_injected_clock() -> None:
+    stats = Stats(total=1000, started=0.0)
+    stats.live_rate(now=0.0)
+    stats.outcomes["sent"] = 200
+    assert stats.live_rate(now=2.0) == 100.0
+    assert stats.eta(now=2.0) == 8.0
+
+
+# --- the engine against the emulator ----------------------------------------------------
+
+ALLOWED = frozenset({"127.0.0.1"})
+
+
+def test_engine_shrinks_on_429_and_loses_nothing(tmp_path: Path) -> None:
+    """429s without Retry-After (so no pause): the origin's limit is cut, every
+    subscriber still ends sent, each message arrives once."""
+    key = generate_keys(tmp_path).application_server_key
+    signer = VapidSigner(load_private_key(tmp_path / "vapid_private.pem"),
+                         "mailto:ops@shop.example.com")
+    n = 600
+    with PushServiceEmulator(port=0, seed=3) as emu:
+        subs = emu.create_subscriptions(n, key)
+        jobs = []
+        for i, s in enumerate(subs, start=1):
+            ep = check_endpoint(s["endpoint"], ALLOWED)
+            jobs.append(Job(i, ep.url, ep.origin, ep.service, b64_decode(s["keys"]["p256dh"]),
+                            b64_decode(s["keys"]["auth"]), b'{"title":"hi"}'))
+        emu.add_fault(429, rate=0.25, retry_after=-1, times=40)
+        outcomes: dict[int, Outcome] = {}
+
+        def sink(recs: list[DeliveryRecord]) -> None:
+            for r in recs:
+                assert r.subscription_id not in outcomes
+                outcomes[r.subscription_id] = r.outcome
+
+        options = DeliveryOptions(concurrency=256, max_attempts=50, backoff_base=0.005,
+                                  backoff_max=0.05)
+        engine = Engine(signer, options, sink, allowed_hosts=ALLOWED)
+        stats = asyncio.run(engine.run(iter([jobs[i:i + 100] for i in range(0, n, 100)])))
+        (host,) = engine._hosts.values()
+        assert emu.stats()["by_status"].get("429", 0) > 0
+        assert host.limit.cuts >= 1
+        assert host.limit.lowest_after_cut is not None
+        assert host.limit.lowest_after_cut < host.limit.peak_limit
+        assert host.pacer.cuts >= 1  # and it learnt a rate
+        assert set(outcomes.values()) == {Outcome.SENT} and len(outcomes) == n
+        assert all(len(emu.messages(s["endpoint"])) == 1 for s in subs)
+        assert stats.retries > 0 and sum(stats.in_flight.values()) == 0
+        svc = stats.per_service()[jobs[0].service]
+        assert svc["concurrency_reached"] >= 1 and svc["latency_p50_ms"] is not None
