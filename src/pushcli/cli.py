@@ -1,10 +1,13 @@
 """Typer wiring only: parse options, call one library function, render its
-result (rich tables, or one JSON document with --json), map errors to exit codes.
+result (``console``, or one JSON document with --json), map errors to exit codes.
 
 Exit codes (the same for every command):
   0 ok; 1 partial failure (rejected records, failed deliveries, doctor problems);
   2 invalid input or usage; 74 the store could not be written (nothing lost, re-run);
   75 busy (another run holds the lock); 130 interrupted.
+
+The library is imported inside each command: ``pushcli --help`` or a typo
+never pays for SQLAlchemy, the crypto or aiohttp.
 """
 
 from __future__ import annotations
@@ -13,22 +16,26 @@ import enum
 import functools
 import json
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.markup import escape
-from sqlalchemy.exc import DBAPIError
 
 from pushcli import __version__
 from pushcli.console import Progress, err, out, print_error, print_summary
+from pushcli.defaults import (
+    ALLOW_HOSTS_ENV,
+    DB_ENV,
+    DEFAULT_DB,
+    PRIVATE_KEY_ENV,
+    PRIVATE_KEY_NAME,
+    SUBJECT_ENV,
+)
 from pushcli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError
-from pushcli.store import DB_ENV, DEFAULT_DB, PRUNE_LOCK, Store, is_campaign_lock, store_error
 
 if TYPE_CHECKING:
-    from pushcli.campaign import Campaign
+    from pushcli.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +43,28 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 partial failure, 2 invalid input, 74 store not writable, "
     "75 busy (locked), 130 interrupted."
 )
+
+# Options several commands share, declared once.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ReportJsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
+KeyOpt = Annotated[Path | None, typer.Option(
+    "--key", envvar=PRIVATE_KEY_ENV, show_envvar=True,
+    help=f"VAPID private key (default: the campaign's vapid.private_key, else "
+    f"{PRIVATE_KEY_NAME}).")]
+SubjectOpt = Annotated[str | None, typer.Option(
+    "--subject", envvar=SUBJECT_ENV, show_envvar=True,
+    help="VAPID subject (overrides vapid.subject).")]
+AllowHostOpt = Annotated[list[str] | None, typer.Option(
+    "--allow-host", help=f"Also allow endpoints at this host (repeatable; {ALLOW_HOSTS_ENV}).")]
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", envvar=DB_ENV, show_envvar=True,
+    help=f"Store: a SQLite path or a SQLAlchemy URL (default: {DEFAULT_DB} in the working "
+    "directory).")]
+StatusOpt = Annotated[str, typer.Option(help="active | expired | all")]
+ReportFilesOpt = Annotated[list[Path] | None, typer.Option(
+    "--report", help="Also write the report to FILE.json and/or FILE.csv (repeatable).")]
+
 
 def _flags_take_no_value() -> None:
     """Keep rich help from printing ``<bool>`` after flags such as ``--dry-run``.
@@ -82,7 +111,6 @@ app.add_typer(testing_app, name="testing")
 app.add_typer(web_app, name="web")
 
 
-
 class OnUncertain(enum.StrEnum):
     """``send --on-uncertain``: what to do with subscribers an earlier run left in flight."""
 
@@ -102,6 +130,20 @@ def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _store_failure(exc: BaseException) -> PushcliError | None:
+    """A database error that escaped the store boundary, as the store's one-line error.
+
+    SQLAlchemy is loaded only once a command opened the store, so there is
+    nothing to recognise before that (and no reason to import it here).
+    """
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError):
+        return None
+    from pushcli.store import store_error
+
+    return store_error(exc, None)
+
+
 def handle_errors(fn: F) -> F:
     """Turn library exceptions into one line on stderr and the documented exit code."""
 
@@ -111,14 +153,16 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except PushcliError as exc:
             fail(str(exc), exc.exit_code)
-        except DBAPIError as exc:  # a database call past the store boundary: same one line
-            error = store_error(exc, None)
-            fail(str(error), error.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             raise typer.Exit(EXIT_OK) from None
+        except Exception as exc:  # a database call past the store boundary: same one line
+            error = _store_failure(exc)
+            if error is None:
+                raise
+            fail(str(error), error.exit_code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -130,7 +174,15 @@ def emit_json(doc: Any) -> None:
 
 
 def open_store(create: bool = True) -> Store:
+    from pushcli.store import Store
+
     return Store.open(state.db, create=create)
+
+
+def _allowed(allow_host: list[str] | None) -> frozenset[str]:
+    from pushcli.pushservices import allowed_hosts_from_env
+
+    return allowed_hosts_from_env(allow_host or ())
 
 
 def _version(value: bool) -> None:
@@ -141,10 +193,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    db: Annotated[str | None, typer.Option(
-        "--db", envvar=DB_ENV, show_envvar=True,
-        help=f"Store: a SQLite path or a SQLAlchemy URL "
-        f"(default: {DEFAULT_DB} in the working directory).")] = None,
+    db: DbOpt = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
@@ -164,7 +213,7 @@ def keys_generate(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing private key (orphans every subscription!).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a P-256 VAPID key pair: vapid_private.pem (0600) and vapid_public.pem."""
     from pushcli.keys import generate_keys
@@ -177,23 +226,20 @@ def keys_generate(
     out.print("applicationServerKey (pass it to pushManager.subscribe):")
     out.print(info.application_server_key, soft_wrap=True)
     if subject:
-        out.print(f"Subject {subject} is valid; set it with PUSHCLI_VAPID_SUBJECT or "
+        out.print(f"Subject {subject} is valid; set it with {SUBJECT_ENV} or "
                   "vapid.subject in the campaign.")
 
 
 @keys_app.command("show")
 @handle_errors
-def keys_show(
-    key: Annotated[Path, typer.Option("--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY",
-                                      help="Private key file.")] = Path("vapid_private.pem"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def keys_show(key: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """Print the applicationServerKey of an existing private key."""
-    from pushcli.keys import show_key
+    from pushcli.keys import show_key, vapid_key_path
 
-    info = show_key(key)
+    path = vapid_key_path(None, key)
+    info = show_key(path)
     if as_json:
-        emit_json({"private_key": str(key),
+        emit_json({"private_key": str(path),
                    "application_server_key": info.application_server_key})
     else:
         print(info.application_server_key)
@@ -210,71 +256,45 @@ def subscribers_import(
         "--format", help="json | ndjson | csv (default: from the extension).")] = None,
     tag: Annotated[list[str] | None, typer.Option(
         "--tag", help="Add this tag to every imported subscriber (repeatable).")] = None,
-    allow_host: Annotated[list[str] | None, typer.Option(
-        "--allow-host", help="Also accept endpoints at this host (repeatable).")] = None,
+    allow_host: AllowHostOpt = None,
     strict: Annotated[bool, typer.Option(
         help="Import nothing if any record is invalid.")] = False,
     delimiter: Annotated[str | None, typer.Option(
         "--delimiter", help="CSV separator (default: ',' ';' or tab, detected from the "
         "header); 'tab' for a tab.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")
-                     ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Import subscriptions (PushSubscription.toJSON() objects) and upsert them by endpoint.
 
     Invalid records are reported with their line or index and skipped; exit 1
     if any was rejected. With --strict nothing is stored unless all are valid.
     """
-    from pushcli.pushservices import allowed_hosts_from_env
-    from pushcli.subscriptions import csv_delimiter, detect_format, open_source, parse_stream
+    from pushcli.console import print_import
+    from pushcli.store import Rejection
+    from pushcli.subscriptions import describe_rejection, read_files
 
-    allowed = allowed_hosts_from_env(allow_host or ())
-    formats = [(name, detect_format(name, fmt)) for name in files]
-    if delimiter is not None:
-        delimiter = csv_delimiter(delimiter)
-    for name, _ in formats:
-        # Open (and close) every file before importing any, so a typo in the third name
-        # does not leave the first two imported.
-        if name != "-":
-            open_source(name).close()
-
-    def records() -> Any:
-        for name, f in formats:
-            stream = open_source(name)
-            try:
-                source = "<stdin>" if name == "-" else name
-                for rec in parse_stream(stream, f, source=source, allowed_hosts=allowed,
-                                        extra_tags=tag or (), delimiter=delimiter):
-                    yield source, rec
-            finally:
-                if name != "-":
-                    stream.close()
-
+    records = read_files(files, fmt, allowed_hosts=_allowed(allow_host), extra_tags=tag or (),
+                         delimiter=delimiter)
     shown = 0
 
-    def on_reject(msg: str) -> None:
+    def described(r: Rejection) -> str:
+        return describe_rejection(r.source, r.location, r.reason)
+
+    def on_reject(rejection: Rejection) -> None:
         nonlocal shown
         shown += 1
         if shown <= 50:
-            print(f"rejected: {msg}", file=sys.stderr)
+            print(f"rejected: {described(rejection)}", file=sys.stderr)
         elif shown == 51:
             print("rejected: ... (more; see the summary)", file=sys.stderr)
 
     with open_store() as store:
-        result = store.import_subscriptions(records(), strict=strict, on_reject=on_reject)
+        result = store.import_subscriptions(records, strict=strict, on_reject=on_reject)
     if as_json:
-        emit_json(result.to_json())
+        emit_json({**result.to_json(), "errors": [described(r) for r in result.rejections]})
     elif not quiet or result.rejected:
-        from rich.table import Table
-
-        table = Table(title="Import" + ("" if result.committed else
-                                        " (strict: nothing stored)"), title_justify="left")
-        for col in ("read", "added", "updated", "unchanged", "rejected"):
-            table.add_column(col, justify="right")
-        table.add_row(*(f"{getattr(result, c):,}" for c in (
-            "read", "added", "updated", "unchanged", "rejected")))
-        out.print(table)
+        print_import(result)
     if result.rejected:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -283,8 +303,8 @@ def subscribers_import(
 @handle_errors
 def subscribers_count(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Any of these tags.")] = None,
-    status: Annotated[str, typer.Option(help="active | expired | all")] = "active",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    status: StatusOpt = "active",
+    as_json: JsonOpt = False,
 ) -> None:
     """Count subscribers (active ones by default)."""
     with open_store(create=False) as store:
@@ -299,7 +319,7 @@ def subscribers_count(
 @handle_errors
 def subscribers_export(
     fmt: Annotated[str, typer.Option("--format", help="json | ndjson | csv")] = "ndjson",
-    status: Annotated[str, typer.Option(help="active | expired | all")] = "active",
+    status: StatusOpt = "active",
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Write to this file (0600) instead of standard output.")] = None,
 ) -> None:
@@ -345,19 +365,17 @@ def subscribers_export(
 
 # --- send ----------------------------------------------------------------------------------
 
+_EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign "
+                   "(nothing sent; exit 0)")
+
 
 @app.command("send")
 @handle_errors
 def send(
     campaign_file: Annotated[Path, typer.Argument(help="Campaign YAML file.")],
-    key: Annotated[Path | None, typer.Option(
-        "--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY", show_envvar=True,
-        help="VAPID private key (overrides vapid.private_key).")] = None,
-    subject: Annotated[str | None, typer.Option(
-        envvar="PUSHCLI_VAPID_SUBJECT", show_envvar=True,
-        help="VAPID subject (overrides vapid.subject).")] = None,
-    allow_host: Annotated[list[str] | None, typer.Option(
-        "--allow-host", help="Also send to this host (repeatable; PUSHCLI_ALLOW_HOSTS).")] = None,
+    key: KeyOpt = None,
+    subject: SubjectOpt = None,
+    allow_host: AllowHostOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Validate, count, render and size-check; send nothing.")] = False,
     limit: Annotated[int | None, typer.Option(help="Send to at most N subscribers.")] = None,
@@ -377,12 +395,9 @@ def send(
     lease: Annotated[float, typer.Option(
         help="PostgreSQL shared sends: seconds a claimed batch stays reserved; a dead "
         "sender's work returns to the others after it.")] = 60.0,
-    report: Annotated[list[Path] | None, typer.Option(
-        "--report", help="Write the report to FILE.json and/or FILE.csv (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")
-                       ] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress, no summary.")
-                     ] = False,
+    report: ReportFilesOpt = None,
+    as_json: ReportJsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Send a campaign to every pending subscriber in its audience.
 
@@ -392,81 +407,30 @@ def send(
     75 when another run of this campaign holds its lock (SQLite; on PostgreSQL
     several senders share the campaign), 130 on Ctrl-C.
     """
-    from pushcli.campaign import Renderer, load_campaign
-    from pushcli.delivery import DeliveryOptions, count_by_service, send_campaign
+    from pushcli.campaign import load_campaign
+    from pushcli.delivery import dry_run as check_send
+    from pushcli.delivery import options_for, preflight, send_campaign
     from pushcli.keys import resolve_vapid
-    from pushcli.pushservices import KNOWN_SERVICES, allowed_hosts_from_env, topic_problem
     from pushcli.report import build_report, exit_code_for, write_report_files
 
     if limit is not None and limit < 1:
         fail("--limit must be at least 1")
-    if concurrency is not None and not 1 <= concurrency <= 1000:
-        fail("--concurrency must be between 1 and 1000")
-    if timeout <= 0:
-        fail("--timeout must be positive")
     if workers is not None and not 1 <= workers <= 64:
         fail("--workers must be between 1 and 64")
     if not 1 <= lease <= 3600:
         fail("--lease must be between 1 and 3600 seconds")
     campaign = load_campaign(campaign_file)
-    allowed = allowed_hosts_from_env(allow_host or ())
+    options = options_for(campaign, concurrency=concurrency, timeout=timeout,
+                          on_uncertain=on_uncertain.value if on_uncertain else None)
+    allowed = _allowed(allow_host)
     # From here to the fork, --dry-run and send refuse the same things in the same order.
     signer = resolve_vapid(campaign, key, subject)
     with open_store() as store:
-        if to is not None and store.find_by_endpoint(to) is None:
-            # The endpoint itself is never printed: its path is a bearer token.
-            fail("--to: no subscriber with this endpoint in the store (import it first)")
         if dry_run:
-            renderer = Renderer(campaign)
-            from pushcli.delivery import validate_variants
-
-            variants = validate_variants(store, campaign, renderer, to=to)
-            services = count_by_service(store, campaign, allowed, limit=limit, to=to,
-                                        renderer=renderer)
-            _refuse_topic(campaign, services)
-            try:  # a subscriber without attributes; templates with defaults still render
-                sample: bytes | None = renderer.render(None, {})
-            except PushcliError:
-                sample = None
-            doc = {"campaign": campaign.name, "audience": sum(services.values()),
-                   "by_service": dict(services), "variants": variants,
-                   "sample_payload": json.loads(sample) if sample else None,
-                   "sample_payload_bytes": len(sample) if sample else None}
-            if as_json:
-                emit_json(doc)
-            elif not quiet:
-                out.print(f"Campaign [bold]{escape(campaign.name)}[/bold]: valid; "
-                          f"{doc['audience']:,} subscribers, {variants} distinct payloads")
-                for svc, n in sorted(services.items()):
-                    out.print(f"  {svc:<30} {n:>10,}")
-                if sample:
-                    out.print(f"Sample payload ({len(sample)} bytes):")
-                    out.print_json(sample.decode())
-            if not doc["audience"] and not quiet:
-                print(_EMPTY_AUDIENCE, file=sys.stderr)
-            blocked = services.get("blocked", 0)
-            rejected = services.get("rejected", 0)
-            if rejected:  # malformed rows, duplicate endpoints, attributes that do not render
-                print(f"{rejected:,} of {doc['audience']:,} subscribers would be rejected "
-                      "without being contacted (see: pushcli doctor)", file=sys.stderr)
-            if blocked:  # a send would record them `blocked` and exit 1: so does the dry run
-                print(f"{blocked:,} of {doc['audience']:,} subscribers would be blocked by the "
-                      "endpoint policy (see: pushcli doctor; --allow-host)", file=sys.stderr)
-            if blocked or rejected:
-                raise typer.Exit(EXIT_PARTIAL)
-            return
-        if campaign.delivery.topic and any(
-                topic_problem(svc, campaign.delivery.topic) for svc in KNOWN_SERVICES):
-            _refuse_topic(campaign, count_by_service(store, campaign, allowed, limit=limit,
-                                                     to=to))
-        options = DeliveryOptions(
-            ttl=campaign.delivery.ttl, urgency=campaign.delivery.urgency,
-            topic=campaign.delivery.topic,
-            concurrency=concurrency or campaign.delivery.concurrency,
-            rate_limit=campaign.delivery.rate_limit, timeout=timeout,
-            on_uncertain=(on_uncertain.value if on_uncertain is not None
-                          else campaign.delivery.on_uncertain),
-        )
+            found = check_send(store, campaign, allowed, limit=limit, to=to)
+            _show_dry_run(found, as_json, quiet)
+            raise typer.Exit(found.exit_code)
+        preflight(store, campaign, allowed, limit=limit, to=to)
         progress = Progress(quiet, campaign.name)
         try:
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
@@ -475,15 +439,10 @@ def send(
                                    on_progress=progress.update, handle_signals=True)
         finally:
             progress.close()
-        stats = result.stats
-        run = {"duration_s": round(result.duration, 3),
-               "rate_per_s": round(stats.done / result.duration, 1) if result.duration else 0,
-               "attempted": stats.done, "retries": stats.retries,
-               "vapid_signatures": stats.signatures, "interrupted": result.interrupted}
-        doc = build_report(store, campaign.name, run=run)
+        doc = build_report(store, campaign.name, run=result.run_summary())
         if report:
             write_report_files(store, doc, report)
-    if not doc["total"] and not stats.total and not quiet:
+    if not doc["total"] and not result.stats.total and not quiet:
         print(_EMPTY_AUDIENCE, file=sys.stderr)
     if as_json:
         emit_json(doc)
@@ -491,31 +450,22 @@ def send(
         print_summary(doc)
         if result.interrupted:
             err.print("Interrupted: re-run the same command to finish the campaign.")
-    if result.interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(exit_code_for(doc))
+    raise typer.Exit(EXIT_INTERRUPTED if result.interrupted else exit_code_for(doc))
 
 
-_EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign "
-                   "(nothing sent; exit 0)")
+def _show_dry_run(found: Any, as_json: bool, quiet: bool) -> None:
+    """``send --dry-run``'s output: the document or summary, then its warnings on stderr."""
+    from pushcli.console import print_dry_run
 
-
-def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
-    """Refuse a ``delivery.topic`` that a push service in the audience rejects outright.
-
-    ``services`` counts the audience per push service; one Apple subscriber is
-    enough, since Apple would reject the topic for every one of them.
-    """
-    from pushcli.campaign import field_line
-    from pushcli.errors import InputError
-    from pushcli.pushservices import topic_problem
-
-    for svc, n in sorted(services.items()):
-        problem = topic_problem(svc, campaign.delivery.topic) if n else None
-        if problem:
-            raise InputError(f"{problem} ({n:,} subscribers at {svc} in the audience)",
-                             file=campaign.source, line=field_line(campaign, "delivery.topic"),
-                             field="delivery.topic")
+    if as_json:
+        emit_json(found.to_json())
+    elif not quiet:
+        print_dry_run(found.campaign, found.audience, found.variants, found.services,
+                      found.sample)
+    if not found.audience and not quiet:
+        print(_EMPTY_AUDIENCE, file=sys.stderr)
+    for line in found.warnings():
+        print(line, file=sys.stderr)
 
 
 # --- reports and history -------------------------------------------------------------------
@@ -525,9 +475,8 @@ def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
 @handle_errors
 def report_cmd(
     name: Annotated[str, typer.Argument(help="Campaign name.")],
-    report: Annotated[list[Path] | None, typer.Option(
-        "--report", help="Also write FILE.json and/or FILE.csv.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    report: ReportFilesOpt = None,
+    as_json: ReportJsonOpt = False,
 ) -> None:
     """Re-print a campaign's report from the ledger."""
     from pushcli.report import build_report, write_report_files
@@ -544,45 +493,17 @@ def report_cmd(
 
 @campaigns_app.command("list")
 @handle_errors
-def campaigns_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def campaigns_list(as_json: JsonOpt = False) -> None:
     """Campaigns in this store: started, finished, counts by outcome."""
-    from pushcli.report import build_report
+    from pushcli.console import print_campaigns
+    from pushcli.report import campaign_rows
 
     with open_store(create=False) as store:
-        docs = [build_report(store, c.name) for c in store.list_campaigns()]
-    rows = [{k: d[k] for k in ("campaign", "status", "runs", "started_at", "finished_at",
-                                "total", "sent", "expired", "rejected", "auth", "blocked",
-                                "failed", "pending")} for d in docs]
+        rows = campaign_rows(store)
     if as_json:
         emit_json(rows)
-        return
-    columns = ("campaign", "status", "started", "finished", "total", "sent", "expired",
-               "failed", "other", "pending")
-    cells = [[r["campaign"], r["status"], _ts(r["started_at"]), _ts(r["finished_at"]),
-              r["total"], r["sent"], r["expired"], r["failed"],
-              r["rejected"] + r["auth"] + r["blocked"], r["pending"]] for r in rows]
-    if not out.is_terminal:
-        # Cron logs and pipes: whole values, one tab-separated line per campaign; a rich
-        # table would be cut to 80 columns there (`campa…`, `2026-…`).
-        for line in [list(columns), *cells]:
-            print("\t".join(str(c) for c in line))
-        return
-    from rich.table import Table
-
-    table = Table(title="Campaigns", title_justify="left")
-    for col in columns:
-        table.add_column(col, justify="left" if col in (
-            "campaign", "status", "started", "finished") else "right",
-                         overflow="fold")
-    for c in cells:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in c))
-    out.print(table)
-
-
-def _ts(value: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(value)) if value else "-"
+    else:
+        print_campaigns(rows)
 
 
 @app.command("prune")
@@ -596,35 +517,24 @@ def prune(
     ] = None,
     wait: Annotated[float, typer.Option(
         help="Seconds to wait for running sends before giving up (exit 75).")] = 30.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")
-                     ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Delete subscribers marked expired (404/410), never for 401/403 or blocked.
 
     Waits up to --wait seconds while a send is running, then exits 75.
     """
-    prune_wait = wait
-    if failed_campaigns is not None and failed_campaigns < 1:
-        fail("--failed-campaigns must be at least 1")
+    from pushcli import prune as pruning
+
+    pruning.check_failed_campaigns(failed_campaigns)
     with open_store(create=False) as store:
-        if dry_run:  # reads only: no lock, so it never waits for (or blocks) a send
-            ids = store.prunable(failed_campaigns=failed_campaigns)
-            deleted = 0
-        else:
-            lock = store.acquire_lock(PRUNE_LOCK, wait=prune_wait, blocked_by=is_campaign_lock)
-            try:
-                candidates = store.prune_candidates(failed_campaigns=failed_campaigns)
-                ids = [c.id for c in candidates]
-                deleted = store.delete_subscriptions(candidates)
-            finally:
-                lock.release()
+        result = pruning.prune(store, failed_campaigns=failed_campaigns, dry_run=dry_run,
+                               wait=wait)
     if as_json:
-        emit_json({"dry_run": dry_run, "count": len(ids), "deleted": deleted,
-                   "ids": ids if dry_run else None})
+        emit_json(result.to_json())
     elif not quiet:
-        print(f"would delete {len(ids)} subscribers" if dry_run
-              else f"deleted {deleted} subscribers")
+        print(f"would delete {len(result.ids)} subscribers" if dry_run
+              else f"deleted {result.deleted} subscribers")
 
 
 # --- web and testing -----------------------------------------------------------------------
@@ -635,18 +545,17 @@ def prune(
 def web_init(
     directory: Annotated[Path, typer.Argument(help="Folder to write sw.js, subscribe.js, "
                                                    "index.html into.")],
-    key: Annotated[Path, typer.Option("--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY",
-                                      help="VAPID private key.")] = Path("vapid_private.pem"),
+    key: KeyOpt = None,
     subscribe_url: Annotated[str | None, typer.Option(
         help="Where subscribe.js POSTs subscriptions (omit to show the JSON for copy).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:
     """Write a ready-to-serve service worker, subscribe script and example page."""
-    from pushcli.keys import show_key
+    from pushcli.keys import show_key, vapid_key_path
     from pushcli.web import init_site
 
-    paths = init_site(directory, show_key(key).application_server_key,
+    paths = init_site(directory, show_key(vapid_key_path(None, key)).application_server_key,
                       subscribe_url=subscribe_url, force=force)
     for p in paths:
         print(f"wrote {p}")
@@ -687,30 +596,23 @@ def testing_serve(
 def doctor(
     campaign_file: Annotated[Path | None, typer.Argument(help="Also check this campaign.")
                              ] = None,
-    key: Annotated[Path | None, typer.Option(
-        "--key", envvar="PUSHCLI_VAPID_PRIVATE_KEY", help="VAPID private key.")] = None,
-    subject: Annotated[str | None, typer.Option(envvar="PUSHCLI_VAPID_SUBJECT",
-                                                help="VAPID subject.")] = None,
-    allow_host: Annotated[list[str] | None, typer.Option(
-        "--allow-host", help="Also allow this host (repeatable; PUSHCLI_ALLOW_HOSTS).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    key: KeyOpt = None,
+    subject: SubjectOpt = None,
+    allow_host: AllowHostOpt = None,
+    as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only problems.")] = False,
 ) -> None:
     """Check the store, key, subject, push services and (given) a campaign; exit 1 on problems."""
+    from pushcli.console import print_checks
     from pushcli.doctor import run_doctor
-    from pushcli.pushservices import allowed_hosts_from_env
 
     checks = run_doctor(state.db, key_path=key, subject=subject, campaign_path=campaign_file,
-                        allowed_hosts=allowed_hosts_from_env(allow_host or ()))
+                        allowed_hosts=_allowed(allow_host))
     ok = all(c.ok for c in checks)
     if as_json:
         emit_json({"ok": ok, "checks": [c.to_json() for c in checks]})
     else:
-        for c in checks:
-            if c.ok and quiet:
-                continue
-            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
-            out.print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
+        print_checks(checks, quiet)
     if not ok:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -725,11 +627,12 @@ def demo(
     expire_share: Annotated[float, typer.Option(
         help="Share of subscriptions the push service expires before the second send.")
     ] = 0.1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run the whole flow offline: keys, emulator, import, two sends, expiry, prune."""
     import tempfile
 
+    from pushcli.console import print_demo, say
     from pushcli.demo import run_demo
 
     if not 1 <= subscribers <= 1_000_000:
@@ -737,10 +640,8 @@ def demo(
     if not 0 <= expire_share <= 1:
         fail("--expire-share must be between 0 and 1")
     folder = directory or Path(tempfile.mkdtemp(prefix="pushcli-demo-"))
-    if (folder / "vapid_private.pem").exists():
-        fail(f"{folder}: already holds a demo (vapid_private.pem); choose another --dir")
-    say = (lambda msg: print(msg, file=sys.stderr)) if as_json else (
-        lambda msg: err.print(f"[bold cyan]>[/bold cyan] {escape(msg)}"))
+    if (folder / PRIVATE_KEY_NAME).exists():
+        fail(f"{folder}: already holds a demo ({PRIVATE_KEY_NAME}); choose another --dir")
     progress: Progress | None = None
 
     def on_progress(stats: Any) -> None:
@@ -754,29 +655,16 @@ def demo(
         if progress is not None:
             progress.close()
             progress = None
-        say(msg)
+        say(msg, plain=as_json)
 
     result = run_demo(folder, subscribers=subscribers, expire_share=expire_share,
                       on_step=step, on_progress=on_progress)
     if progress is not None:
         progress.close()
-    doc = {"directory": str(result.directory), "subscribers": result.subscribers,
-           "expired_at_push_service": result.expired_at_service,
-           "first_campaign": result.first, "second_campaign": result.second,
-           "pruned": result.pruned, "remaining": result.remaining,
-           "seconds": round(result.seconds, 2), "files": result.files}
     if as_json:
-        emit_json(doc)
-        return
-    print_summary(result.second)
-    out.print(f"Sent {result.first['sent']:,} in the first campaign, {result.second['sent']:,} "
-              f"in the second; {result.second['expired']:,} expired and "
-              f"{result.pruned:,} pruned; {result.remaining:,} subscribers remain. "
-              f"({result.seconds:.1f} s)")
-    out.print("Files:")
-    for name, path in result.files.items():
-        out.print(f"  {name:<32} {path}", markup=False)
-    out.print(f"Try: pushcli --db {result.files['store']} campaigns list", markup=False)
+        emit_json(result.to_json())
+    else:
+        print_demo(result)
 
 
 def main() -> None:
@@ -792,8 +680,10 @@ def main() -> None:
     except PushcliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except DBAPIError as exc:
-        error = store_error(exc, None)
+    except Exception as exc:
+        error = _store_failure(exc)
+        if error is None:
+            raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
 

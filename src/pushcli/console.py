@@ -51,16 +51,17 @@ class Progress:
                 BarColumn,
                 MofNCompleteColumn,
                 TextColumn,
-                TimeRemainingColumn,
             )
             from rich.progress import Progress as Bar
 
             self.bar = Bar(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(), console=err, transient=False,
+                TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[flight]}"),
+                console=err, transient=False,
             )
-            self.task = self.bar.add_task(name, total=None, counts="", rate="")
+            self.task = self.bar.add_task(name, total=None, counts="", rate="", eta="",
+                                          flight="")
             self.bar.start()
 
     def update(self, stats: Any) -> None:
@@ -70,19 +71,32 @@ class Progress:
         other = other_count(o)
         counts = (f"sent {o['sent']:,}  expired {o['expired']:,}  failed {o['failed']:,}"
                   + (f"  other {other:,}" if other else ""))
+        rate = stats.live_rate()  # the last few seconds, not the average since the start
+        eta = stats.eta()
+        left = "" if eta is None or stats.done >= stats.total else f"ETA {_duration(eta)}"
+        flight = "  ".join(f"{svc} {n:,} in flight"
+                           for svc, n in sorted(stats.in_flight.items()) if n)
         if self.bar is not None:
             self.bar.update(self.task, total=stats.total, completed=stats.done, counts=counts,
-                            rate=f"{stats.rate:,.0f}/s")
+                            rate=f"{rate:,.0f}/s", eta=left, flight=flight)
             return
         now = time.monotonic()
         if now - self.last_line >= 5 or (stats.total and stats.done >= stats.total):
             self.last_line = now
+            extra = "".join(f", {part}" for part in (left, flight) if part)
             print(f"{self.name}: {stats.done:,}/{stats.total:,} {counts} "
-                  f"({stats.rate:,.0f}/s)", file=sys.stderr, flush=True)
+                  f"({rate:,.0f}/s{extra})", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    if seconds < 3600:
+        return f"{seconds // 60}:{seconds % 60:02d}"
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def summary_tables(report: dict[str, Any]) -> list[Table]:
@@ -108,9 +122,18 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
     services.add_column("service")
     for key in ("sent", "expired", "rejected", "auth", "blocked", "failed", "total"):
         services.add_column(key, justify="right")
+    transport = (run or {}).get("by_service") or {}
+    if transport:
+        for key in ("p50 ms", "p95 ms", "concurrency"):
+            services.add_column(key, justify="right")
     for service, row in report["by_service"].items():
-        services.add_row(service, *(f"{row.get(k, 0):,}" for k in (
-            "sent", "expired", "rejected", "auth", "blocked", "failed", "total")))
+        cells = [f"{row.get(k, 0):,}" for k in (
+            "sent", "expired", "rejected", "auth", "blocked", "failed", "total")]
+        if transport:
+            t = transport.get(service, {})
+            cells += ["" if t.get(k) is None else f"{t[k]:,}" for k in (
+                "latency_p50_ms", "latency_p95_ms", "concurrency_reached")]
+        services.add_row(service, *cells)
     return [outcomes, services]
 
 
@@ -184,3 +207,16 @@ def say(message: str, plain: bool) -> None:
         print(message, file=sys.stderr)
     else:
         err.print(f"[bold cyan]>[/bold cyan] {escape(message)}")
+
+
+def print_demo(result: Any) -> None:
+    """The demo's ending: the second campaign's summary, what happened, the files."""
+    print_summary(result.second)
+    out.print(f"Sent {result.first['sent']:,} in the first campaign, {result.second['sent']:,} "
+              f"in the second; {result.second['expired']:,} expired and "
+              f"{result.pruned:,} pruned; {result.remaining:,} subscribers remain. "
+              f"({result.seconds:.1f} s)")
+    out.print("Files:")
+    for name, path in result.files.items():
+        out.print(f"  {name:<32} {path}", markup=False)
+    out.print(f"Try: pushcli --db {result.files['store']} campaigns list", markup=False)

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from pushcli.campaign import load_campaign
-from pushcli.delivery import DeliveryOptions, Stats, send_campaign
+from pushcli.delivery import Stats, options_for, send_campaign
 from pushcli.files import private_file
 from pushcli.keys import VapidSigner, generate_keys, load_private_key
+from pushcli.prune import prune
 from pushcli.report import build_report
 from pushcli.store import Store
-from pushcli.subscriptions import parse_stream
+from pushcli.subscriptions import read_files
 
 DEMO_SUBJECT = "mailto:demo@pushcli.example.com"
 
@@ -60,6 +61,13 @@ class DemoResult:
     seconds: float
     files: dict[str, str] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"directory": str(self.directory), "subscribers": self.subscribers,
+                "expired_at_push_service": self.expired_at_service,
+                "first_campaign": self.first, "second_campaign": self.second,
+                "pruned": self.pruned, "remaining": self.remaining,
+                "seconds": round(self.seconds, 2), "files": self.files}
+
 
 def run_demo(
     directory: str | os.PathLike[str],
@@ -91,11 +99,9 @@ def run_demo(
                 fh.write(json.dumps(sub) + "\n")
         on_step(f"{subscribers:,} emulated browsers subscribed; written to {subs_file.name}")
         db = folder / "pushcli.db"
-        with Store.open(db) as store, open(subs_file, "rb") as stream:
-            records = (("subscriptions.ndjson", r) for r in
-                       parse_stream(stream, "ndjson", source=str(subs_file),
-                                    allowed_hosts=allowed))
-            imported = store.import_subscriptions(records)
+        with Store.open(db) as store:
+            imported = store.import_subscriptions(read_files([str(subs_file)],
+                                                             allowed_hosts=allowed))
             on_step(f"Imported: {imported.added:,} added, {imported.rejected} rejected")
             signer = VapidSigner(load_private_key(keys.private_key), DEMO_SUBJECT)
 
@@ -104,20 +110,10 @@ def run_demo(
                 path.write_text(_CAMPAIGN.format(name=name, title=title, title_fr=title_fr,
                                                  body=body, slug=slug, subject=DEMO_SUBJECT))
                 campaign = load_campaign(path)
-                result = send_campaign(
-                    store, campaign, signer, allowed_hosts=allowed,
-                    options=DeliveryOptions(ttl=campaign.delivery.ttl,
-                                            urgency=campaign.delivery.urgency,
-                                            topic=campaign.delivery.topic, concurrency=64),
-                    on_progress=on_progress,
-                )
-                run = {"duration_s": round(result.duration, 3),
-                       "rate_per_s": round(result.stats.done / result.duration, 1)
-                       if result.duration else 0.0,
-                       "attempted": result.stats.done, "retries": result.stats.retries,
-                       "vapid_signatures": result.stats.signatures,
-                       "interrupted": result.interrupted}
-                return build_report(store, name, run=run)
+                result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
+                                       options=options_for(campaign, concurrency=64),
+                                       on_progress=on_progress)
+                return build_report(store, name, run=result.run_summary())
 
             on_step("Sending campaign demo-welcome ...")
             first = send("demo-welcome", "Welcome aboard", "Bienvenue", "Thanks for subscribing",
@@ -130,7 +126,7 @@ def run_demo(
             on_step("Sending campaign demo-sale ...")
             second = send("demo-sale", "Spring sale starts now", "Les soldes commencent",
                           "Up to 30% off until Sunday", "sale")
-            pruned = store.delete_subscriptions(store.prune_candidates())
+            pruned = prune(store).deleted
             on_step(f"Pruned {pruned:,} expired subscriptions")
             remaining = store.count(status="all")
             received = emu.stats()["accepted"]

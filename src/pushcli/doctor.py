@@ -7,13 +7,11 @@ the others, so the operator sees the whole list at once.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pushcli.errors import PushcliError
-from pushcli.pushservices import EndpointRefused, check_endpoint
 
 
 @dataclass(frozen=True)
@@ -108,36 +106,25 @@ def run_doctor(
         opened: Store = store
 
         def check_services() -> str:
-            from pushcli.delivery import duplicate_endpoints
+            from pushcli.delivery import count_audience
 
-            refused: Counter[str] = Counter()
-            services: Counter[str] = Counter()
-            malformed = 0
-            example = ""
-            for s in opened.iter_subscriptions(status="active"):
-                if s.problem is not None:
-                    malformed += 1
-                    example = example or f"id {s.id}: {s.problem}"
-                try:
-                    services[check_endpoint(s.subscription.endpoint, allowed_hosts).service] += 1
-                except EndpointRefused as exc:
-                    refused[str(exc)] += 1
+            count = count_audience(opened, None, allowed_hosts)
             problems = []
-            if refused:
-                reason, n = refused.most_common(1)[0]
-                problems.append(f"{sum(refused.values())} subscriptions would be blocked "
+            if count.refused:
+                reason, n = count.refused.most_common(1)[0]
+                problems.append(f"{sum(count.refused.values())} subscriptions would be blocked "
                                 f"(e.g. {n}: {reason})")
-            if malformed:
-                problems.append(f"{malformed} stored subscriptions are malformed and would be "
-                                f"rejected (e.g. {example})")
-            duplicates = duplicate_endpoints(opened, None)
-            if duplicates:
-                sid, kept = min(duplicates.items())
-                problems.append(f"{len(duplicates)} subscriptions repeat another's endpoint in "
-                                f"another spelling and would be rejected (e.g. id {sid} "
+            if count.malformed:
+                problems.append(f"{count.malformed} stored subscriptions are malformed and would "
+                                f"be rejected (e.g. {count.malformed_example})")
+            if count.duplicates:
+                sid, kept = min(count.duplicates.items())
+                problems.append(f"{len(count.duplicates)} subscriptions repeat another's endpoint "
+                                f"in another spelling and would be rejected (e.g. id {sid} "
                                 f"repeats id {kept})")
             if problems:
                 raise PushcliError("; ".join(problems))
+            services = count.services  # no problems: every subscriber counts at its service
             parts = ", ".join(f"{k} {v:,}" for k, v in services.most_common())
             total = sum(services.values())
             return f"all {total:,} active subscriptions allowed ({parts or 'none'})"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from py_vapid import Vapid02
 
+from pushcli.defaults import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SUBJECT_ENV
 from pushcli.encoding import b64url_encode
 from pushcli.errors import InputError, KeyFileError
 from pushcli.files import private_file
@@ -28,10 +29,6 @@ from pushcli.pushservices import vapid_subject_problem
 if TYPE_CHECKING:
     from pushcli.campaign import Campaign
 
-PRIVATE_KEY_NAME = "vapid_private.pem"
-PUBLIC_KEY_NAME = "vapid_public.pem"
-PRIVATE_KEY_ENV = "PUSHCLI_VAPID_PRIVATE_KEY"
-SUBJECT_ENV = "PUSHCLI_VAPID_SUBJECT"
 
 #: JWT lifetime. RFC 8292 caps ``exp`` at 24 h; we stay well inside it and
 #: renew an hour before expiry so a token never dies mid-request.

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from pushcli.defaults import ALLOW_HOSTS_ENV
+
 #: Host suffixes of the real push services (a leading dot means "any subdomain").
 KNOWN_SERVICES: dict[str, tuple[str, ...]] = {
     "fcm": ("fcm.googleapis.com",),
@@ -27,7 +29,6 @@ KNOWN_SERVICES: dict[str, tuple[str, ...]] = {
 }
 
 MAX_ENDPOINT_LENGTH = 4096
-ALLOW_HOSTS_ENV = "PUSHCLI_ALLOW_HOSTS"
 
 #: One DNS label in letters-digits-hyphen form (what push services hand out):
 #: no empty labels, no IDN/Unicode, no percent-escapes or backslashes.

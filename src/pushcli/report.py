@@ -66,6 +66,17 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
     return report
 
 
+#: The fields of each campaign in ``campaigns list``.
+CAMPAIGN_ROW_KEYS = ("campaign", "status", "runs", "started_at", "finished_at", "total", "sent",
+                     "expired", "rejected", "auth", "blocked", "failed", "pending")
+
+
+def campaign_rows(store: Store) -> list[dict[str, Any]]:
+    """One row per campaign in the store (``campaigns list``), from its report."""
+    return [{k: doc[k] for k in CAMPAIGN_ROW_KEYS}
+            for doc in (build_report(store, c.name) for c in store.list_campaigns())]
+
+
 def pending_count(store: Store, campaign_id: int, spec: dict[str, Any] | None) -> int:
     """Active subscribers in the campaign's audience with no outcome yet in its ledger.
 
