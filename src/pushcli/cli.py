@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from pushcli import __version__
-from pushcli.console import Progress, err, out, print_error, print_summary
+from pushcli.console import Progress, err, hide_flag_types, print_error, print_summary
 from pushcli.defaults import (
     ALLOW_HOSTS_ENV,
     DB_ENV,
@@ -66,28 +66,7 @@ ReportFilesOpt = Annotated[list[Path] | None, typer.Option(
     "--report", help="Also write the report to FILE.json and/or FILE.csv (repeatable).")]
 
 
-def _flags_take_no_value() -> None:
-    """Keep rich help from printing ``<bool>`` after flags such as ``--dry-run``.
-
-    Typer 0.29's rich help shows every option's type, flags included, which
-    reads as if ``--dry-run`` wanted a value (``--dry-run true``). A flag takes
-    none, so it gets no type column; every other option keeps its own.
-    """
-    option = getattr(getattr(typer, "core", None), "TyperOption", None)
-    shown = getattr(option, "display_type_rich", None)
-    if option is None or shown is None or getattr(shown, "_pushcli_flags", False):
-        return
-
-    def display_type_rich(self: Any, ctx: Any) -> str | None:
-        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
-            return None
-        return shown(self, ctx)
-
-    display_type_rich._pushcli_flags = True  # type: ignore[attr-defined]
-    option.display_type_rich = display_type_rich
-
-
-_flags_take_no_value()
+hide_flag_types()
 
 app = typer.Typer(
     name="pushcli",
@@ -130,12 +109,15 @@ def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _store_failure(exc: BaseException) -> PushcliError | None:
-    """A database error that escaped the store boundary, as the store's one-line error.
+def _known_error(exc: BaseException) -> PushcliError | None:
+    """Our own errors, and a database error that escaped the store boundary as the
+    store's one-line error; None for anything else (a bug: let it show).
 
     SQLAlchemy is loaded only once a command opened the store, so there is
     nothing to recognise before that (and no reason to import it here).
     """
+    if isinstance(exc, PushcliError):
+        return exc
     sa_exc = sys.modules.get("sqlalchemy.exc")
     if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError):
         return None
@@ -151,15 +133,13 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except PushcliError as exc:
-            fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             raise typer.Exit(EXIT_OK) from None
-        except Exception as exc:  # a database call past the store boundary: same one line
-            error = _store_failure(exc)
+        except Exception as exc:
+            error = _known_error(exc)
             if error is None:
                 raise
             fail(str(error), error.exit_code)
@@ -216,18 +196,14 @@ def keys_generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a P-256 VAPID key pair: vapid_private.pem (0600) and vapid_public.pem."""
+    from pushcli.console import print_keys
     from pushcli.keys import generate_keys
 
     info = generate_keys(directory, subject=subject, force=force)
     if as_json:
         emit_json(info.to_json())
         return
-    out.print(f"Wrote {info.private_key} (mode 0600) and {info.public_key}", markup=False)
-    out.print("applicationServerKey (pass it to pushManager.subscribe):")
-    out.print(info.application_server_key, soft_wrap=True)
-    if subject:
-        out.print(f"Subject {subject} is valid; set it with {SUBJECT_ENV} or "
-                  "vapid.subject in the campaign.")
+    print_keys(info, subject)
 
 
 @keys_app.command("show")
@@ -270,29 +246,17 @@ def subscribers_import(
     Invalid records are reported with their line or index and skipped; exit 1
     if any was rejected. With --strict nothing is stored unless all are valid.
     """
-    from pushcli.console import print_import
-    from pushcli.store import Rejection
+    from pushcli.console import RejectionLines, print_import
     from pushcli.subscriptions import describe_rejection, read_files
 
     records = read_files(files, fmt, allowed_hosts=_allowed(allow_host), extra_tags=tag or (),
                          delimiter=delimiter)
-    shown = 0
-
-    def described(r: Rejection) -> str:
-        return describe_rejection(r.source, r.location, r.reason)
-
-    def on_reject(rejection: Rejection) -> None:
-        nonlocal shown
-        shown += 1
-        if shown <= 50:
-            print(f"rejected: {described(rejection)}", file=sys.stderr)
-        elif shown == 51:
-            print("rejected: ... (more; see the summary)", file=sys.stderr)
-
+    rejected = RejectionLines(describe_rejection)
     with open_store() as store:
-        result = store.import_subscriptions(records, strict=strict, on_reject=on_reject)
+        result = store.import_subscriptions(records, strict=strict, on_reject=rejected.show)
     if as_json:
-        emit_json({**result.to_json(), "errors": [described(r) for r in result.rejections]})
+        emit_json({**result.to_json(), "errors": [rejected.describe(r)
+                                                  for r in result.rejections]})
     elif not quiet or result.rejected:
         print_import(result)
     if result.rejected:
@@ -365,10 +329,6 @@ def subscribers_export(
 
 # --- send ----------------------------------------------------------------------------------
 
-_EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign "
-                   "(nothing sent; exit 0)")
-
-
 @app.command("send")
 @handle_errors
 def send(
@@ -408,6 +368,7 @@ def send(
     several senders share the campaign), 130 on Ctrl-C.
     """
     from pushcli.campaign import load_campaign
+    from pushcli.console import EMPTY_AUDIENCE, print_dry_run
     from pushcli.delivery import dry_run as check_send
     from pushcli.delivery import options_for, preflight, send_campaign
     from pushcli.keys import resolve_vapid
@@ -428,7 +389,9 @@ def send(
     with open_store() as store:
         if dry_run:
             found = check_send(store, campaign, allowed, limit=limit, to=to)
-            _show_dry_run(found, as_json, quiet)
+            if as_json:
+                emit_json(found.to_json())
+            print_dry_run(found, quiet, summary=not as_json)
             raise typer.Exit(found.exit_code)
         preflight(store, campaign, allowed, limit=limit, to=to)
         progress = Progress(quiet, campaign.name)
@@ -443,7 +406,7 @@ def send(
         if report:
             write_report_files(store, doc, report)
     if not doc["total"] and not result.stats.total and not quiet:
-        print(_EMPTY_AUDIENCE, file=sys.stderr)
+        print(EMPTY_AUDIENCE, file=sys.stderr)
     if as_json:
         emit_json(doc)
     elif not quiet:
@@ -451,21 +414,6 @@ def send(
         if result.interrupted:
             err.print("Interrupted: re-run the same command to finish the campaign.")
     raise typer.Exit(EXIT_INTERRUPTED if result.interrupted else exit_code_for(doc))
-
-
-def _show_dry_run(found: Any, as_json: bool, quiet: bool) -> None:
-    """``send --dry-run``'s output: the document or summary, then its warnings on stderr."""
-    from pushcli.console import print_dry_run
-
-    if as_json:
-        emit_json(found.to_json())
-    elif not quiet:
-        print_dry_run(found.campaign, found.audience, found.variants, found.services,
-                      found.sample)
-    if not found.audience and not quiet:
-        print(_EMPTY_AUDIENCE, file=sys.stderr)
-    for line in found.warnings():
-        print(line, file=sys.stderr)
 
 
 # --- reports and history -------------------------------------------------------------------
@@ -632,7 +580,7 @@ def demo(
     """Run the whole flow offline: keys, emulator, import, two sends, expiry, prune."""
     import tempfile
 
-    from pushcli.console import print_demo, say
+    from pushcli.console import DemoDisplay, print_demo
     from pushcli.demo import run_demo
 
     if not 1 <= subscribers <= 1_000_000:
@@ -642,25 +590,12 @@ def demo(
     folder = directory or Path(tempfile.mkdtemp(prefix="pushcli-demo-"))
     if (folder / PRIVATE_KEY_NAME).exists():
         fail(f"{folder}: already holds a demo ({PRIVATE_KEY_NAME}); choose another --dir")
-    progress: Progress | None = None
-
-    def on_progress(stats: Any) -> None:
-        nonlocal progress
-        if progress is None:
-            progress = Progress(as_json, "sending")
-        progress.update(stats)
-
-    def step(msg: str) -> None:
-        nonlocal progress
-        if progress is not None:
-            progress.close()
-            progress = None
-        say(msg, plain=as_json)
-
-    result = run_demo(folder, subscribers=subscribers, expire_share=expire_share,
-                      on_step=step, on_progress=on_progress)
-    if progress is not None:
-        progress.close()
+    display = DemoDisplay(plain=as_json)
+    try:
+        result = run_demo(folder, subscribers=subscribers, expire_share=expire_share,
+                          on_step=display.step, on_progress=display.progress)
+    finally:
+        display.close()
     if as_json:
         emit_json(result.to_json())
     else:
@@ -677,11 +612,8 @@ def main() -> None:
     # Outside a command's handle_errors (option callbacks, typer's own
     # plumbing): still one line and the documented code, never a traceback
     # that could quote an endpoint or an auth secret.
-    except PushcliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
     except Exception as exc:
-        error = _store_failure(exc)
+        error = _known_error(exc)
         if error is None:
             raise
         print(f"error: {error}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +19,29 @@ from rich.table import Table
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+
+
+def hide_flag_types() -> None:
+    """Keep rich help from printing ``<bool>`` after flags such as ``--dry-run``.
+
+    Typer 0.29's rich help shows every option's type, flags included, which
+    reads as if ``--dry-run`` wanted a value (``--dry-run true``). A flag takes
+    none, so it gets no type column; every other option keeps its own.
+    """
+    import typer
+
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if option is None or shown is None or getattr(shown, "_pushcli_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._pushcli_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
 
 
 def print_error(message: str) -> None:
@@ -122,7 +145,7 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
     services.add_column("service")
     for key in ("sent", "expired", "rejected", "auth", "blocked", "failed", "total"):
         services.add_column(key, justify="right")
-    transport = (run or {}).get("by_service") or {}
+    transport = (run or report.get("last_run") or {}).get("by_service") or {}
     if transport:
         for key in ("p50 ms", "p95 ms", "concurrency"):
             services.add_column(key, justify="right")
@@ -141,6 +164,39 @@ def print_summary(report: dict[str, Any]) -> None:
     """Print a campaign report's summary tables on stdout."""
     for table in summary_tables(report):
         out.print(table)
+
+
+class RejectionLines:
+    """``rejected: file:line: reason`` on stderr for the first 50 rejected records, then
+    one line saying there are more (the summary counts them all)."""
+
+    LIMIT = 50
+
+    def __init__(self, describe: Callable[[str, str, str], str]) -> None:
+        self._describe = describe
+        self.shown = 0
+
+    def describe(self, rejection: Any) -> str:
+        return self._describe(rejection.source, rejection.location, rejection.reason)
+
+    def show(self, rejection: Any) -> None:
+        self.shown += 1
+        if self.shown <= self.LIMIT:
+            print(f"rejected: {self.describe(rejection)}", file=sys.stderr)
+        elif self.shown == self.LIMIT + 1:
+            print("rejected: ... (more; see the summary)", file=sys.stderr)
+
+
+def print_keys(info: Any, subject: str | None) -> None:
+    """What ``keys generate`` wrote, and the applicationServerKey for the browser."""
+    from pushcli.defaults import SUBJECT_ENV
+
+    out.print(f"Wrote {info.private_key} (mode 0600) and {info.public_key}", markup=False)
+    out.print("applicationServerKey (pass it to pushManager.subscribe):")
+    out.print(info.application_server_key, soft_wrap=True)
+    if subject:
+        out.print(f"Subject {subject} is valid; set it with {SUBJECT_ENV} or "
+                  "vapid.subject in the campaign.")
 
 
 def print_import(result: Any) -> None:
@@ -180,16 +236,26 @@ def print_campaigns(rows: Iterable[Mapping[str, Any]]) -> None:
     out.print(table)
 
 
-def print_dry_run(name: str, audience: int, variants: int, services: Mapping[str, int],
-                  sample: bytes | None) -> None:
-    """The ``send --dry-run`` summary: audience per service and a sample payload."""
-    out.print(f"Campaign [bold]{escape(name)}[/bold]: valid; "
-              f"{audience:,} subscribers, {variants} distinct payloads")
-    for svc, n in sorted(services.items()):
-        out.print(f"  {svc:<30} {n:>10,}")
-    if sample:
-        out.print(f"Sample payload ({len(sample)} bytes):")
-        out.print_json(sample.decode())
+#: On stderr when a send or dry run finds nobody to send to (not an error: exit 0).
+EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign "
+                  "(nothing sent; exit 0)")
+
+
+def print_dry_run(found: Any, quiet: bool, *, summary: bool = True) -> None:
+    """``send --dry-run`` (a ``delivery.DryRun``): the audience per service and a sample
+    payload on stdout (``summary``, unless -q), then what a send would not contact."""
+    if summary and not quiet:
+        out.print(f"Campaign [bold]{escape(found.campaign)}[/bold]: valid; "
+                  f"{found.audience:,} subscribers, {found.variants} distinct payloads")
+        for svc, n in sorted(found.services.items()):
+            out.print(f"  {svc:<30} {n:>10,}")
+        if found.sample:
+            out.print(f"Sample payload ({len(found.sample)} bytes):")
+            out.print_json(found.sample.decode())
+    if not found.audience and not quiet:
+        print(EMPTY_AUDIENCE, file=sys.stderr)
+    for line in found.warnings():
+        print(line, file=sys.stderr)
 
 
 def print_checks(checks: Sequence[Any], quiet: bool) -> None:
@@ -201,12 +267,32 @@ def print_checks(checks: Sequence[Any], quiet: bool) -> None:
         out.print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
 
 
-def say(message: str, plain: bool) -> None:
-    """A step of the demo on stderr (plain text when stdout carries JSON)."""
-    if plain:
-        print(message, file=sys.stderr)
-    else:
-        err.print(f"[bold cyan]>[/bold cyan] {escape(message)}")
+class DemoDisplay:
+    """The demo's steps on stderr, with a progress display during each send.
+
+    ``plain`` (stdout carries JSON): steps as plain lines and no progress.
+    """
+
+    def __init__(self, plain: bool) -> None:
+        self.plain = plain
+        self.bar: Progress | None = None
+
+    def progress(self, stats: Any) -> None:
+        if self.bar is None:
+            self.bar = Progress(self.plain, "sending")
+        self.bar.update(stats)
+
+    def step(self, message: str) -> None:
+        self.close()
+        if self.plain:
+            print(message, file=sys.stderr)
+        else:
+            err.print(f"[bold cyan]>[/bold cyan] {escape(message)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def print_demo(result: Any) -> None:
