@@ -91,7 +91,8 @@ def test_defaults() -> None:
     campaign = parse_campaign(HEAD)
     assert campaign.delivery.ttl == 86400
     assert campaign.delivery.urgency is None
-    assert campaign.delivery.concurrency == 64
+    assert campaign.delivery.concurrency == 1000  # the ceiling of the adaptive limit
+    assert campaign.delivery.rate_limits == {}
     assert campaign.audience.matches([], {})
     assert campaign.locales == {}
     assert campaign.source == "<campaign>"

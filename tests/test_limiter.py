@@ -238,3 +238,46 @@ def test_engine_shrinks_on_429_and_loses_nothing(tmp_path: Path) -> None:
         assert stats.retries > 0 and sum(stats.in_flight.values()) == 0
         svc = stats.per_service()[jobs[0].service]
         assert svc["concurrency_reached"] >= 1 and svc["latency_p50_ms"] is not None
+
+
+# --- where the limits come from -----------------------------------------------------------
+
+CAMPAIGN = """\
+name: paced
+notification:
+  title: Hi
+  body: There
+  url: https://shop.example.com/
+delivery:
+  rate_limits: {fcm: 2000, apple: 500}
+"""
+
+
+def test_campaign_ceiling_adapts_and_the_command_line_pins() -> None:
+    from pushcli.campaign import parse_campaign
+    from pushcli.delivery import options_for
+    from pushcli.messages import service_rate_limits
+
+    campaign = parse_campaign(CAMPAIGN)
+    adaptive = options_for(campaign)
+    assert adaptive.concurrency == 1000 and adaptive.adaptive_concurrency
+    # the campaign's ceilings replace the defaults they name; FCM's quota is the default
+    assert service_rate_limits(adaptive) == {"fcm": 2000, "apple": 500}
+    assert service_rate_limits(options_for(parse_campaign(
+        CAMPAIGN.replace("{fcm: 2000, apple: 500}", "{}")))) == {"fcm": 10_000}
+    pinned = options_for(campaign, concurrency=64)
+    assert pinned.concurrency == 64 and not pinned.adaptive_concurrency
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("{gcm: 100}", "unknown push service 'gcm'"),
+    ("{fcm: 0}", "greater than 0"),
+])
+def test_rate_limits_must_name_a_known_service_and_a_positive_rate(value: str,
+                                                                   words: str) -> None:
+    from pushcli.campaign import parse_campaign
+    from pushcli.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        parse_campaign(CAMPAIGN.replace("{fcm: 2000, apple: 500}", value), source="c.yml")
+    assert words in str(info.value) and "c.yml:7" in str(info.value)

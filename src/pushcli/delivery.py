@@ -69,7 +69,9 @@ class SendResult:
         return {"duration_s": round(self.duration, 3),
                 "rate_per_s": round(stats.done / self.duration, 1) if self.duration else 0.0,
                 "attempted": stats.done, "retries": stats.retries,
-                "vapid_signatures": stats.signatures, "interrupted": self.interrupted}
+                "vapid_signatures": stats.signatures, "interrupted": self.interrupted,
+                # per push service: latency p50/p95 and the concurrency the limit reached
+                "by_service": stats.per_service()}
 
 
 def audience_matcher(campaign: Campaign, to: str | None = None
@@ -382,9 +384,10 @@ def send_campaign(
                 _mark_interrupted(store, info.id)
                 raise
         unfinished = control.stop or (shared and store.queued(info.id) > 0)
+        result = SendResult(info.id, stats, time.monotonic() - started, control.stop)
         store.finish_campaign(info.id, "interrupted" if control.stop else
-                              "running" if unfinished else "finished")
-        return SendResult(info.id, stats, time.monotonic() - started, control.stop)
+                              "running" if unfinished else "finished", result.run_summary())
+        return result
     finally:
         if ledger_failed is None:
             lock.release()
@@ -569,8 +572,11 @@ def options_for(campaign: Campaign, *, concurrency: int | None = None, timeout: 
     if timeout <= 0:
         raise InputError("--timeout must be positive")
     d = campaign.delivery
+    # --concurrency N pins the in-flight limit; delivery.concurrency is the adaptive ceiling
     return DeliveryOptions(ttl=d.ttl, urgency=d.urgency, topic=d.topic,
-                           concurrency=concurrency or d.concurrency, rate_limit=d.rate_limit,
+                           concurrency=concurrency or d.concurrency,
+                           adaptive_concurrency=concurrency is None,
+                           rate_limit=d.rate_limit, rate_limits=dict(d.rate_limits),
                            timeout=timeout, on_uncertain=on_uncertain or d.on_uncertain)
 
 

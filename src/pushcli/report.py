@@ -63,6 +63,9 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
     }
     if run:
         report["run"] = run
+    elif info.last_run:
+        # the figures of the campaign's last run: per-service latency and concurrency reached
+        report["last_run"] = info.last_run
     return report
 
 

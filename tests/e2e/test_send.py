@@ -36,6 +36,13 @@ def test_every_subscriber_receives_exactly_the_rendered_payload(e2e) -> None:
     assert report["total"] == report["sent"] == 150
     assert report["by_service"]["127.0.0.1"]["sent"] == 150
     assert report["run"]["vapid_signatures"] == 1
+    # per push service: latency percentiles and the in-flight concurrency reached, kept
+    # with the campaign so a later ``report`` shows them too
+    figures = report["run"]["by_service"]["127.0.0.1"]
+    assert 0 < figures["latency_p50_ms"] <= figures["latency_p95_ms"]
+    assert 1 <= figures["concurrency_reached"] <= 150
+    later = json.loads(e2e.pushcli("report", "e2e", "--json", check=True).stdout)
+    assert later["last_run"]["by_service"] == report["run"]["by_service"]
     renderer = Renderer(load_campaign(campaign))
     for s in subs:
         [msg] = e2e.emu.messages(s["endpoint"])

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from pushcli.campaign.sandbox import PLACEHOLDER_RE, has_placeholder, template_problem
 from pushcli.messages import CONCURRENCY_RANGE
-from pushcli.pushservices import vapid_subject_problem
+from pushcli.pushservices import KNOWN_SERVICES, vapid_subject_problem
 
 __all__ = [
     "MISSING",
@@ -150,6 +150,14 @@ def _non_negative(value: int) -> int:
 def _positive_finite(value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise _fail("must be a number greater than 0")
+    return value
+
+
+def _service_rates(value: dict[str, float]) -> dict[str, float]:
+    for name in value:
+        if name not in KNOWN_SERVICES:
+            raise _fail(f"unknown push service {name!r} (one of: "
+                        f"{', '.join(sorted(KNOWN_SERVICES))})")
     return value
 
 
@@ -345,8 +353,12 @@ class Delivery(BaseModel):
     ttl: Annotated[int, _in_range(0, MAX_TTL, " seconds")] = 86400
     urgency: Literal["very-low", "low", "normal", "high"] | None = None
     topic: Annotated[str, AfterValidator(_topic)] | None = None
-    concurrency: Annotated[int, _in_range(*CONCURRENCY_RANGE)] = 64
+    #: Requests in flight per push-service origin at most: the adaptive limit's ceiling.
+    concurrency: Annotated[int, _in_range(*CONCURRENCY_RANGE)] = 1000
     rate_limit: Annotated[float, AfterValidator(_positive_finite)] | None = None
+    #: Messages per second per push service (e.g. ``fcm: 10000``, FCM's default quota).
+    rate_limits: Annotated[dict[str, Annotated[float, AfterValidator(_positive_finite)]],
+                           AfterValidator(_service_rates)] = {}
     #: Subscribers an earlier run left in flight (kill -9, power cut, failed ledger):
     #: ``resend`` (counted as possible duplicates) or ``skip`` (recorded ``uncertain``).
     on_uncertain: Literal["resend", "skip"] = "resend"

@@ -62,10 +62,13 @@ class Ledger(Database):
         assert info is not None
         return info
 
-    def finish_campaign(self, campaign_id: int, status: str) -> None:
+    def finish_campaign(self, campaign_id: int, status: str,
+                        run: Mapping[str, Any] | None = None) -> None:
+        """Mark a run's end; ``run`` (its figures) is kept for later reports."""
+        extra = {} if run is None else {"last_run": dumps(dict(run))}
         with self._write() as conn:
             conn.execute(update(campaigns).where(campaigns.c.id == campaign_id).values(
-                status=status, finished_at=time.time()))
+                status=status, finished_at=time.time(), **extra))
 
     def get_campaign(self, name: str) -> CampaignInfo | None:
         with self._read() as conn:

@@ -48,6 +48,7 @@ class CampaignInfo:
     status: str
     runs: int
     spec: dict[str, Any] | None
+    last_run: dict[str, Any] | None = None  # the last run's figures (``SendResult.run_summary``)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
@@ -183,4 +184,5 @@ def campaign_info(row: Any) -> CampaignInfo:
         id=m["id"], name=m["name"], created_at=m["created_at"], started_at=m["started_at"],
         finished_at=m["finished_at"], status=m["status"], runs=m["runs"],
         spec=json.loads(m["spec"]) if m["spec"] else None,
+        last_run=json.loads(m["last_run"]) if m["last_run"] else None,
     )

@@ -10,7 +10,7 @@ from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, T
 
 from pushcli.pushservices import RETRY_OUTCOMES, Outcome
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: PostgreSQL advisory lock key serializing schema creation/migration ("pushcli").
 MIGRATION_LOCK_KEY = 0x70757368636C69
 
@@ -53,6 +53,9 @@ campaigns = Table(
     Column("status", String(16), nullable=False, server_default="new"),
     Column("runs", Integer, nullable=False, server_default="0"),
     Column("spec", Text),  # JSON of the campaign as last sent
+    # JSON of the last run's figures (duration, rate, per-service latency p50/p95 and the
+    # concurrency reached) for ``report``: a summary per run, not samples per message
+    Column("last_run", Text),
 )
 
 deliveries = Table(
@@ -108,6 +111,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "UPDATE deliveries SET fault = 'held' "
         "WHERE outcome = 'failed' AND substr(reason, 1, 10) = 'not sent: '",
     ],
+    4: ["ALTER TABLE campaigns ADD COLUMN last_run TEXT"],
 }
 
 #: Ledger outcome of queued, not yet final, work in a shared send.
