@@ -1,0 +1,268 @@
+"""HTTP/2 transport for https push-service origins: libcurl's multi interface on asyncio.
+
+Why: measured by ``bench/http_clients.py`` (README, "Performance"), libcurl
+with nghttp2 multiplexing many streams over a few connections carries a push
+POST for a fraction of aiohttp's CPU and, against a push service tens of
+milliseconds away, with more requests in flight per connection. aiohttp keeps
+plain-http origins (the emulator, web-push-testing) and is the fallback.
+
+The rules every transport keeps (the engine relies on them):
+- verified TLS against the system store, honouring ``SSL_CERT_FILE`` /
+  ``SSL_CERT_DIR`` (libcurl is told the CA file and directory explicitly: the
+  pycurl wheel's own OpenSSL does not know Debian's paths);
+- the DNS guard: the host name is resolved by ``GuardedResolver`` (no private
+  address unless the host is allowed) and the answer is pinned with
+  ``CURLOPT_RESOLVE``, so libcurl never resolves on its own;
+- no redirects, no proxies from the environment, https only;
+- a total and a connect timeout;
+- ambiguity: a failure after the request may have left (anything past the TLS
+  handshake) is reported as ambiguous; a failure while connecting is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pycurl
+from multidict import CIMultiDict
+
+#: libcurl errors that mean: no byte of the request went out.
+_BEFORE_SEND = frozenset({
+    pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT, pycurl.E_SSL_CONNECT_ERROR,
+    pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE,
+    pycurl.E_UNSUPPORTED_PROTOCOL, pycurl.E_URL_MALFORMAT,
+})
+_DNS_TTL = 300.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the push service said: status, headers (case-insensitive), start of the body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    http2: bool
+
+
+class TransportError(OSError):
+    """The request failed without an answer; ``ambiguous``: it may have been delivered."""
+
+    def __init__(self, message: str, *, ambiguous: bool) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """No answer within the timeout (a TimeoutError, as aiohttp's timeouts are)."""
+
+
+def ca_locations() -> tuple[str | None, str | None]:
+    """The CA file and directory Python's ``ssl.create_default_context()`` would use."""
+    paths = ssl.get_default_verify_paths()
+    cafile = os.environ.get(paths.openssl_cafile_env) or paths.openssl_cafile
+    capath = os.environ.get(paths.openssl_capath_env) or paths.openssl_capath
+    return (cafile if cafile and os.path.isfile(cafile) else None,
+            capath if capath and os.path.isdir(capath) else None)
+
+
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+class CurlTransport:
+    """POSTs over HTTP/2 (ALPN; HTTP/1.1 if the server offers only that) with libcurl.
+
+    One ``CurlMulti`` drives all transfers from the asyncio loop through libcurl's
+    socket callbacks. ``max_streams`` caps the streams per connection (FCM allows
+    about 100; libcurl also honours the server's SETTINGS_MAX_CONCURRENT_STREAMS).
+    ``resolve(host, port)`` returns the addresses allowed for ``host`` or raises
+    (the engine passes its ``GuardedResolver``).
+    """
+
+    def __init__(self, resolve: Resolve, *, timeout: float, connect_timeout: float,
+                 max_streams: int = 100, clock: Callable[[], float] = time.monotonic) -> None:
+        self._resolve = resolve
+        self._timeout_ms = int(timeout * 1000)
+        self._connect_ms = int(min(connect_timeout, timeout) * 1000)
+        self._clock = clock
+        self._cafile, self._capath = ca_locations()
+        self._dns: dict[tuple[str, int], tuple[float, str]] = {}
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        self._multi.setopt(pycurl.M_MAX_CONCURRENT_STREAMS, max_streams)
+        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: dict[pycurl.Curl, tuple[asyncio.Future[Answer], list[bytes],
+                                                bytearray]] = {}
+        self._idle: list[pycurl.Curl] = []
+
+    # --- public ---------------------------------------------------------------------
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """POST ``body``; the answer, or ``TransportError`` (``PrivateAddress`` from the guard)."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise TransportError(f"not an https URL: {url[:80]}", ambiguous=False)
+        host, port = parts.hostname, parts.port or 443
+        pin = await self._pinned(host, port)
+        self._loop = asyncio.get_running_loop()
+        curl = self._idle.pop() if self._idle else self._new_handle()
+        head: list[bytes] = []
+        text = bytearray()
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.RESOLVE, [pin])
+        curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        curl.setopt(pycurl.POSTFIELDS, body)
+        curl.setopt(pycurl.HEADERFUNCTION, head.append)
+        curl.setopt(pycurl.WRITEFUNCTION, lambda chunk: self._keep(text, chunk))
+        future: asyncio.Future[Answer] = self._loop.create_future()
+        self._pending[curl] = (future, head, text)
+        self._multi.add_handle(curl)
+        self._kick()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._abandon(curl)
+            raise
+
+    def close(self) -> None:
+        """Drop every transfer and connection."""
+        for curl in list(self._pending):
+            self._abandon(curl)
+        if self._timer is not None:
+            self._timer.cancel()
+        for curl in self._idle:
+            curl.close()
+        self._idle.clear()
+        self._multi.close()
+
+    # --- handles --------------------------------------------------------------------
+
+    def _new_handle(self) -> pycurl.Curl:
+        curl = pycurl.Curl()
+        curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
+        curl.setopt(pycurl.PIPEWAIT, 1)
+        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.FOLLOWLOCATION, 0)
+        curl.setopt(pycurl.PROXY, "")  # no proxy from https_proxy/ALL_PROXY
+        curl.setopt(pycurl.NOPROXY, "*")
+        curl.setopt(pycurl.SSL_VERIFYPEER, 1)
+        curl.setopt(pycurl.SSL_VERIFYHOST, 2)
+        if self._cafile:
+            curl.setopt(pycurl.CAINFO, self._cafile)
+        if self._capath:
+            curl.setopt(pycurl.CAPATH, self._capath)
+        curl.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, self._connect_ms)
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.USERAGENT, "")
+        return curl
+
+    @staticmethod
+    def _keep(text: bytearray, chunk: bytes) -> None:
+        if len(text) < 1024:
+            text.extend(chunk[:1024 - len(text)])
+
+    async def _pinned(self, host: str, port: int) -> str:
+        """``host:port:addr,...`` for CURLOPT_RESOLVE, from the guard (cached ``_DNS_TTL``)."""
+        now = self._clock()
+        cached = self._dns.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        addresses = await self._resolve(host, port)
+        entry = f"{host}:{port}:" + ",".join(
+            f"[{a}]" if ":" in a else a for a in addresses)
+        self._dns[(host, port)] = (now + _DNS_TTL, entry)
+        return entry
+
+    # --- libcurl <-> asyncio -----------------------------------------------------------
+
+    def _on_socket(self, what: int, fd: int, _multi: object, _data: object) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+        if what in (pycurl.POLL_IN, pycurl.POLL_INOUT):
+            loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
+        if what in (pycurl.POLL_OUT, pycurl.POLL_INOUT):
+            loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
+
+    def _on_timer(self, ms: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if ms >= 0 and self._loop is not None:
+            self._timer = self._loop.call_later(ms / 1000, self._act, pycurl.SOCKET_TIMEOUT, 0)
+
+    def _kick(self) -> None:
+        """After adding a handle: let libcurl start it on the next loop turn."""
+        assert self._loop is not None
+        self._loop.call_soon(self._act, pycurl.SOCKET_TIMEOUT, 0)
+
+    def _act(self, fd: int, event: int) -> None:
+        while True:
+            code, _running = self._multi.socket_action(fd, event)
+            if code != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        self._collect()
+
+    def _collect(self) -> None:
+        while True:
+            queued, done, failed = self._multi.info_read()
+            for curl in done:
+                self._settle(curl, None, "")
+            for curl, errno, message in failed:
+                self._settle(curl, errno, message)
+            if not queued:
+                return
+
+    def _settle(self, curl: pycurl.Curl, errno: int | None, message: str) -> None:
+        entry = self._pending.pop(curl, None)
+        status = curl.getinfo(pycurl.RESPONSE_CODE)
+        self._multi.remove_handle(curl)
+        self._idle.append(curl)
+        if entry is None:
+            return
+        future, head, text = entry
+        if future.done():
+            return
+        if errno is None:
+            http2 = curl.getinfo(pycurl.INFO_HTTP_VERSION) == pycurl.CURL_HTTP_VERSION_2_0
+            future.set_result(Answer(status, _parse_headers(head), bytes(text), http2))
+        elif errno == pycurl.E_OPERATION_TIMEDOUT:
+            # the transfer had begun (connection up, new or reused: pretransfer time set)
+            # means the request may have been delivered; stuck connecting means it was not
+            sent = curl.getinfo(pycurl.PRETRANSFER_TIME) > 0
+            future.set_exception(TransportTimeout("timeout", ambiguous=sent))
+        else:
+            future.set_exception(TransportError(
+                f"curl error {errno}: {message}"[:300], ambiguous=errno not in _BEFORE_SEND))
+
+    def _abandon(self, curl: pycurl.Curl) -> None:
+        """A cancelled caller: stop the transfer (no answer will be read)."""
+        entry = self._pending.pop(curl, None)
+        if entry is not None:
+            self._multi.remove_handle(curl)
+            curl.close()  # never reuse a handle whose transfer was cut off
+
+
+def _parse_headers(lines: list[bytes]) -> CIMultiDict[str]:
+    """The last response's header lines (after any 100-continue) as a case-insensitive dict."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for raw in lines:
+        line = raw.decode("latin-1").rstrip("\r\n")
+        if line.startswith("HTTP/"):
+            headers.clear()
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            headers.add(name.strip(), value.strip())
+    return headers
+

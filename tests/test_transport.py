@@ -1,0 +1,284 @@
+"""The HTTP/2 transport against a real h2 HTTPS sink on loopback (nginx, ALPN h2).
+
+Proves a send works over HTTP/2 with TLS verified through SSL_CERT_FILE, and
+that the rules the engine relies on hold: the DNS guard, no redirects,
+timeouts, and which failures are ambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pushcli.engine import GuardedResolver, PrivateAddress
+from pushcli.testing import make_self_signed_cert
+from pushcli.transport import Answer, CurlTransport, TransportError, TransportTimeout
+
+ECHO = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+
+CONF = """\
+load_module {echo};
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location /push/ {{ echo_read_request_body; echo_status 201; add_header Location /m/1;
+                       echo ""; }}
+    location /gone/ {{ return 410 "gone for good"; }}
+    location /echo/ {{ echo_read_request_body; echo_status 400;
+                      echo -n "$http_ttl $http_content_encoding $content_length:";
+                      echo_request_body; }}
+    location /moved/ {{ return 301 https://localhost:{port}/push/1; }}
+    location /slow/ {{ echo_read_request_body; echo_sleep 5; echo_status 201; echo ""; }}
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """nginx serving HTTPS with HTTP/2 on a port it picked; yields (base URL, cert path)."""
+    work = tmp_path_factory.mktemp("h2sink")
+    cert, key = make_self_signed_cert(work)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    # nginx cannot report a port it chose: bind, release, and retry on a clash
+    for _ in range(5):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        (work / "nginx.conf").write_text(CONF.format(echo=ECHO, dir=work, port=port,
+                                                     cert=cert, key=key))
+        proc = subprocess.Popen([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        if proc.poll() is None:
+            break
+    else:
+        raise RuntimeError(f"nginx did not start: {Path(work / 'error.log').read_text()}")
+    try:
+        yield f"https://localhost:{port}", cert
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _transport(allowed: frozenset[str] = frozenset({"localhost"}), *,
+               timeout: float = 5.0) -> CurlTransport:
+    """Built inside a running loop (the guard's resolver needs one)."""
+    guard = GuardedResolver(allowed)
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return [i["host"] for i in await guard.resolve(host, port, socket.AF_INET)]
+
+    return CurlTransport(resolve, timeout=timeout, connect_timeout=timeout)
+
+
+def _post(url: str, *, allowed: frozenset[str] = frozenset({"localhost"}),
+          timeout: float = 5.0) -> Answer:
+    """One POST through a fresh transport."""
+    async def go() -> Answer:
+        t = _transport(allowed, timeout=timeout)
+        try:
+            return await t.post(url, b"x" * 200, HEADERS)
+        finally:
+            t.close()
+
+    return asyncio.run(go())
+
+
+HEADERS = {"TTL": "60", "Content-Encoding": "aes128gcm",
+           "Content-Type": "application/octet-stream"}
+
+
+def test_posts_over_http2_with_tls_verified_through_ssl_cert_file(
+        sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+
+    async def go() -> list:
+        t = _transport()
+        try:
+            return await asyncio.gather(*(t.post(f"{base}/push/{i}", os.urandom(200), HEADERS)
+                                          for i in range(50)),
+                                        t.post(f"{base}/gone/1", b"x", HEADERS))
+        finally:
+            t.close()
+
+    *answers, gone = asyncio.run(go())
+    assert [a.status for a in answers] == [201] * 50
+    assert all(a.http2 for a in answers)
+    assert answers[0].headers["location"] == "/m/1"  # case-insensitive
+    assert (gone.status, gone.body) == (410, b"gone for good")
+
+
+def test_body_and_headers_arrive_byte_for_byte(sink: tuple[str, str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    body = b"\x00\x01binary\x00" + bytes(range(256))[:180]
+
+    async def go() -> Answer:
+        t = _transport()
+        try:
+            return await t.post(f"{base}/echo/1", body, HEADERS)
+        finally:
+            t.close()
+
+    answer = asyncio.run(go())
+    assert answer.status == 400 and answer.http2
+    assert answer.body == f"60 aes128gcm {len(body)}:".encode() + body
+
+
+def test_untrusted_certificate_fails_before_sending(
+        sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    base, _ = sink
+    other, _ = make_self_signed_cert(tmp_path)  # a CA that did not sign the sink
+    monkeypatch.setenv("SSL_CERT_FILE", other)
+    with pytest.raises(TransportError) as err:
+        _post(f"{base}/push/1")
+    assert err.value.ambiguous is False
+
+
+def test_dns_guard_refuses_private_address_of_a_host_not_allowed(
+        sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    with pytest.raises(PrivateAddress):  # localhost -> 127.0.0.1: private, not allowed
+        _post(f"{base}/push/1", allowed=frozenset())
+
+
+def test_connects_only_where_the_guard_pinned(sink: tuple[str, str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """libcurl never resolves on its own: it goes to the guard's answer or nowhere."""
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+
+    async def go(address: str) -> Answer:
+        async def resolve(host: str, port: int) -> list[str]:
+            return [address]
+
+        t = CurlTransport(resolve, timeout=5, connect_timeout=5)
+        try:
+            return await t.post(f"{base}/push/1", b"x", HEADERS)
+        finally:
+            t.close()
+
+    assert asyncio.run(go("127.0.0.1")).status == 201
+    with pytest.raises(TransportError) as err:  # nginx listens on 127.0.0.1 only
+        asyncio.run(go("127.0.0.2"))
+    assert err.value.ambiguous is False
+
+
+def test_redirect_is_an_answer_not_followed(sink: tuple[str, str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    answer = _post(f"{base}/moved/1")
+    assert answer.status == 301
+    assert answer.headers["Location"].endswith("/push/1")
+
+
+def test_timeout_after_sending_is_ambiguous(sink: tuple[str, str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    with pytest.raises(TransportTimeout) as err:
+        _post(f"{base}/slow/1", timeout=0.5)
+    assert isinstance(err.value, TimeoutError) and err.value.ambiguous
+
+    async def on_a_reused_connection() -> list:
+        t = _transport(timeout=0.5)
+        try:
+            first = await t.post(f"{base}/push/1", b"x", HEADERS)
+            return [first, *await asyncio.gather(t.post(f"{base}/slow/2", b"x", HEADERS),
+                                                 return_exceptions=True)]
+        finally:
+            t.close()
+
+    first, second = asyncio.run(on_a_reused_connection())
+    assert first.status == 201
+    assert isinstance(second, TransportTimeout) and second.ambiguous
+
+
+def test_refused_connection_is_not_ambiguous(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(TransportError) as err:
+            _post(f"https://localhost:{port}/push/1")
+    assert err.value.ambiguous is False and not isinstance(err.value, TimeoutError)
+
+
+def test_plain_http_is_refused() -> None:
+    with pytest.raises(TransportError):
+        _post("http://localhost:1/push/1")
+
+
+class _Signer:
+    signatures = 0
+
+    def header(self, origin: str) -> str:
+        return "vapid t=e30.e30.sig, k=BPublicKey"
+
+
+def test_engine_sends_https_over_http2_with_the_guard_and_no_redirects(
+        sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's https call site goes through libcurl: sent, gone, a redirect recorded
+    as the answer it is, and an address the guard refuses blocked without contact."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from pushcli.engine import Engine
+    from pushcli.messages import DeliveryOptions, Job
+    from pushcli.pushservices import Outcome
+
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        Encoding.X962, PublicFormat.UncompressedPoint)
+    port = base.rsplit(":", 1)[1]
+
+    def job(i: int, url: str) -> Job:
+        origin = url.split("/push")[0].split("/gone")[0].split("/moved")[0]
+        return Job(i, url, origin, "test", point, os.urandom(16), b'{"title":"hi"}')
+
+    jobs = [job(i, f"{base}/push/{i}") for i in range(1, 31)]
+    jobs += [job(31, f"{base}/gone/31"), job(32, f"{base}/moved/32"),
+             job(33, f"https://127.0.0.1:{port}/push/33")]  # 127.0.0.1 is not allowed
+    records: list = []
+    engine = Engine(_Signer(), DeliveryOptions(concurrency=8, max_attempts=1),  # type: ignore[arg-type]
+                    records.extend, allowed_hosts=frozenset({"localhost"}))
+    asyncio.run(engine.run(iter([jobs])))
+    by_id = {r.subscription_id: r for r in records}
+    assert sorted(by_id) == list(range(1, 34))
+    assert {by_id[i].outcome for i in range(1, 31)} == {Outcome.SENT}
+    assert (by_id[31].outcome, by_id[31].status_code) == (Outcome.EXPIRED, 410)
+    assert by_id[32].status_code == 301 and by_id[32].outcome is not Outcome.SENT
+    assert by_id[33].outcome is Outcome.BLOCKED and by_id[33].status_code is None
+    assert "non-public" in by_id[33].reason
