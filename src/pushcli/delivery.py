@@ -488,7 +488,7 @@ def _run_partition(
             run.result()
 
     try:
-        eventloop.run(main())  # uvloop where installed: less CPU per request
+        eventloop.run(main())  # asyncio, or uvloop with PUSHCLI_EVENT_LOOP=uvloop
     except asyncio.CancelledError:
         control.stop = True
 

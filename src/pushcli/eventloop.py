@@ -1,30 +1,29 @@
-"""Which asyncio event loop a send runs on: uvloop where it is installed (Linux), else asyncio's.
+"""Which asyncio event loop a send runs on: asyncio's own, or uvloop when asked for.
 
-uvloop (libuv) spends less CPU per request than asyncio's selector loop, and
-CPU is what bounds a send on a fast network; ``bench/send_bench.py
---compare-loops`` measures both in one run (README, Performance). It is an
-optional extra (``pip install 'pushcli[fast]'``): without it, or with
-``PUSHCLI_EVENT_LOOP=asyncio``, sends run on the standard loop, unchanged.
+``PUSHCLI_EVENT_LOOP=uvloop`` runs sends on uvloop (libuv) where it is
+installed (``pip install uvloop``, Linux). Measured here (README, Performance):
+uvloop spent ~8 % less CPU per message than asyncio's loop, but its sends were
+not faster in wall time on this loaded 2-core machine (slower in 3 of 4
+paired runs), so it is not the default. ``bench/send_bench.py --compare-loops``
+measures both in one run, for re-checking on a quieter machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: Environment variable that forces a loop: ``asyncio`` or ``uvloop`` (default: uvloop if present).
+#: Environment variable naming the loop: ``asyncio`` (default) or ``uvloop``.
 ENV = "PUSHCLI_EVENT_LOOP"
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop constructor when wanted and importable, else None (asyncio's default)."""
-    choice = os.environ.get(ENV, "").strip().lower()
-    if choice == "asyncio" or (not choice and not sys.platform.startswith("linux")):
+    """uvloop's loop constructor when asked for and importable, else None (asyncio's)."""
+    if os.environ.get(ENV, "").strip().lower() != "uvloop":
         return None
     try:
         import uvloop
