@@ -12,6 +12,12 @@ Unless ``--peer none``, Node web-push 3.6.7 (``npm ci``; ``bench/node_peer.js``)
 then sends the same payload shape to the same subscriptions and sink, 64
 requests in flight over a keep-alive agent, and the ratio of the two
 whole-process rates (start-up included) is printed.
+
+``--latency-ms N`` makes the sink answer N ms late (nginx's echo module,
+``echo_sleep``), as a push service tens of milliseconds away does: there the
+number of requests in flight, not CPU, decides the rate. The issue's row:
+
+    .venv/bin/python bench/send_bench.py --subscribers 30000 --latency-ms 60
 """
 
 from __future__ import annotations
@@ -43,11 +49,12 @@ from pushcli.testing import make_self_signed_cert  # noqa: E402
 from tests.support import p256dh_keys  # noqa: E402
 
 NGINX_CONF = """\
+{load_module}
 worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 16384; }}
 http {{
   access_log off;
   client_body_temp_path {dir}/body;
@@ -61,10 +68,25 @@ http {{
     listen 127.0.0.1:{port} ssl;
     ssl_certificate {cert};
     ssl_certificate_key {key};
-    location / {{ return 201; }}
+    location / {{ {answer} }}
   }}
 }}
 """
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+
+
+def nginx_conf(work: Path, port: int, cert: str, key: str, latency_ms: int) -> str:
+    """The sink: 201 at once, or after ``latency_ms`` (echo module) like a distant service."""
+    if not latency_ms:
+        return NGINX_CONF.format(dir=work, port=port, cert=cert, key=key, load_module="",
+                                 answer="return 201;")
+    if not os.path.exists(ECHO_MODULE):
+        sys.exit("--latency-ms needs nginx's echo module: apt-get install "
+                 "libnginx-mod-http-echo (scripts/install-deps.sh does)")
+    answer = ("echo_read_request_body; echo_status 201; add_header Location /m/1; "
+              f"echo_sleep {latency_ms / 1000:.3f}; echo \"\";")
+    return NGINX_CONF.format(dir=work, port=port, cert=cert, key=key,
+                             load_module=f"load_module {ECHO_MODULE};", answer=answer)
 
 
 def free_port() -> int:
@@ -182,7 +204,10 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--subscribers", type=int, default=100_000)
-    ap.add_argument("--concurrency", type=int, default=None)
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="pin pushcli's requests in flight (default: adaptive, up to 1,000)")
+    ap.add_argument("--latency-ms", type=int, default=0, choices=[0, 20, 60, 150],
+                    help="the sink answers this late (a push service this far away)")
     ap.add_argument("--workers", type=int, default=None, help="sender processes (--workers)")
     ap.add_argument("--pg", action="store_true",
                     help="use a throwaway PostgreSQL server instead of SQLite")
@@ -215,7 +240,7 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
     port = free_port()
     cert, key = make_self_signed_cert(work)
     conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=work, port=port, cert=cert, key=key))
+    conf.write_text(nginx_conf(work, port, cert, key, args.latency_ms))
     nginx = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(work)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -306,6 +331,7 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"store              {'PostgreSQL' if db_url else 'SQLite'}, "
               f"{args.workers or 'auto'} sender process(es)")
         print(f"subscribers        {args.subscribers:,}")
+        print(f"sink latency       {args.latency_ms} ms")
         print(f"import             {t_import:.1f} s ({args.subscribers / t_import:,.0f} rows/s)")
         print(f"send wall time     {t_send:.1f} s (process start to exit)")
         print(f"send engine time   {run_info['duration_s']:.1f} s")
@@ -331,6 +357,10 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
                   + (f" (first error: {nrep['first_error']})" if nrep["failed"] else ""))
             print(f"pushcli vs node    {ours / theirs:.2f}x (whole process, start-up included, "
                   "same subscriptions and sink, this run)")
+        for service, fig in (run_info.get("by_service") or {}).items():
+            print(f"transport          {service}: {fig['concurrency_reached']:,} in flight at "
+                  f"most ({'pinned' if args.concurrency else 'adaptive'}), latency p50 "
+                  f"{fig['latency_p50_ms']} ms, p95 {fig['latency_p95_ms']} ms")
         print(f"VAPID signatures   {run_info['vapid_signatures']}")
         print(f"peak RSS           {peak_one / 2**20:.0f} MB largest process, "
               f"{peak_sum / 2**20:.0f} MB whole sender tree")

@@ -347,7 +347,8 @@ def send(
         "message): resend (counted as possible_duplicates) or skip (recorded uncertain). "
         "Overrides delivery.on_uncertain.")] = None,
     concurrency: Annotated[int | None, typer.Option(
-        help="Requests in flight (overrides delivery.concurrency).")] = None,
+        help="Pin the requests in flight per push service at N (default: adaptive, up "
+        "to delivery.concurrency).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
     workers: Annotated[int | None, typer.Option(
         help="Sender processes (default: 1 below 20,000 pending, else one per core, max 4).")
