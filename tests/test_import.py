@@ -295,7 +295,8 @@ def test_stdin_needs_format_and_reads_ndjson() -> None:
 @pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
 def test_export_import_round_trip(tmp_path: Path, fmt: str) -> None:
     subs = [real_subscription(tags=["a", "b"], locale="en-GB",
-                              attributes={"first_name": f"n{i}"}, user_id=f"u{i}")
+                              attributes={"first_name": f"n{i}"}, user_id=f"u{i}",
+                              **({"timezone": "Asia/Kolkata"} if i % 2 else {}))
             for i in range(20)]
     write_json(tmp_path / "s.json", subs)
     run("subscribers", "import", "s.json")
@@ -312,6 +313,25 @@ def test_export_import_round_trip(tmp_path: Path, fmt: str) -> None:
         rows_a = sorted((s.subscription for s in a.iter_subscriptions()), key=lambda s: s.endpoint)
         rows_b = sorted((s.subscription for s in b.iter_subscriptions()), key=lambda s: s.endpoint)
         assert rows_a == rows_b
+        assert sum(s.timezone == "Asia/Kolkata" for s in rows_a) == 10
+
+
+def test_timezone_from_json_ndjson_and_csv_and_unknown_zone_rejected_with_line(
+        tmp_path: Path) -> None:
+    subs = [real_subscription() for _ in range(3)]
+    nd = "\n".join(json.dumps({**s, "timezone": z}) for s, z in
+                   zip(subs, ["Europe/Paris", "Mars/Olympus", None], strict=True))
+    recs = parse(nd.encode(), "ndjson")
+    assert recs[0].timezone == "Europe/Paris" and recs[2].timezone is None
+    assert isinstance(recs[1], Rejected) and recs[1].location == "line 2"
+    assert recs[1].reason.startswith("timezone: unknown time zone 'Mars/Olympus'")
+    path = write_csv(tmp_path / "s.csv", subs, {"timezone": ["Pacific/Kiritimati", "", "Paris"],
+                                                "plan": ["a", "b", "c"]})
+    recs = parse(path.read_bytes(), "csv")
+    assert recs[0].timezone == "Pacific/Kiritimati" and recs[0].attributes == {"plan": "a"}
+    assert recs[1].timezone is None  # an empty cell: the campaign's default zone
+    assert isinstance(recs[2], Rejected) and recs[2].location == "line 4"
+    assert recs[2].reason.startswith("timezone: unknown time zone 'Paris'")
 
 
 def test_store_file_is_created_0600(tmp_path: Path) -> None:

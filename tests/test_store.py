@@ -342,7 +342,7 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
         cols = [sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
                           server_default=c.server_default.arg if c.server_default else None)
                 for c in table.columns
-                if c.name not in ("lease_owner", "lease_until", "fault", "last_run")]
+                if c.name not in ("lease_owner", "lease_until", "fault", "last_run", "timezone")]
         sa.Table(table.name, v1, *cols)
     with engine.begin() as conn:
         v1.create_all(conn)
@@ -358,7 +358,7 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
             ambiguous=0, updated_at=1.0, reason="not sent: fcm answered 401/403 to 20 requests"))
     engine.dispose()
     with Store.open(backend) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 4
+        assert st.schema_version() == SCHEMA_VERSION == 5
         assert st.outcome_counts(st.get_campaign("old").id) == {"fcm": {"sent": 1, "failed": 1}}
         with st.engine.connect() as conn:
             rows = conn.execute(sa.select(deliveries.c.subscription_id, deliveries.c.lease_owner,
@@ -366,10 +366,16 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
                                 .order_by(deliveries.c.subscription_id)).all()
         assert [tuple(r) for r in rows] == [(7, None, None, None), (8, None, None, "held")]
         load(st, subs(3))
+        # v5: the subscriber's time zone is stored and read back
+        zoned = make_subscription({**real_subscription(), "timezone": "Asia/Kolkata"})
+        load(st, [zoned])
+        assert st.find_by_endpoint(zoned.endpoint).subscription.timezone == "Asia/Kolkata"
+        assert {s.subscription.timezone for s in st.iter_subscriptions()} == {
+            None, "Asia/Kolkata"}
         c = st.start_campaign("new", {})
         st.enqueue(c.id, [s.id for s in st.iter_subscriptions()])
-        assert st.queued(c.id) == 3
-        assert len(st.claim(c.id, "me", size=10, lease=5)) == 3
+        assert st.queued(c.id) == 4
+        assert len(st.claim(c.id, "me", size=10, lease=5)) == 4
         assert st.claim(c.id, "other", size=10, lease=5) == []  # leased: not handed out twice
 
 

@@ -259,7 +259,10 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def context(browser: Any) -> Iterator[Any]:
-    ctx = browser.new_context(locale="de-DE", viewport={"width": 760, "height": 640})
+    # not UTC nor the host's zone, so the test shows the browser's own zone is sent (Chromium
+    # reports some zones by their old names, Asia/Kolkata as Asia/Calcutta: import accepts both)
+    ctx = browser.new_context(locale="de-DE", timezone_id="America/New_York",
+                              viewport={"width": 760, "height": 640})
     ctx.set_default_timeout(TIMEOUT_MS)
     yield ctx
     ctx.close()
@@ -648,6 +651,7 @@ def test_pushsubscriptionchange_resubscribes_and_posts(
             "keys": {"p256dh": "P", "auth": "A"},
             "oldEndpoint": "https://push.example/old",
             "locale": "de-DE",
+            "timezone": "America/New_York",
         }
     ]
 
@@ -716,6 +720,7 @@ def test_subscribe_button_posts_subscription(context: Any, site: SiteServer) -> 
             "keys": {"p256dh": "BPcMbnWQL5GOYX_fake_p256dh", "auth": "fake-auth"},
             "tags": ["news", "offers"],
             "locale": "de-DE",
+            "timezone": "America/New_York",
         }
     ]
     if os.environ.get("PUSHCLI_SCREENSHOTS") == "1":

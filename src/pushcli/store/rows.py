@@ -14,6 +14,7 @@ from pushcli.subscriptions import (
     stored_keys_valid,
     validate_auth,
     validate_p256dh,
+    validate_timezone,
 )
 
 
@@ -72,6 +73,7 @@ def row_values(sub: Subscription) -> dict[str, Any]:
         "attributes": dumps(dict(sub.attributes)),
         "user_id": sub.user_id,
         "expiration_time": sub.expiration_time,
+        "timezone": sub.timezone,
     }
 
 
@@ -86,6 +88,7 @@ SUB_COLUMNS = (
     subscriptions.c.user_id,
     subscriptions.c.expiration_time,
     subscriptions.c.status,
+    subscriptions.c.timezone,
 )
 
 
@@ -96,6 +99,7 @@ def stored(row: Sequence[Any]) -> StoredSubscription:
         attributes = _json_attributes(row[6])
         exp = row[8]
         expiration = int(exp) if exp is not None else None
+        zone = validate_timezone(row[10])
     except (ValueError, TypeError, OverflowError, RecursionError):
         return _checked(row)
     if not stored_keys_valid(row[2], row[3]):
@@ -103,7 +107,7 @@ def stored(row: Sequence[Any]) -> StoredSubscription:
     return StoredSubscription(
         id=row[0],
         subscription=Subscription(row[1], row[2], row[3], tags, row[5], attributes, row[7],
-                                  expiration),
+                                  expiration, zone),
         status=row[9],
     )
 
@@ -131,6 +135,7 @@ def _checked(row: Sequence[Any]) -> StoredSubscription:
     exp = row[8]
     expiration = decoded("expiration_time",
                        lambda: int(exp) if exp is not None else None, None)
+    zone = decoded("timezone", lambda: validate_timezone(row[10]), None)
     return StoredSubscription(
         id=row[0],
         subscription=Subscription(
@@ -142,6 +147,7 @@ def _checked(row: Sequence[Any]) -> StoredSubscription:
             attributes=attributes,
             user_id=row[7],
             expiration_time=expiration,
+            timezone=zone,
         ),
         status=row[9],
         problem="; ".join(problems) or None,

@@ -10,7 +10,7 @@ from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, T
 
 from pushcli.pushservices import RETRY_OUTCOMES, Outcome
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: PostgreSQL advisory lock key serializing schema creation/migration ("pushcli").
 MIGRATION_LOCK_KEY = 0x70757368636C69
 
@@ -39,6 +39,8 @@ subscriptions = Table(
     Column("expired_at", Float),
     Column("created_at", Float),
     Column("updated_at", Float),
+    # v5: IANA zone for send windows (``schedule``); NULL means the campaign's default
+    Column("timezone", String(64)),
 )
 Index("ix_subscriptions_status_id", subscriptions.c.status, subscriptions.c.id)
 
@@ -112,6 +114,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "WHERE outcome = 'failed' AND substr(reason, 1, 10) = 'not sent: '",
     ],
     4: ["ALTER TABLE campaigns ADD COLUMN last_run TEXT"],
+    5: ["ALTER TABLE subscriptions ADD COLUMN timezone VARCHAR(64)"],
 }
 
 #: Ledger outcome of queued, not yet final, work in a shared send.

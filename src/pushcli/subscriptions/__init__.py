@@ -35,6 +35,7 @@ from pushcli.subscriptions.model import (
     validate_auth,
     validate_p256dh,
     validate_tag,
+    validate_timezone,
 )
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "validate_auth",
     "validate_p256dh",
     "validate_tag",
+    "validate_timezone",
     "write_csv",
     "write_json",
 ]

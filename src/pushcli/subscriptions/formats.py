@@ -34,7 +34,8 @@ MAX_RECORD_BYTES = 1024 * 1024  # one NDJSON line or JSON array element; a recor
 JSON_CHUNK = 64 * 1024
 CSV_DELIMITERS = {",": "','", ";": "';'", "\t": "tab"}
 CSV_REQUIRED = ("endpoint", "p256dh", "auth")
-CSV_RESERVED = {"endpoint", "p256dh", "auth", "tags", "locale", "user_id", "id", "expirationtime"}
+CSV_RESERVED = {"endpoint", "p256dh", "auth", "tags", "locale", "user_id", "id", "expirationtime",
+                "timezone"}
 
 
 # --- parsers ---------------------------------------------------------------------------
@@ -308,6 +309,7 @@ def _csv_records(stream: IO[bytes], source: str, delimiter: str | None = None,
             "locale": values.get("locale", "").strip() or None,
             "user_id": (values.get("user_id") or values.get("id") or "").strip() or None,
             "expirationTime": values.get("expirationtime", "").strip() or None,
+            "timezone": values.get("timezone", "").strip() or None,
             "attributes": {c: values[c] for c in attr_columns if values[c] != ""},
         }
         yield loc, record
@@ -569,7 +571,7 @@ def write_csv(subs: Iterable[Subscription], out: IO[str]) -> int:
         # spreadsheets) would otherwise read as the end of the row.
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(["endpoint", "p256dh", "auth", "tags", "locale", "user_id",
-                         "expirationTime", *names])
+                         "expirationTime", "timezone", *names])
         for line in spool:
             rec = json.loads(line)
             attrs = rec.get("attributes", {})
@@ -578,6 +580,7 @@ def write_csv(subs: Iterable[Subscription], out: IO[str]) -> int:
                 ";".join(rec.get("tags", [])), rec.get("locale") or "",
                 rec.get("user_id") or "",
                 "" if rec.get("expirationTime") is None else rec["expirationTime"],
+                rec.get("timezone") or "",
                 *(_csv_cell(attrs.get(k)) for k in names),
             )])
     return count

@@ -13,7 +13,9 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pushcli.encoding import b64_decode, b64url_encode
 from pushcli.pushservices import EndpointRefused, check_endpoint
@@ -41,6 +43,8 @@ class Subscription:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     user_id: str | None = None
     expiration_time: int | None = None
+    #: IANA time zone (``Europe/Paris``) for sends at the subscriber's local time.
+    timezone: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The import format, so export -> import round-trips."""
@@ -57,6 +61,8 @@ class Subscription:
             out["attributes"] = dict(self.attributes)
         if self.user_id is not None:
             out["user_id"] = self.user_id
+        if self.timezone is not None:
+            out["timezone"] = self.timezone
         return out
 
 
@@ -237,6 +243,30 @@ def _user_id(value: object) -> str | None:
     return _unicode_text("user_id", text)
 
 
+@lru_cache(maxsize=1024)
+def _known_zone(name: str) -> bool:
+    """True for an IANA zone zoneinfo can load (tzdata ships them where the system has none)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, e.g. 'America'
+        return False
+    return True
+
+
+def validate_timezone(value: object) -> str | None:
+    """An IANA time zone name (``Europe/Paris``), as ``Intl`` reports it in the browser.
+
+    Checked with zoneinfo so a send can always compute the subscriber's local
+    time; cached, since an audience holds a few hundred distinct zones at most.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 64 or not _known_zone(value):
+        raise ValueError(f"timezone: unknown time zone {str(value)[:64]!r} "
+                         "(an IANA name such as 'Europe/Paris')")
+    return value
+
+
 def _expiration(value: object) -> int | None:
     if value is None or value == "":
         return None
@@ -285,4 +315,5 @@ def make_subscription(
         attributes=_attributes(record.get("attributes")),
         user_id=_user_id(user),
         expiration_time=_expiration(record.get("expirationTime")),
+        timezone=validate_timezone(record.get("timezone")),
     )

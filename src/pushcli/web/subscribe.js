@@ -63,6 +63,15 @@
       .map((box) => box.value);
   }
 
+  /* The browser's IANA time zone (Europe/Paris), or null where Intl cannot tell. */
+  function browserTimeZone() {
+    try {
+      return Intl.DateTimeFormat().resolvedOptions().timeZone || null;
+    } catch (err) {
+      return null;
+    }
+  }
+
   function isPrivateModeError(err) {
     const name = err && err.name;
     const text = String((err && err.message) || '');
@@ -158,6 +167,9 @@
       const record = Object.assign({}, subscription.toJSON(), {
         tags: selectedTags(),
         locale: navigator.language || null,
+        // IANA zone (e.g. Europe/Paris): campaigns with schedule.local_time send at this
+        // subscriber's own local time
+        timezone: browserTimeZone(),
       });
 
       if (!SUBSCRIBE_URL) {

@@ -172,6 +172,15 @@ async function openTarget(notificationData, action) {
   return self.clients.openWindow ? self.clients.openWindow(absolute) : null;
 }
 
+/* The browser's IANA time zone (Europe/Paris), or null where Intl cannot tell. */
+function browserTimeZone() {
+  try {
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || null;
+  } catch (err) {
+    return null;
+  }
+}
+
 /* Re-subscribe after the push service rotated or expired the subscription, and tell the
  * server (which should move the old endpoint's tags to the new one). */
 async function renewSubscription(oldSubscription, newSubscription) {
@@ -188,6 +197,7 @@ async function renewSubscription(oldSubscription, newSubscription) {
   const body = Object.assign({}, subscription.toJSON(), {
     oldEndpoint: oldSubscription ? oldSubscription.endpoint : null,
     locale: (self.navigator && self.navigator.language) || null,
+    timezone: browserTimeZone(),  // kept, so local-time sends still reach the new endpoint on time
   });
   const response = await fetch(SUBSCRIBE_URL, {
     method: 'POST',
