@@ -17,6 +17,8 @@ PRIVATE_KEY_ENV = "PUSHCLI_VAPID_PRIVATE_KEY"
 SUBJECT_ENV = "PUSHCLI_VAPID_SUBJECT"
 #: Extra endpoint hosts to accept, comma-separated (as ``--allow-host``).
 ALLOW_HOSTS_ENV = "PUSHCLI_ALLOW_HOSTS"
+#: ``uvloop`` runs sends on uvloop where installed; anything else, asyncio's loop (``eventloop``).
+EVENT_LOOP_ENV = "PUSHCLI_EVENT_LOOP"
 
-__all__ = ["ALLOW_HOSTS_ENV", "DB_ENV", "DEFAULT_DB", "PRIVATE_KEY_ENV", "PRIVATE_KEY_NAME",
-           "PUBLIC_KEY_NAME", "SUBJECT_ENV"]
+__all__ = ["ALLOW_HOSTS_ENV", "DB_ENV", "DEFAULT_DB", "EVENT_LOOP_ENV", "PRIVATE_KEY_ENV",
+           "PRIVATE_KEY_NAME", "PUBLIC_KEY_NAME", "SUBJECT_ENV"]

@@ -15,15 +15,14 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from pushcli.defaults import EVENT_LOOP_ENV
 
-#: Environment variable naming the loop: ``asyncio`` (default) or ``uvloop``.
-ENV = "PUSHCLI_EVENT_LOOP"
+T = TypeVar("T")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop constructor when asked for and importable, else None (asyncio's)."""
-    if os.environ.get(ENV, "").strip().lower() != "uvloop":
+    if os.environ.get(EVENT_LOOP_ENV, "").strip().lower() != "uvloop":
         return None
     try:
         import uvloop
