@@ -598,3 +598,59 @@ def test_dry_run_names_file_line_field_and_subscriber(tmp_path: Path) -> None:
         f"error: {path}:4: notification.body: attribute 'city' is not set for this subscriber "
         "(use {{ city | default('...') }}) (subscriber id 1)"
     )
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+SCHEDULED = HEAD + """\
+schedule:
+  start: 2026-12-01T08:00:00+01:00
+  local_time: "09:00"
+  window: 2h
+  timezone: Europe/Paris
+  quiet_hours: "21:00-08:00"
+audience:
+  frequency_cap: {max: 2, within: 7d}
+"""
+
+
+def test_schedule_and_frequency_cap_load_with_defaults() -> None:
+    from datetime import UTC, datetime, time, timedelta
+
+    campaign = parse_campaign(SCHEDULED)
+    first_run = datetime(2026, 11, 30, tzinfo=UTC)
+    s = campaign.schedule.resolve(first_run)
+    assert s.start == datetime(2026, 12, 1, 7, tzinfo=UTC)
+    assert s.end == s.start + timedelta(hours=48)  # default end
+    assert (s.local_time, s.window, s.timezone) == (time(9), timedelta(hours=2), "Europe/Paris")
+    assert s.quiet_hours == (time(21), time(8))
+    assert campaign.audience.frequency_cap.cap().within == timedelta(days=7)
+    bare = parse_campaign(HEAD + "schedule:\n  local_time: '09:00'\n").schedule.resolve(first_run)
+    assert (bare.start, bare.window, bare.timezone) == (first_run, timedelta(hours=1), "UTC")
+    # the stored spec (JSON) validates again: report re-reads the audience from it
+    dumped = campaign.model_dump(mode="json")
+    assert Audience.model_validate_json(json.dumps(dumped["audience"])) == campaign.audience
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("schedule:\n  local_time: 10:30\n",
+     'campaign.yml:7: schedule.local_time: write the time in quotes, e.g. "10:30"'),
+    ("schedule:\n  local_time: '25:00'\n",
+     "campaign.yml:7: schedule.local_time: '25:00' is not a time like '09:00' (24-hour clock)"),
+    ("schedule:\n  window: 30h\n", "campaign.yml:7: schedule.window: must be between 1m and 23h"),
+    ("schedule:\n  timezone: Paris\n", "campaign.yml:7: schedule.timezone: unknown time zone "
+     "'Paris' (an IANA name such as 'Europe/Paris')"),
+    ("schedule:\n  start: 2026-12-01T08:00:00\n", "campaign.yml:7: schedule.start: needs a UTC "
+     "offset (2026-12-01T08:00:00+01:00, or Z for UTC)"),
+    ("schedule:\n  start: 2026-12-02T08:00:00Z\n  end: 2026-12-01T08:00:00Z\n",
+     "campaign.yml:8: schedule.end: must be after schedule.start"),
+    ("schedule:\n  quiet_hours: '08:00-08:00'\n", "campaign.yml:7: schedule.quiet_hours: "
+     "'08:00-08:00' is empty or the whole day: from and to must differ"),
+    ("audience:\n  frequency_cap:\n    max: 2\n    within: 7x\n", "campaign.yml:9: "
+     "audience.frequency_cap.within: '7x' is not a duration like '90m', '2h' or '7d'"),
+    ("audience:\n  frequency_cap:\n    max: 0\n    within: 7d\n",
+     "campaign.yml:8: audience.frequency_cap.max: must be between 1 and 1000"),
+])
+def test_bad_schedule_values_name_file_line_and_field(yaml_text: str, message: str) -> None:
+    assert error_of(HEAD + yaml_text) == message

@@ -10,6 +10,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -29,6 +30,15 @@ from pydantic_core import PydanticCustomError
 from pushcli.campaign.sandbox import PLACEHOLDER_RE, has_placeholder, template_problem
 from pushcli.messages import CONCURRENCY_RANGE
 from pushcli.pushservices import KNOWN_SERVICES, vapid_subject_problem
+from pushcli.schedule import (
+    DEFAULT_SPAN,
+    FrequencyCap,
+    Schedule,
+    parse_clock,
+    parse_duration,
+    parse_range,
+    zone,
+)
 
 __all__ = [
     "MISSING",
@@ -36,10 +46,12 @@ __all__ = [
     "Audience",
     "Campaign",
     "Delivery",
+    "FrequencyCapSpec",
     "HttpsUrl",
     "LocaleOverride",
     "NonEmpty",
     "Notification",
+    "ScheduleSpec",
     "TemplateText",
     "TemplateUrl",
     "TitleText",
@@ -204,6 +216,51 @@ def _scalar_values(value: Any) -> Any:
     return value
 
 
+def _parsed(parse: Any) -> AfterValidator:
+    """Check a text field with one of schedule's parsers; the text is kept as written
+    (so the stored spec round-trips) and parsed again where it is used."""
+    def check(value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return value
+
+    return AfterValidator(check)
+
+
+def _instant(value: Any) -> Any:
+    """An ISO 8601 moment with its UTC offset (``2026-12-01T08:00:00+01:00`` or ``...Z``)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise _fail(f"{value[:40]!r} is not a date and time like "
+                        "2026-12-01T08:00:00+01:00") from None
+    else:
+        raise _fail("must be a date and time like 2026-12-01T08:00:00+01:00")
+    if moment.utcoffset() is None:
+        raise _fail("needs a UTC offset (2026-12-01T08:00:00+01:00, or Z for UTC)")
+    return moment
+
+
+def _zone_name(value: str) -> str:
+    if zone(value) is None:
+        raise _fail(f"unknown time zone {value[:64]!r} (an IANA name such as 'Europe/Paris')")
+    return value
+
+
+def _clock_text(value: Any) -> Any:
+    """YAML reads an unquoted 10:30 as the number 630 (base 60): ask for quotes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise _fail('write the time in quotes, e.g. "10:30"')
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_instant)]
+Duration = Annotated[str, _parsed(parse_duration)]
 HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 TemplateUrl = Annotated[str, AfterValidator(_template_url)]
 TemplateText = Annotated[str, AfterValidator(_template)]
@@ -311,6 +368,25 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+class FrequencyCapSpec(BaseModel):
+    """``audience.frequency_cap``: at most ``max`` messages sent (any campaign) in ``within``."""
+
+    model_config = _FROZEN
+
+    max: Annotated[int, _in_range(1, 1000)]
+    within: Duration
+
+    @field_validator("within")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        if not timedelta(hours=1) <= parse_duration(value) <= timedelta(days=366):
+            raise _fail("must be between 1h and 366d")
+        return value
+
+    def cap(self) -> FrequencyCap:
+        return FrequencyCap(self.max, parse_duration(self.within))
+
+
 class Audience(BaseModel):
     """Who receives the campaign; ``matches`` runs once per subscriber, so it is precomputed."""
 
@@ -319,6 +395,7 @@ class Audience(BaseModel):
     tags: list[NonEmpty] = []
     exclude_tags: list[NonEmpty] = []
     where: Annotated[dict[str, str | int | float | bool], BeforeValidator(_scalar_values)] = {}
+    frequency_cap: FrequencyCapSpec | None = None
 
     _any_of: frozenset[str] = PrivateAttr(default=frozenset())
     _none_of: frozenset[str] = PrivateAttr(default=frozenset())
@@ -364,6 +441,42 @@ class Delivery(BaseModel):
     on_uncertain: Literal["resend", "skip"] = "resend"
 
 
+class ScheduleSpec(BaseModel):
+    """``schedule``: when each subscriber may be sent (the rules are in ``pushcli.schedule``)."""
+
+    model_config = _FROZEN
+
+    start: Instant | None = None
+    end: Instant | None = None
+    local_time: Annotated[str, BeforeValidator(_clock_text), _parsed(parse_clock)] | None = None
+    window: Duration = "1h"
+    timezone: Annotated[str, AfterValidator(_zone_name)] = "UTC"
+    quiet_hours: Annotated[str, BeforeValidator(_clock_text), _parsed(parse_range)] | None = None
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if not timedelta(minutes=1) <= parse_duration(value) <= timedelta(hours=23):
+            raise _fail("must be between 1m and 23h")
+        return value
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> ScheduleSpec:
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise _fail("must be after schedule.start", "end")
+        return self
+
+    def resolve(self, first_run: datetime) -> Schedule:
+        """The schedule's values: ``start`` defaults to the campaign's first run (so it
+        stays put across cron runs), ``end`` to 48 h after start."""
+        start = (self.start or first_run).astimezone(UTC)
+        end = self.end.astimezone(UTC) if self.end is not None else start + DEFAULT_SPAN
+        return Schedule(start=start, end=end,
+                        local_time=parse_clock(self.local_time) if self.local_time else None,
+                        window=parse_duration(self.window), timezone=self.timezone,
+                        quiet_hours=parse_range(self.quiet_hours) if self.quiet_hours else None)
+
+
 class VapidSettings(BaseModel):
     """Per-campaign key and contact; a relative key path means next to the campaign file."""
 
@@ -391,6 +504,7 @@ class Campaign(BaseModel):
     locales: dict[str, LocaleOverride] = {}
     audience: Audience = Audience()
     delivery: Delivery = Delivery()
+    schedule: ScheduleSpec | None = None
     vapid: VapidSettings = VapidSettings()
     source: str | None = None
     # Line of each dotted field in ``source``, so a template that fails for one subscriber
