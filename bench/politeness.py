@@ -2,7 +2,8 @@
 
 The sink (aiohttp, plain HTTP on loopback, answering ``--latency-ms`` late like
 a push service that far away) takes at most ``--limit`` messages per second
-(a token bucket holding a tenth of a second's worth) and answers every
+(a token bucket holding one second's worth: a quota per
+second, as FCM's is per minute) and answers every
 request above that with ``429 Too Many Requests`` and ``Retry-After: 1``, as
 FCM does over its quota. pushcli must converge to the limit without offering
 more than 10 % above it, and lose nothing: every subscriber accepted exactly
@@ -44,7 +45,7 @@ class RateLimitedSink:
     def __init__(self, limit: float, latency: float) -> None:
         self.limit = limit
         self.latency = latency
-        self.tokens = limit / 10
+        self.tokens = limit
         self.refilled = time.monotonic()
         self.accepted: Counter[str] = Counter()  # per subscription path: exactly once?
         self.arrivals: list[tuple[float, bool]] = []  # (time, accepted)
@@ -52,7 +53,7 @@ class RateLimitedSink:
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         now = time.monotonic()
-        self.tokens = min(self.limit / 10, self.tokens + (now - self.refilled) * self.limit)
+        self.tokens = min(self.limit, self.tokens + (now - self.refilled) * self.limit)
         self.refilled = now
         ok = self.tokens >= 1
         if ok:
@@ -147,7 +148,7 @@ def main() -> None:
     per_second = Counter(int(at - first) for at in took)
     offered_steady = len(steady) / steady_span
     accepted_steady = sum(1 for _, ok in steady if ok) / steady_span
-    print(f"limit              {args.limit:,.0f} messages/s (token bucket, 0.1 s burst), "
+    print(f"limit              {args.limit:,.0f} messages/s (token bucket, 1 s burst), "
           f"sink {args.latency_ms} ms away, 429 + Retry-After: 1 above it")
     print(f"subscribers        {args.subscribers:,}; pushcli at its defaults (adaptive)")
     print(f"accepted           {len(took):,} in {span:.1f} s: {len(took) / span:,.0f}/s overall, "

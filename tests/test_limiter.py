@@ -149,7 +149,7 @@ def test_pacer_learns_the_rate_the_origin_takes_and_probes_up_slowly() -> None:
         clock.now += 0.01
         for _ in range(20):
             pacer.reserve()
-    assert 1000 < pacer.rate < 1200  # ~2 %/s upwards
+    assert 980 < pacer.rate < 1010  # ~1 %/s upwards
     capped = Pacer(500, adaptive=True, clock=clock)
     for _ in range(1000):
         clock.now += 0.001
@@ -281,3 +281,26 @@ def test_rate_limits_must_name_a_known_service_and_a_positive_rate(value: str,
     with pytest.raises(InputError) as info:
         parse_campaign(CAMPAIGN.replace("{fcm: 2000, apple: 500}", value), source="c.yml")
     assert words in str(info.value) and "c.yml:7" in str(info.value)
+
+
+def test_a_retry_after_pause_is_not_measured_as_a_low_rate() -> None:
+    """Before: the second throttle after a 1 s pause measured the pause (nothing accepted)
+    and the learnt rate collapsed by 30 % per throttle."""
+    clock = Clock()
+    pacer = Pacer(None, adaptive=True, clock=clock)
+    for _ in range(1000):
+        clock.now += 0.001
+        pacer.accepted()
+    pacer.throttled()
+    assert pacer.rate == pytest.approx(900, rel=0.01)
+    pacer.pause(clock.now + 1.0)  # Retry-After: 1
+    clock.now += 1.05  # resumed 50 ms ago; a 429 again: too soon to measure
+    pacer.throttled()
+    assert pacer.rate == pytest.approx(810, rel=0.01)  # -10 % of the pace that went over
+    pacer.pause(clock.now + 1.0)
+    clock.now += 1.0
+    for _ in range(800):  # 800 accepted in the second after the pause
+        clock.now += 0.00125
+        pacer.accepted()
+    pacer.throttled()
+    assert pacer.rate == pytest.approx(720, rel=0.02)  # 90 % of 800/s, the pause not counted

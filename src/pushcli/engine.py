@@ -539,6 +539,7 @@ class Engine:
         if retry_after is not None:
             capped = min(retry_after, self.options.backoff_max * 10)
             host.not_before = max(host.not_before, time.monotonic() + capped)
+            host.pacer.pause(host.not_before)
             delay = max(delay, capped)
         self._later(job, delay)
 

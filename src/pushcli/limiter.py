@@ -24,7 +24,8 @@ link's capacity:
 service's quota such as FCM's 600,000/min) and, when adaptive, a rate learnt
 from throttling: at a 429/406/503 it drops to 90 % of what the origin accepted
 in the last second (at most 30 % less a second, never below 10/s), then
-creeps up 2 % per second while it is what holds the send back. A concurrency
+creeps up 1 % per second while it is what holds the send back (each 429 costs
+a whole Retry-After pause, so probing slowly keeps more of the quota). A concurrency
 limit alone cannot be polite to a rate quota: a service 60 ms away that allows
 1,000/s is over it with 61 requests in flight.
 
@@ -151,7 +152,7 @@ class Pacer:
     #: share of 429s) must not bring a send to a crawl.
     MIN_RATE = 10.0
     #: How fast a learnt rate probes upwards while it holds the send back, per second.
-    PROBE = 0.02
+    PROBE = 0.01
     _BUCKETS = 10  # accepted answers in 0.1 s buckets over the last second
 
     def __init__(self, rate: float | None = None, *, adaptive: bool = False,
@@ -167,6 +168,7 @@ class Pacer:
         self._last_cut = -math.inf
         self._grown_at = self._next_at
         self._first_accepted = math.inf
+        self._resumed_at = -math.inf  # end of the last Retry-After pause
         self._counts = [0] * self._BUCKETS
         self._bucket = int(self._next_at * self._BUCKETS)
 
@@ -201,6 +203,14 @@ class Pacer:
             self._advance()
             self._counts[self._bucket % self._BUCKETS] += 1
 
+    def pause(self, until: float) -> None:
+        """The origin said Retry-After: nothing goes out until ``until`` (engine clock).
+
+        What it accepted before the pause says little about the rate after it, and
+        the pause itself is no measure of the rate: the count starts again."""
+        self._resumed_at = max(self._resumed_at, until)
+        self._counts = [0] * self._BUCKETS
+
     def throttled(self) -> None:
         """A throttling answer: learn 90 % of what the origin accepted in the last second."""
         if not self.adaptive:
@@ -214,9 +224,13 @@ class Pacer:
         # the buckets span 0.9 s plus the part of the current one gone by (less when the
         # origin answered for less than a second)
         span = min(0.9 + (now * self._BUCKETS - self._bucket) / self._BUCKETS,
-                   now - self._first_accepted)
+                   now - max(self._first_accepted, self._resumed_at))
         before = self.rate
-        if taken >= 1 and span > 0:
+        if span < 0.2 and before is not None:
+            # just resumed: too short to measure, so the pace that was kept is what
+            # went over
+            self.learnt = 0.9 * before
+        elif taken >= 1 and span > 0:
             self.learnt = 0.9 * taken / span
             if before is not None:  # at most -30 % a second: a few stray 429s are no quota
                 self.learnt = max(self.learnt, 0.7 * before)
