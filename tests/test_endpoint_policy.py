@@ -431,3 +431,20 @@ def _subs(records: list[dict]):
     from pushcli.subscriptions import make_subscription
 
     return [make_subscription(r, allowed_hosts=frozenset({"127.0.0.1"})) for r in records]
+
+def test_every_whitespace_and_control_character_is_refused_anywhere_in_the_url() -> None:
+    """Every code point ``str.isspace()`` calls whitespace, every C0 control and DEL, in the
+    middle of an otherwise valid endpoint; and no other code point up to U+3000 (the last
+    whitespace), nor a few beyond, trips that rule."""
+    from pushcli.pushservices import EndpointRefused, check_endpoint
+
+    base = "https://fcm.googleapis.com/fcm/send/"
+    for cp in [*range(0x3001), 0xFEFF, 0x1F600, 0x10FFFF]:
+        c = chr(cp)
+        bad = c.isspace() or cp < 32 or cp == 127
+        try:
+            check_endpoint(base + "ab" + c + "cd")
+        except EndpointRefused as exc:
+            assert bad == ("whitespace or control" in str(exc)), (hex(cp), str(exc))
+        else:
+            assert not bad, hex(cp)

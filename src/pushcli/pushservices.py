@@ -33,6 +33,10 @@ MAX_ENDPOINT_LENGTH = 4096
 #: One DNS label in letters-digits-hyphen form (what push services hand out):
 #: no empty labels, no IDN/Unicode, no percent-escapes or backslashes.
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+#: What ``str.isspace()`` calls whitespace (re's Unicode ``\s`` is the same set), C0 controls
+#: and DEL: one C-speed scan instead of a Python loop per character (check_endpoint runs per
+#: message at send, per row at import).
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 #: IANA IPv4 Special-Purpose Address Registry (RFC 6890 and later), plus multicast and the
 #: limited broadcast: no push service lives there. An explicit table, because what
@@ -98,6 +102,11 @@ class Outcome(StrEnum):
     #: (``on_uncertain: skip``): may or may not have arrived. Final: never resent,
     #: never retried by --retry-failed, never counted by prune.
     UNCERTAIN = "uncertain"
+    #: Over ``audience.frequency_cap`` when it became due (send windows): never sent for
+    #: this campaign. Final: not retried, never counted by prune.
+    CAPPED = "capped"
+    #: Still waiting for its send window when ``schedule.end`` passed. Final, like capped.
+    MISSED = "missed"
 
 
 #: Outcomes ``send --retry-failed`` sends again: ``failed`` (temporary trouble,
@@ -359,7 +368,7 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
         raise EndpointRefused("endpoint is missing")
     if len(url) > MAX_ENDPOINT_LENGTH:
         raise EndpointRefused(f"endpoint is longer than {MAX_ENDPOINT_LENGTH} characters")
-    if url != url.strip() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+    if url != url.strip() or _SPACE_OR_CONTROL.search(url):
         raise EndpointRefused("endpoint contains whitespace or control characters")
     if "\\" in url:
         raise EndpointRefused("endpoint must not contain a backslash")
