@@ -432,6 +432,7 @@ def _subs(records: list[dict]):
 
     return [make_subscription(r, allowed_hosts=frozenset({"127.0.0.1"})) for r in records]
 
+
 def test_every_whitespace_and_control_character_is_refused_anywhere_in_the_url() -> None:
     """Every code point ``str.isspace()`` calls whitespace, every C0 control and DEL, in the
     middle of an otherwise valid endpoint; and no other code point up to U+3000 (the last
