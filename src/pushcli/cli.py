@@ -63,7 +63,10 @@ DbOpt = Annotated[str | None, typer.Option(
     "directory).")]
 StatusOpt = Annotated[str, typer.Option(help="active | expired | all")]
 ReportFilesOpt = Annotated[list[Path] | None, typer.Option(
-    "--report", help="Also write the report to FILE.json and/or FILE.csv (repeatable).")]
+    "--report", help="Also write the report to FILE.json, FILE.csv and/or FILE.html (the "
+    "results page; repeatable).")]
+HtmlOpt = Annotated[Path | None, typer.Option(
+    "--html", help="Also write a self-contained HTML results page (charts, no script) to FILE.")]
 
 
 hide_flag_types()
@@ -426,14 +429,18 @@ def report_cmd(
     name: Annotated[str, typer.Argument(help="Campaign name.")],
     report: ReportFilesOpt = None,
     as_json: ReportJsonOpt = False,
+    html: HtmlOpt = None,
 ) -> None:
     """Re-print a campaign's report from the ledger."""
+    from pushcli.htmlreport import render_campaign, write_html
     from pushcli.report import build_report, write_report_files
 
     with open_store(create=False) as store:
         doc = build_report(store, name)
         if report:
             write_report_files(store, doc, report)
+        if html:
+            write_html(html, render_campaign(store, doc))
     if as_json:
         emit_json(doc)
     else:
@@ -442,13 +449,16 @@ def report_cmd(
 
 @campaigns_app.command("list")
 @handle_errors
-def campaigns_list(as_json: JsonOpt = False) -> None:
+def campaigns_list(as_json: JsonOpt = False, html: HtmlOpt = None) -> None:
     """Campaigns in this store: started, finished, counts by outcome."""
     from pushcli.console import print_campaigns
+    from pushcli.htmlreport import render_campaigns, write_html
     from pushcli.report import campaign_rows
 
     with open_store(create=False) as store:
         rows = campaign_rows(store)
+    if html:
+        write_html(html, render_campaigns(rows))
     if as_json:
         emit_json(rows)
     else:

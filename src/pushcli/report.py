@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from pushcli import htmlreport
 from pushcli.errors import InputError
 from pushcli.files import neutralize_cell, private_file
 from pushcli.pushservices import Outcome
@@ -110,13 +111,17 @@ def exit_code_for(report: dict[str, Any]) -> int:
 
 def write_report_files(store: Store, report: dict[str, Any],
                        paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Write ``--report`` files: ``.json`` gets the report, ``.csv`` one row per subscriber."""
+    """Write ``--report`` files: ``.json`` gets the report, ``.csv`` one row per subscriber,
+    ``.html`` the results page rendered from the same report (``htmlreport``)."""
     written: list[Path] = []
     for raw in paths:
         path = Path(raw)
         suffix = path.suffix.lower()
-        if suffix not in (".json", ".csv"):
-            raise InputError("report file must end in .json or .csv", file=str(path))
+        if suffix not in (".json", ".csv", ".html"):
+            raise InputError("report file must end in .json, .csv or .html", file=str(path))
+        if suffix == ".html":
+            written.append(htmlreport.write_html(path, htmlreport.render_campaign(store, report)))
+            continue
         try:
             with private_file(path) as fh:  # 0600: it holds endpoints
                 if suffix == ".json":

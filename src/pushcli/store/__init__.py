@@ -1,7 +1,8 @@
 """The only package that speaks SQL: schema and migrations (``schema``), where the
 store is and its errors (``database``), row decoding (``rows``), subscriber queries
-(``subscribers``), the campaign ledger (``ledger``), prune's queries (``pruning``)
-and cross-process locks with their names (``locks``).
+(``subscribers``), the campaign ledger (``ledger``), the results page's bounded
+aggregates (``charts``), prune's queries (``pruning``) and cross-process locks with
+their names (``locks``).
 
 ``Store`` composes them behind one SQLAlchemy engine. SQLAlchemy Core keeps the
 SQL portable (SQLite and PostgreSQL). On SQLite the database runs in WAL mode
@@ -17,6 +18,7 @@ from sqlalchemy import select, update
 
 from pushcli.errors import InputError, PushcliError
 from pushcli.messages import DeliveryRecord
+from pushcli.store.charts import Charts, Timeline
 from pushcli.store.database import (
     BUSY_TIMEOUT_MS,
     DB_ENV,
@@ -57,12 +59,12 @@ __all__ = [
     "BUSY_TIMEOUT_MS", "DB_ENV", "DEFAULT_DB", "IMPORT_BATCH", "INFLIGHT", "LOCK_STALE_AFTER",
     "MIGRATIONS", "PENDING", "PRUNE_LOCK", "SCHEMA_VERSION", "CampaignInfo", "DeliveryRecord",
     "ImportResult", "Lock", "PruneCandidate", "Rejection", "Store", "StoredSubscription",
-    "campaign_lock", "campaigns", "database_url", "deliveries", "is_campaign_lock",
+    "Timeline", "campaign_lock", "campaigns", "database_url", "deliveries", "is_campaign_lock",
     "is_prune_lock", "locks", "metadata", "store_error", "subscriptions",
 ]
 
 
-class Store(Subscribers, Ledger, Pruning, Locks, Database):
+class Store(Subscribers, Ledger, Charts, Pruning, Locks, Database):
     """A subscriber store and delivery ledger behind one SQLAlchemy engine."""
 
     @classmethod

@@ -1,0 +1,317 @@
+"""The results page (``report NAME --html``, ``send --report FILE.html``): its numbers are
+``report --json``'s, it fetches nothing, it is private, and it stays small for a large ledger.
+A real Chromium opens it from disk with every request blocked (and writes
+docs/img/report.png, the README's picture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import stat
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pushcli.htmlreport import render, render_campaign
+from pushcli.messages import DeliveryRecord
+from pushcli.pushservices import Outcome
+from pushcli.report import build_report
+from pushcli.store import Store, Timeline
+from pushcli.store.charts import MAX_BUCKETS
+from pushcli.subscriptions import make_subscription
+from tests.support import Workspace, emulator, invoke, real_subscription
+from tests.test_web import CHROMIUM, CHROMIUM_ARGS
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = 1_790_000_000.0  # a fixed minute boundary: the timeline is the same on every run
+
+# (outcome, service, status, reason, ambiguous) per subscriber, recorded at BASE + minute
+LEDGER: list[tuple[Outcome, str, int | None, str, bool, int]] = [
+    *[(Outcome.SENT, "fcm.googleapis.com", 201, "", False, 0)] * 6,
+    *[(Outcome.SENT, "updates.push.services.mozilla.com", 201, "", True, 1)] * 2,
+    *[(Outcome.EXPIRED, "fcm.googleapis.com", 410, "HTTP 410", False, 1)] * 3,
+    (Outcome.REJECTED, "fcm.googleapis.com", 400, "HTTP 400 bad payload", False, 1),
+    (Outcome.AUTH, "updates.push.services.mozilla.com", 403, "HTTP 403 VAPID", False, 4),
+    (Outcome.BLOCKED, "evil.example", None, "host not allowed", False, 4),
+    *[(Outcome.FAILED, "fcm.googleapis.com", 503, "HTTP 503", False, 4)] * 2,
+    (Outcome.UNCERTAIN, "fcm.googleapis.com", None, "in flight when stopped", False, 4),
+]
+
+
+class Tables(HTMLParser):
+    """Each ``<table id=...>``'s body rows as lists of cell text, and ``data-field`` values."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.fields: dict[str, str] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self._field: str | None = None
+        self._in_body = False
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table":
+            self._table = a["id"] or ""
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag == "td" and self._in_body:
+            self._cell = []
+        elif tag == "dd":
+            self._field = a.get("data-field")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "tbody":
+            self._in_body = False
+        elif tag == "table":
+            self._table = None
+        elif tag == "dd":
+            self._field = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._field is not None:
+            self.fields[self._field] = self.fields.get(self._field, "") + data
+
+
+def n(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def make_ledger(path: Path, name: str = "spring") -> Store:
+    """A store whose campaign ``name`` ended with every kind of outcome, over five
+    minutes with a two-minute pause (minutes 2 and 3 are empty)."""
+    store = Store.open(path)
+    store.import_subscriptions(("f", make_subscription(real_subscription()))
+                               for _ in range(len(LEDGER) + 2))
+    info = store.start_campaign(name, {"name": name})
+    ids = [s.id for b in store.pending(info.id) for s in b]
+    store.record(info.id, [
+        DeliveryRecord(sid, o, svc, code, reason, ambiguous=amb)
+        for sid, (o, svc, code, reason, amb, _) in zip(ids, LEDGER, strict=False)])
+    with store.engine.begin() as conn:
+        for sid, (*_, minute) in zip(ids, LEDGER, strict=False):
+            conn.exec_driver_sql("UPDATE deliveries SET updated_at = ? WHERE subscription_id = ?",
+                                 (BASE + 60 * minute + 7, sid))
+    store.finish_campaign(info.id, "done", {"duration_s": 300.0, "rate_per_s": 0.1,
+                                            "retries": 3})
+    return store
+
+
+def check_page_against(page: str, doc: dict[str, Any]) -> Tables:
+    """Every number of the page's tables against the report document."""
+    t = Tables(page)
+    outcomes = {row[0]: n(row[1]) for row in t.tables["outcomes"]}
+    for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
+        assert outcomes[key] == doc[key], key
+    for key in ("uncertain", "capped", "missed"):  # newer outcomes: shown when present
+        assert outcomes.get(key, 0) == doc.get(key, 0), key
+    assert outcomes["possible duplicates"] == doc["possible_duplicates"]
+    assert n(t.fields["final outcomes"]) == doc["total"]
+    assert t.fields["status"] == doc["status"] and n(t.fields["runs"]) == doc["runs"]
+    services = t.tables["services"]
+    assert [r[0] for r in services] == sorted(doc["by_service"])
+    head = [o for o in outcomes if o != "possible duplicates"]
+    for row in services:
+        want = doc["by_service"][row[0]]
+        assert [n(c) for c in row[1:]] == [want.get(o, 0) for o in head] + [want["total"]]
+    # the timeline counts every final outcome once
+    timeline = t.tables["timeline"]
+    assert sum(n(r[-1]) for r in timeline) == doc["total"]
+    return t
+
+
+def test_page_numbers_are_report_json_numbers(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    make_ledger(db).close()
+    page_path = tmp_path / "page.html"
+    result = invoke("report", "spring", "--json", "--html", str(page_path), db=db)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    page = page_path.read_text()
+    t = check_page_against(page, doc)
+    assert doc["expired"] == 3 and doc["uncertain"] == 1
+    assert doc["possible_duplicates"] == 2
+    # minutes 0..4 with the pause at 2 and 3 kept as empty rows
+    assert [n(r[-1]) for r in t.tables["timeline"]] == [6, 6, 0, 0, 5]
+    # failure reasons: commonest first, with status codes and subscriber counts
+    reasons = t.tables["reasons"]
+    assert reasons[0] == ["expired", "410", "HTTP 410", "3"]
+    assert reasons[1] == ["failed", "503", "HTTP 503", "2"]
+    assert sum(n(r[3]) for r in reasons) == doc["total"] - doc["sent"]
+    assert stat.S_IMODE(os.stat(page_path).st_mode) == 0o600
+
+
+def test_page_fetches_nothing_and_escapes_input(tmp_path: Path) -> None:
+    store = make_ledger(tmp_path / "s.db", name='<script>alert("x")</script>')
+    with store:
+        page = render_campaign(store, build_report(store, '<script>alert("x")</script>'),
+                               now=BASE)
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;" in page
+    assert not re.search(r"""(src|href|xlink:href)\s*=""", page, re.I)
+    assert "http://" not in page and "https://" not in page
+    assert "@import" not in page and "url(" not in page
+    assert "prefers-color-scheme:dark" in page and "@media print" in page
+    # every chart has alt text
+    assert page.count("<svg") == page.count("<title id=") == page.count("aria-labelledby")
+
+
+def test_send_window_fields_are_shown_when_present() -> None:
+    """A scheduled campaign's waiting, capped and missed counts (issue 13's fields)."""
+    doc = {"campaign": "win", "status": "waiting", "runs": 2, "started_at": BASE,
+           "finished_at": BASE + 60, "total": 7, "sent": 4, "expired": 0, "rejected": 0,
+           "auth": 0, "blocked": 0, "failed": 0, "uncertain": 0, "capped": 2, "missed": 1,
+           "pending": 30, "waiting": 30, "next_due_at": BASE + 3600,
+           "waiting_by_reason": {"start": 0, "local_time": 25, "quiet_hours": 5},
+           "possible_duplicates": 0, "by_service": {}}
+    page = render(doc, Timeline(start=BASE, width_s=60, counts=[{"sent": 4, "capped": 2},
+                                                                 {"missed": 1}]), [])
+    t = Tables(page)
+    assert dict(t.tables["schedule"]) == {"waiting: start": "0", "waiting: local_time": "25",
+                                          "waiting: quiet_hours": "5", "capped": "2",
+                                          "missed": "1"}
+    assert n(t.fields["audience"]) == 37
+    assert "waiting 30; next due 2026-09-21 15:13:20 UTC" in page.replace("<b>", "").replace(
+        "</b>", "")
+
+
+def test_report_files_choose_html_by_extension(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    make_ledger(db).close()
+    out = tmp_path / "r.HTML"
+    result = invoke("report", "spring", "--report", str(out), "--json", db=db)
+    assert result.exit_code == 0, result.output
+    check_page_against(out.read_text(), json.loads(result.stdout))
+    bad = invoke("report", "spring", "--report", str(tmp_path / "r.txt"), db=db)
+    assert bad.exit_code == 2
+    assert "must end in .json, .csv or .html" in bad.output and "Traceback" not in bad.output
+
+
+def test_send_report_html_matches_its_json(tmp_path: Path) -> None:
+    with emulator(seed=3) as emu:
+        ws = Workspace.create(tmp_path, emu)
+        subs = ws.subscribe(8)
+        ws.add_subscribers(subs)
+        for s in subs[:2]:
+            emu.expire(s["endpoint"])
+        emu.add_fault(400, client_hash=subs[2]["endpoint"])
+        page, report = tmp_path / "send.html", tmp_path / "send.json"
+        code, doc = ws.send(ws.campaign("e2e"), "--report", str(page), "--report", str(report))
+    assert code == 1 and doc["sent"] == 5 and doc["expired"] == 2 and doc["rejected"] == 1
+    check_page_against(page.read_text(), json.loads(report.read_text()))
+    assert stat.S_IMODE(os.stat(page).st_mode) == 0o600
+
+
+def test_campaigns_list_html(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    make_ledger(db).close()
+    out = tmp_path / "list.html"
+    result = invoke("campaigns", "list", "--json", "--html", str(out), db=db)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    t = Tables(out.read_text())
+    (row,) = t.tables["campaigns"]
+    assert row[0] == "spring" and n(row[5]) == rows[0]["sent"] and n(row[6]) == rows[0]["expired"]
+    assert row[7] == f"{100 * rows[0]['expired'] / rows[0]['total']:.1f} %"
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_large_ledger_page_stays_small(tmp_path: Path) -> None:
+    """200,000 outcomes over ten hours: bounded buckets and reasons, a page of kilobytes."""
+    db = tmp_path / "big.db"
+    store = Store.open(db)
+    info = store.start_campaign("big", {"name": "big"})
+    store.finish_campaign(info.id, "done")
+    store.close()
+    outcomes = ["sent"] * 7 + ["expired", "failed", "rejected"]
+    rows = ((info.id, i, outcomes[i % 10], 201 if i % 10 < 7 else 400 + i % 37,
+             None if i % 10 < 7 else f"reason {i % 53}", "fcm.googleapis.com", 1, 0,
+             BASE + (i * 36_000 / 200_000)) for i in range(200_000))
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO deliveries (campaign_id, subscription_id, outcome, "
+                         "status_code, reason, service, attempts, ambiguous, updated_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    with Store.open(db) as store:
+        doc = build_report(store, "big")
+        timeline = store.outcome_timeline(info.id)
+        page = render_campaign(store, doc, now=BASE)
+    assert doc["total"] == 200_000 and doc["sent"] == 140_000
+    assert len(timeline.counts) <= MAX_BUCKETS + 1 and timeline.width_s == 180
+    assert sum(sum(c.values()) for c in timeline.counts) == 200_000
+    assert len(page.encode()) < 300_000
+    t = check_page_against(page, doc)
+    assert len(t.tables["reasons"]) == 10
+
+
+# --- a real browser, offline -------------------------------------------------------------
+
+
+def block_all_but(url: str, seen: list[str]) -> Any:
+    """A route handler: the page's own file loads, any other request is noted and aborted."""
+    def handle(route: Any) -> None:
+        if route.request.url == url:
+            route.continue_()
+        else:
+            seen.append(route.request.url)
+            route.abort()
+    return handle
+
+
+@pytest.mark.browser
+def test_chromium_opens_the_page_offline(tmp_path: Path) -> None:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"Chromium not found at {CHROMIUM} (apt-get install chromium)",
+                    pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    db = tmp_path / "s.db"
+    make_ledger(db).close()
+    page_path = tmp_path / "page.html"
+    assert invoke("report", "spring", "--html", str(page_path), db=db).exit_code == 0
+    url = page_path.as_uri()
+    requests: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            for scheme in ("light", "dark"):
+                ctx = browser.new_context(viewport={"width": 1000, "height": 800},
+                                          color_scheme=scheme)  # type: ignore[arg-type]
+                ctx.route("**/*", block_all_but(url, requests))
+                page = ctx.new_page()
+                page.on("request", lambda r: requests.append(r.url) if r.url != url else None)
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error"
+                        else None)
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(url, wait_until="load")
+                assert page.locator("h1").inner_text() == "Campaign spring"
+                assert page.locator("svg").count() == 4
+                box = page.locator("svg").first.bounding_box()
+                assert box is not None and box["width"] > 300 and box["height"] > 50
+                background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+                assert background == ("rgb(255, 255, 255)" if scheme == "light"
+                                      else "rgb(13, 17, 23)")
+                if scheme == "light":
+                    shot = ROOT / "docs" / "img" / "report.png"
+                    shot.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(shot), full_page=True)
+                ctx.close()
+        finally:
+            browser.close()
+    assert requests == [] and errors == []
