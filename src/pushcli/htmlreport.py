@@ -54,7 +54,7 @@ dt{color:var(--muted);font-size:.8rem}dd{margin:0;font-weight:600;font-variant-n
 tabular-nums}
 table{border-collapse:collapse;margin:.5rem 0;font-variant-numeric:tabular-nums}
 th,td{border-bottom:1px solid var(--line);padding:.2rem .6rem;text-align:right}
-th:first-child,td:first-child{text-align:left}td.reason{text-align:left;max-width:28rem;
+th:first-child,td:first-child{text-align:left}.reason{text-align:left;max-width:28rem;
 overflow-wrap:anywhere}
 .scroll{max-height:18rem;overflow:auto;border:1px solid var(--line);border-radius:6px}
 svg{display:block;width:100%;height:auto;margin:.5rem 0}
@@ -175,8 +175,9 @@ def timeline_chart(ident: str, title: str, timeline: Timeline,
 def table(ident: str, head: Sequence[str], rows: Sequence[Sequence[Any]], *,
           key_col: bool = False, reason_col: int | None = None) -> str:
     """A table of a chart's numbers; ``key_col`` puts a colour key before the first cell."""
-    out = [f'<table id="{ident}"><thead><tr>', *(f"<th>{e(h)}</th>" for h in head),
-           "</tr></thead><tbody>"]
+    out = [f'<table id="{ident}"><thead><tr>',
+           *(f'<th{" class=reason" if j == reason_col else ""}>{e(h)}</th>'
+             for j, h in enumerate(head)), "</tr></thead><tbody>"]
     for r in rows:
         out.append("<tr>")
         for j, cell in enumerate(r):
