@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pushcli.campaign import load_campaign
+from pushcli.defaults import PRIVATE_KEY_NAME
 from pushcli.delivery import Stats, options_for, send_campaign
+from pushcli.errors import InputError
 from pushcli.files import private_file
 from pushcli.keys import VapidSigner, generate_keys, load_private_key
 from pushcli.prune import prune
@@ -70,18 +73,26 @@ class DemoResult:
 
 
 def run_demo(
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str] | None,
     *,
     subscribers: int = 3000,
     expire_share: float = 0.1,
     on_step: Callable[[str], None] = lambda _msg: None,
     on_progress: Callable[[Stats], None] | None = None,
 ) -> DemoResult:
-    """Run the demo in ``directory`` (which must not hold a previous demo's key)."""
+    """Run the demo in ``directory`` (default: a new temporary folder), which must not
+    hold a previous demo's key. Bad arguments raise InputError before anything runs."""
+    if not 1 <= subscribers <= 1_000_000:
+        raise InputError("--subscribers must be between 1 and 1,000,000")
+    if not 0 <= expire_share <= 1:
+        raise InputError("--expire-share must be between 0 and 1")
+    folder = Path(directory or tempfile.mkdtemp(prefix="pushcli-demo-"))
+    if (folder / PRIVATE_KEY_NAME).exists():
+        raise InputError(f"{folder}: already holds a demo ({PRIVATE_KEY_NAME}); "
+                         "choose another --dir")
     from pushcli.testing import PushServiceEmulator
 
     started = time.monotonic()
-    folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     keys = generate_keys(folder, subject=DEMO_SUBJECT)
     on_step(f"Generated VAPID keys in {folder} (applicationServerKey "

@@ -3,7 +3,8 @@
 ``delivery`` decides what to send and runs one share in-process
 (``delivery._run_partition``); this module only spawns the processes, relays
 stop/abort to them, aggregates their progress and turns a worker's ledger
-failure into the parent's ``StoreError``. The partition runner is passed in
+failure into the parent's ``StoreError``; ``stop_on_signals`` turns Ctrl-C and
+SIGTERM into a graceful stop in the sending process. The partition runner is passed in
 (a module-level function, so it pickles by name into a spawned process),
 which keeps this module below ``delivery``: no import back up.
 """
@@ -18,7 +19,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -46,6 +48,22 @@ class Control:
         self.stop = True
         if self.presses > 1:
             self.abort = True
+
+
+@contextmanager
+def stop_on_signals(control: Control, enabled: bool) -> Iterator[None]:
+    """Ctrl-C / SIGTERM set flags instead of raising, while a send runs."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: control.press())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_workers(
@@ -204,4 +222,4 @@ def _worker_main(
     report(stats, force=True)
 
 
-__all__ = ["Control", "PartitionRunner", "run_workers"]
+__all__ = ["Control", "PartitionRunner", "run_workers", "stop_on_signals"]

@@ -15,6 +15,7 @@ from pushcli.subscriptions.formats import (
     ParsedRecord,
     csv_delimiter,
     detect_format,
+    export_rows,
     open_source,
     parse_stream,
     read_files,
@@ -66,6 +67,7 @@ __all__ = [
     "validate_p256dh",
     "validate_tag",
     "validate_timezone",
+    "export_rows",
     "write_csv",
     "write_json",
 ]

@@ -14,7 +14,7 @@ import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -528,6 +528,23 @@ def _json_array(cur: _JsonCursor, prefix: str) -> Iterator[tuple[str, Any]]:
         yield where, cur.value(where)
         if cur.expect(",]", "',' delimiter") == "]":
             return
+
+
+def export_rows(rows: Iterable[Any], fmt: Format, out: IO[str],
+                on_skip: Callable[[int, str], None]) -> int:
+    """Write stored subscriptions (``store.iter_subscriptions`` rows) in the import
+    format; returns the count. A malformed row (written into the table directly,
+    not by import) cannot round-trip: it is passed to ``on_skip(id, problem)``."""
+
+    def usable() -> Iterator[Subscription]:
+        for s in rows:
+            if s.problem is None:
+                yield s.subscription
+            else:
+                on_skip(s.id, s.problem)
+
+    return write_csv(usable(), out) if fmt == "csv" else write_json(usable(), out,
+                                                                    ndjson=fmt == "ndjson")
 
 
 def write_json(subs: Iterable[Subscription], out: IO[str], *, ndjson: bool) -> int:
