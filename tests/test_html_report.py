@@ -41,6 +41,7 @@ LEDGER: list[tuple[Outcome, str, int | None, str, bool, int]] = [
     (Outcome.BLOCKED, "evil.example", None, "host not allowed", False, 4),
     *[(Outcome.FAILED, "fcm.googleapis.com", 503, "HTTP 503", False, 4)] * 2,
     (Outcome.UNCERTAIN, "fcm.googleapis.com", None, "in flight when stopped", False, 4),
+    (Outcome.CAPPED, "fcm.googleapis.com", None, "frequency cap", False, 4),
 ]
 
 
@@ -145,15 +146,16 @@ def test_page_numbers_are_report_json_numbers(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     page = page_path.read_text()
     t = check_page_against(page, doc)
-    assert doc["expired"] == 3 and doc["uncertain"] == 1
+    assert doc["expired"] == 3 and doc["uncertain"] == 1 and doc["capped"] == 1
     assert doc["possible_duplicates"] == 2
     # minutes 0..4 with the pause at 2 and 3 kept as empty rows
-    assert [n(r[-1]) for r in t.tables["timeline"]] == [6, 6, 0, 0, 5]
+    assert [n(r[-1]) for r in t.tables["timeline"]] == [6, 6, 0, 0, 6]
     # failure reasons: commonest first, with status codes and subscriber counts
     reasons = t.tables["reasons"]
     assert reasons[0] == ["expired", "410", "HTTP 410", "3"]
     assert reasons[1] == ["failed", "503", "HTTP 503", "2"]
     assert sum(n(r[3]) for r in reasons) == doc["total"] - doc["sent"]
+    assert n(dict(t.tables["schedule"])["capped"]) == doc["capped"]
     assert stat.S_IMODE(os.stat(page_path).st_mode) == 0o600
 
 
@@ -172,9 +174,10 @@ def test_aggregates_on_both_backends(backend: str) -> None:
         timeline = store.outcome_timeline(info.id)
         assert (timeline.start, timeline.width_s) == (BASE, 60)
         assert timeline.counts == [{"sent": 6}, {"sent": 2, "expired": 3, "rejected": 1}, {}, {},
-                                   {"auth": 1, "blocked": 1, "failed": 2, "uncertain": 1}]
+                                   {"auth": 1, "blocked": 1, "failed": 2, "uncertain": 1,
+                                    "capped": 1}]
         coarse = store.outcome_timeline(info.id, max_buckets=2)  # 5 minutes in 2 buckets
-        assert coarse.width_s == 180 and [sum(c.values()) for c in coarse.counts] == [12, 5]
+        assert coarse.width_s == 180 and [sum(c.values()) for c in coarse.counts] == [12, 6]
         reasons = store.failure_reasons(info.id, limit=3)
         assert [(r["outcome"], r["status_code"], r["subscribers"]) for r in reasons] == [
             ("expired", 410, 3), ("failed", 503, 2), ("auth", 403, 1)]
@@ -209,6 +212,8 @@ def test_send_window_fields_are_shown_when_present() -> None:
     assert dict(t.tables["schedule"]) == {"waiting: start": "0", "waiting: local_time": "25",
                                           "waiting: quiet_hours": "5", "capped": "2",
                                           "missed": "1"}
+    outcomes = {row[0]: n(row[1]) for row in t.tables["outcomes"]}
+    assert outcomes["capped"] == 2 and outcomes["missed"] == 1
     assert n(t.fields["audience"]) == 37
     assert "waiting 30; next due 2026-09-21 15:14:00 UTC" in page.replace("<b>", "").replace(
         "</b>", "")
@@ -325,7 +330,7 @@ def test_chromium_opens_the_page_offline(tmp_path: Path) -> None:
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(url, wait_until="load")
                 assert page.locator("h1").inner_text() == "Campaign spring"
-                assert page.locator("svg").count() == 4
+                assert page.locator("svg").count() == 5  # with the send-window chart
                 box = page.locator("svg").first.bounding_box()
                 assert box is not None and box["width"] > 300 and box["height"] > 50
                 background = page.evaluate("getComputedStyle(document.body).backgroundColor")
