@@ -439,6 +439,7 @@ def test_campaigns_list_without_a_terminal_prints_whole_values(world: Workspace)
     assert "…" not in proc.stdout
     header, row = (line.split("\t") for line in proc.stdout.splitlines())
     assert header == ["campaign", "status", "started", "finished", "total", "sent", "expired",
-                      "failed", "other", "pending"]
+                      "failed", "other", "pending", "waiting", "next due"]
     assert row[0] == LONG_NAME and row[1] == "interrupted"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[2]) and row[-1] == "15"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[2]) and row[9] == "15"
+    assert row[10:] == ["0", "-"]  # nobody waits for a send window

@@ -341,6 +341,9 @@ def send(
     allow_host: AllowHostOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Validate, count, render and size-check; send nothing.")] = False,
+    at: Annotated[str | None, typer.Option(
+        "--at", help="With --dry-run: who the schedule makes due at this moment (ISO 8601 "
+        "with offset, e.g. 2026-12-01T09:30:00+01:00; default now).")] = None,
     limit: Annotated[int | None, typer.Option(help="Send to at most N subscribers.")] = None,
     to: Annotated[str | None, typer.Option(help="Send only to this endpoint.")] = None,
     retry_failed: Annotated[bool, typer.Option(
@@ -375,6 +378,8 @@ def send(
     from pushcli.console import EMPTY_AUDIENCE, print_dry_run
     from pushcli.delivery import dry_run as check_send
     from pushcli.delivery import options_for, preflight, send_campaign
+    from pushcli.due import current_time, parse_moment, preview
+    from pushcli.errors import InputError
     from pushcli.keys import resolve_vapid
     from pushcli.report import build_report, exit_code_for, write_report_files
 
@@ -384,6 +389,10 @@ def send(
         fail("--workers must be between 1 and 64")
     if not 1 <= lease <= 3600:
         fail("--lease must be between 1 and 3600 seconds")
+    if at is not None and not dry_run:
+        raise InputError("--at works with --dry-run only (a send always uses the clock)",
+                         field="--at")
+    now = parse_moment(at, "--at") if at is not None else current_time()
     campaign = load_campaign(campaign_file)
     options = options_for(campaign, concurrency=concurrency, timeout=timeout,
                           on_uncertain=on_uncertain.value if on_uncertain else None)
@@ -393,9 +402,10 @@ def send(
     with open_store() as store:
         if dry_run:
             found = check_send(store, campaign, allowed, limit=limit, to=to)
+            timing = preview(store, campaign, now, to=to) if campaign.schedule else {}
             if as_json:
-                emit_json(found.to_json())
-            print_dry_run(found, quiet, summary=not as_json)
+                emit_json({**found.to_json(), **timing})
+            print_dry_run(found, quiet, summary=not as_json, timing=timing)
             raise typer.Exit(found.exit_code)
         preflight(store, campaign, allowed, limit=limit, to=to)
         progress = Progress(quiet, campaign.name)
@@ -403,7 +413,8 @@ def send(
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
                                    options=options, retry_failed=retry_failed, limit=limit,
                                    to=to, workers=workers, lease=lease,
-                                   on_progress=progress.update, handle_signals=True)
+                                   on_progress=progress.update, handle_signals=True,
+                                   now=now)
         finally:
             progress.close()
         doc = build_report(store, campaign.name, run=result.run_summary())

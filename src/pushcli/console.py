@@ -53,12 +53,12 @@ def print_error(message: str) -> None:
 
 
 def other_count(outcomes: Mapping[str, int]) -> int:
-    """What the short displays call "other": rejected + auth + blocked.
+    """What the short displays call "other": rejected + auth + blocked (+ capped, missed).
 
-    Those three end a subscriber's delivery without a push-service verdict on
-    the message itself; progress lines and ``campaigns list`` fold them together.
+    Those end a subscriber's delivery without a push-service verdict on the
+    message itself; progress lines and ``campaigns list`` fold them together.
     """
-    return sum(outcomes.get(k, 0) for k in ("rejected", "auth", "blocked"))
+    return sum(outcomes.get(k, 0) for k in ("rejected", "auth", "blocked", "capped", "missed"))
 
 
 class Progress:
@@ -130,11 +130,18 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
     outcomes.add_column("count", justify="right")
     for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
         outcomes.add_row(key, f"{report.get(key, 0):,}")
+    for key, label in (("capped", "capped (frequency cap)"), ("missed", "missed (schedule ended)")):
+        if report.get(key):
+            outcomes.add_row(label, f"{report[key]:,}")
     if report.get("uncertain"):
         outcomes.add_row("uncertain (not resent)", f"{report['uncertain']:,}")
     outcomes.add_row("total", f"{report['total']:,}", style="bold")
     if report.get("pending"):
         outcomes.add_row("pending (re-run to finish)", f"{report['pending']:,}")
+    if report.get("waiting"):  # send windows: a later run (cron) sends them when due
+        by = ", ".join(f"{k} {v:,}" for k, v in report["waiting_by_reason"].items() if v)
+        outcomes.add_row(f"waiting ({by}; next due {_ts(report['next_due_at'])})",
+                         f"{report['waiting']:,}")
     if report.get("possible_duplicates"):
         outcomes.add_row("possible duplicates", f"{report['possible_duplicates']:,}")
     run = report.get("run")
@@ -217,9 +224,10 @@ def _ts(value: float | None) -> str:
 def print_campaigns(rows: Iterable[Mapping[str, Any]]) -> None:
     """``campaigns list``: a rich table on a terminal, tab-separated lines otherwise."""
     columns = ("campaign", "status", "started", "finished", "total", "sent", "expired",
-               "failed", "other", "pending")
+               "failed", "other", "pending", "waiting", "next due")
     cells = [[r["campaign"], r["status"], _ts(r["started_at"]), _ts(r["finished_at"]),
-              r["total"], r["sent"], r["expired"], r["failed"], other_count(r), r["pending"]]
+              r["total"], r["sent"], r["expired"], r["failed"], other_count(r), r["pending"],
+              r.get("waiting", 0), _ts(r.get("next_due_at"))]
              for r in rows]
     if not out.is_terminal:
         # Cron logs and pipes: whole values, one tab-separated line per campaign; a rich
@@ -230,7 +238,8 @@ def print_campaigns(rows: Iterable[Mapping[str, Any]]) -> None:
     table = Table(title="Campaigns", title_justify="left")
     for col in columns:
         table.add_column(col, justify="left" if col in (
-            "campaign", "status", "started", "finished") else "right", overflow="fold")
+            "campaign", "status", "started", "finished", "next due") else "right",
+            overflow="fold")
     for c in cells:
         table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in c))
     out.print(table)
@@ -241,14 +250,23 @@ EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign
                   "(nothing sent; exit 0)")
 
 
-def print_dry_run(found: Any, quiet: bool, *, summary: bool = True) -> None:
+def print_dry_run(found: Any, quiet: bool, *, summary: bool = True,
+                  timing: Mapping[str, Any] | None = None) -> None:
     """``send --dry-run`` (a ``delivery.DryRun``): the audience per service and a sample
-    payload on stdout (``summary``, unless -q), then what a send would not contact."""
+    payload on stdout (``summary``, unless -q), then what a send would not contact;
+    ``timing`` (``due.preview``) says who the schedule makes due at that moment."""
     if summary and not quiet:
         out.print(f"Campaign [bold]{escape(found.campaign)}[/bold]: valid; "
                   f"{found.audience:,} subscribers, {found.variants} distinct payloads")
         for svc, n in sorted(found.services.items()):
             out.print(f"  {svc:<30} {n:>10,}")
+        if timing:
+            by = ", ".join(f"{k} {v:,}" for k, v in timing["waiting_by_reason"].items() if v)
+            out.print(f"At {_ts(timing['at'])}: {timing['due']:,} due, {timing['waiting']:,} "
+                      f"waiting{f' ({by})' if by else ''}; next due "
+                      f"{_ts(timing['next_due_at'])}"
+                      + (f"; {timing['missed']:,} missed (schedule ended)"
+                         if timing.get("missed") else ""), markup=False)
         if found.sample:
             out.print(f"Sample payload ({len(found.sample)} bytes):")
             out.print_json(found.sample.decode())

@@ -21,12 +21,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from pushcli import eventloop
 from pushcli.campaign import Campaign, Renderer, RenderError
+from pushcli.due import Gate, audience_matcher, current_time, open_gate, waiting_summary
 from pushcli.encoding import b64_decode
 from pushcli.errors import EXIT_OK, EXIT_PARTIAL, InputError, PushcliError, StoreError
 from pushcli.keys import VapidSigner
@@ -62,6 +64,7 @@ class SendResult:
     stats: Stats
     duration: float
     interrupted: bool = False
+    schedule: dict[str, Any] | None = None  # who waits, what it closed (due.waiting_summary)
 
     def run_summary(self) -> dict[str, Any]:
         """This run's figures, the ``run`` section of the report (``build_report(run=...)``)."""
@@ -71,33 +74,8 @@ class SendResult:
                 "attempted": stats.done, "retries": stats.retries,
                 "vapid_signatures": stats.signatures, "interrupted": self.interrupted,
                 # per push service: latency p50/p95 and the concurrency the limit reached
-                "by_service": stats.per_service()}
-
-
-def audience_matcher(campaign: Campaign, to: str | None = None
-                     ) -> Callable[[StoredSubscription], bool] | None:
-    """The subscribers a send reaches: the campaign's audience, narrowed to ``--to``.
-
-    None means everyone, so callers can skip the per-row check (and count in SQL).
-    """
-    aud = campaign.audience
-    targeted = bool(aud.tags or aud.exclude_tags or aud.where)
-
-    def in_audience(s: StoredSubscription) -> bool:
-        # A row whose tags or attributes cannot be read might belong: it is kept, so
-        # that send records it rejected (never contacted) instead of losing it silently.
-        return s.membership_unknown or aud.matches(s.subscription.tags,
-                                                   s.subscription.attributes)
-
-    if to is None:
-        return in_audience if targeted else None
-    wanted = canonical_endpoint(to)
-
-    def is_to(s: StoredSubscription) -> bool:
-        endpoint = s.subscription.endpoint
-        return endpoint == wanted or canonical_endpoint(endpoint) == wanted
-
-    return lambda s: is_to(s) and (not targeted or in_audience(s))
+                "by_service": stats.per_service(),
+                **({"schedule": self.schedule} if self.schedule else {})}
 
 
 def _audience(store: Store, campaign: Campaign | None,
@@ -236,6 +214,8 @@ class Plan:
     lease: float | None = None
     #: subscriber id -> the subscriber whose endpoint it repeats (duplicate_endpoints)
     duplicates: Mapping[int, int] = field(default_factory=dict)
+    #: the due-zone filter of the store's pending/claim/queued queries (``Gate.where``)
+    where: Mapping[str, Any] = field(default_factory=dict)
 
     def wanted(self) -> Callable[[StoredSubscription], bool] | None:
         return audience_matcher(self.campaign, self.to)
@@ -255,15 +235,16 @@ def _batches(store: Store, plan: Plan, control: Control) -> Iterator[list[Stored
     if plan.lease is None:
         yield from store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
                                  match=plan.wanted(), limit=plan.limit,
-                                 partition=plan.partition)
+                                 partition=plan.partition, **plan.where)
         return
     owner = _owner()
     while not control.stop:
         batch = store.claim(plan.campaign_id, owner, size=CLAIM_SIZE, lease=plan.lease,
-                            retry_failed=plan.retry_failed)
+                            retry_failed=plan.retry_failed, **plan.where)
         if batch:
             yield batch
-        elif store.queued(plan.campaign_id, retry_failed=plan.retry_failed) == 0:
+        elif store.queued(plan.campaign_id, retry_failed=plan.retry_failed,
+                          **plan.where) == 0:
             return
         else:
             time.sleep(min(1.0, plan.lease / 4))
@@ -335,6 +316,7 @@ def send_campaign(
     lease: float = DEFAULT_LEASE,
     on_progress: Callable[[Stats], None] | None = None,
     handle_signals: bool = False,
+    now: datetime | None = None,
 ) -> SendResult:
     """Send a campaign to every pending subscriber in its audience.
 
@@ -347,6 +329,7 @@ def send_campaign(
     Every outcome is recorded as it happens. On Ctrl-C (when
     ``handle_signals``) it stops taking new work, lets in-flight requests
     finish and returns ``interrupted=True``; a second Ctrl-C aborts them too.
+    A ``schedule`` sends only who is due at ``now`` (``due.open_gate``; not ``--to``).
     """
     renderer = Renderer(campaign)
     validate_variants(store, campaign, renderer, to=to)
@@ -356,13 +339,17 @@ def send_campaign(
     ledger_failed: StoreError | None = None
     try:
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
+        gate = Gate() if to is not None else open_gate(
+            store, campaign, info.id, now or current_time(), match=audience_matcher(campaign),
+            allowed_hosts=allowed_hosts, retry_failed=retry_failed)
         plan = Plan(campaign, info.id, allowed_hosts, options, retry_failed, limit, to,
                     lease=lease if shared else None,
-                    duplicates=duplicate_endpoints(store, campaign, to))
+                    duplicates=duplicate_endpoints(store, campaign, to),
+                    where=gate.where())
         stats = Stats()
         if shared:
             _enqueue_audience(store, plan)
-            stats.total = store.queued(info.id, retry_failed=retry_failed)
+            stats.total = store.queued(info.id, retry_failed=retry_failed, **plan.where)
         else:
             stats.total = _pending_count(store, plan)
         if workers is None:
@@ -383,10 +370,13 @@ def send_campaign(
                 ledger_failed = exc
                 _mark_interrupted(store, info.id)
                 raise
-        unfinished = control.stop or (shared and store.queued(info.id) > 0)
-        result = SendResult(info.id, stats, time.monotonic() - started, control.stop)
-        store.finish_campaign(info.id, "interrupted" if control.stop else
-                              "running" if unfinished else "finished", result.run_summary())
+        unfinished = control.stop or (shared and store.queued(info.id, **plan.where) > 0)
+        waits = waiting_summary(store, info.id, gate, match=plan.wanted(),
+                                retry_failed=retry_failed)
+        result = SendResult(info.id, stats, time.monotonic() - started, control.stop, waits)
+        status = ("interrupted" if control.stop else "running" if unfinished else
+                  "waiting" if waits and waits["waiting"] else "finished")
+        store.finish_campaign(info.id, status, result.run_summary())
         return result
     finally:
         if ledger_failed is None:
@@ -411,16 +401,13 @@ def _release_after_store_failure(lock: Lock) -> None:
 
 
 def _enqueue_audience(store: Store, plan: Plan) -> None:
-    """Queue every audience member without a ledger row (idempotent across senders)."""
+    """Queue every pending audience member of the due zones (idempotent across senders:
+    rows already in the ledger are left alone)."""
     if plan.retry_failed:
         store.reset_failed_claims(plan.campaign_id)
-    ids: list[int] = []
-    for s in _audience(store, plan.campaign, plan.to):
-        ids.append(s.id)
-        if len(ids) >= 5000:
-            store.enqueue(plan.campaign_id, ids)
-            ids = []
-    store.enqueue(plan.campaign_id, ids)
+    for batch in store.pending(plan.campaign_id, match=plan.wanted(), batch_size=5000,
+                               **plan.where):
+        store.enqueue(plan.campaign_id, [s.id for s in batch])
 
 
 @contextmanager
@@ -496,11 +483,13 @@ def _run_partition(
 def _pending_count(store: Store, plan: Plan) -> int:
     match = plan.wanted()
     if match is None:
-        n = store.count_pending(plan.campaign_id, retry_failed=plan.retry_failed)
+        n = store.count_pending(plan.campaign_id, retry_failed=plan.retry_failed,
+                                **plan.where)
         return n if plan.limit is None else min(n, plan.limit)
     n = 0
     for batch in store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
-                               batch_size=5000, match=match, limit=plan.limit):
+                               batch_size=5000, match=match, limit=plan.limit,
+                               **plan.where):
         n += len(batch)
     return n
 

@@ -16,6 +16,7 @@ from pushcli import htmlreport
 from pushcli.errors import InputError
 from pushcli.files import neutralize_cell, private_file
 from pushcli.pushservices import Outcome
+from pushcli.schedule import WAITING_REASONS
 from pushcli.store import Store
 
 OUTCOME_KEYS = tuple(o.value for o in Outcome)
@@ -54,7 +55,9 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
         **totals,
         # What a re-run would still send; 0 unless the campaign stopped before the end.
         "pending": (pending_count(store, info.id, info.spec)
-                    if status in ("interrupted", "running") else 0),
+                    if status in ("interrupted", "running", "waiting") else 0),
+        # send windows (schedule): who waits for a later run, as the last run left them
+        **waiting_fields(info.last_run if status == "waiting" else None),
         # Messages sent again although an earlier request may have arrived: a timeout
         # after the body went out, or in flight when an earlier run stopped (intent log).
         # Every duplicate the push services saw is among them.
@@ -70,9 +73,20 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
     return report
 
 
+def waiting_fields(last_run: dict[str, Any] | None) -> dict[str, Any]:
+    """``waiting``, ``waiting_by_reason`` and ``next_due_at`` (Unix time) of a scheduled
+    campaign's last run (``due.waiting_summary``); zeros when nobody waits."""
+    sched = (last_run or {}).get("schedule") or {}
+    return {"waiting": sched.get("waiting", 0),
+            "waiting_by_reason": sched.get("waiting_by_reason") or dict.fromkeys(
+                WAITING_REASONS, 0),
+            "next_due_at": sched.get("next_due_at")}
+
+
 #: The fields of each campaign in ``campaigns list``.
 CAMPAIGN_ROW_KEYS = ("campaign", "status", "runs", "started_at", "finished_at", "total", "sent",
-                     "expired", "rejected", "auth", "blocked", "failed", "pending")
+                     "expired", "rejected", "auth", "blocked", "failed", "capped", "missed",
+                     "pending", "waiting", "next_due_at")
 
 
 def campaign_rows(store: Store) -> list[dict[str, Any]]:

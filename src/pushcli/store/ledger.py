@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, literal, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -89,6 +89,8 @@ class Ledger(Database):
         match: Callable[[StoredSubscription], bool] | None = None,
         limit: int | None = None,
         partition: tuple[int, int] | None = None,
+        zones: Sequence[str] | None = None,
+        default_zone: str = "UTC",
     ) -> Iterator[list[StoredSubscription]]:
         """Stream batches of active subscribers with no final outcome in this campaign.
 
@@ -96,9 +98,12 @@ class Ledger(Database):
         memory and no read transaction stays open across the send.
         ``partition=(i, k)`` keeps the subscribers with ``id % k == i``, so k
         sender processes split a campaign without ever sharing a subscriber.
+        ``zones`` keeps the subscribers whose time zone (``default_zone`` when
+        they have none) is one of them: the due zones of a scheduled send.
         """
         s = subscriptions
         part = [] if partition is None else [s.c.id % partition[1] == partition[0]]
+        part += _in_zones(zones, default_zone)
         after = 0
         given = 0
         while True:
@@ -124,11 +129,48 @@ class Ledger(Database):
             if limit is not None and given >= limit:
                 return
 
-    def count_pending(self, campaign_id: int, *, retry_failed: bool = False) -> int:
+    def count_pending(self, campaign_id: int, *, retry_failed: bool = False,
+                      zones: Sequence[str] | None = None, default_zone: str = "UTC") -> int:
         """How many active subscribers have no final outcome in this campaign (one query)."""
-        stmt = _pending_query(select(func.count()), campaign_id, retry_failed)
+        stmt = _pending_query(select(func.count()), campaign_id, retry_failed).where(
+            *_in_zones(zones, default_zone))
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+    def pending_by_zone(self, campaign_id: int, *, default_zone: str = "UTC",
+                        retry_failed: bool = False) -> dict[str, int]:
+        """{time zone: pending subscribers} in one GROUP BY: a few hundred rows, however
+        large the audience, so a scheduled send decides per zone who is due."""
+        tz = subscriptions.c.timezone  # grouped as stored: NULL joins the default zone below
+        stmt = _pending_query(select(tz, func.count()), campaign_id, retry_failed).group_by(tz)
+        out: dict[str, int] = {}
+        with self._read() as conn:
+            for z, n in conn.execute(stmt):
+                key = default_zone if z is None else str(z)
+                out[key] = out.get(key, 0) + int(n)
+        return out
+
+    def over_cap(self, campaign_id: int, *, since: float, most: int,
+                 zones: Sequence[str] | None = None, default_zone: str = "UTC",
+                 retry_failed: bool = False) -> list[tuple[StoredSubscription, int]]:
+        """Pending subscribers (of ``zones``) with at least ``most`` messages ``sent`` in
+        any campaign since ``since`` (Unix time), with that count: the frequency cap,
+        counted in SQL over the ledger. Only the capped rows come back."""
+        d = deliveries
+        recent = (select(d.c.subscription_id.label("sid"), func.count().label("n"))
+                  .where(d.c.outcome == Outcome.SENT.value, d.c.updated_at >= since)
+                  .group_by(d.c.subscription_id)
+                  .having(func.count() >= most).subquery())
+        s = subscriptions
+        stmt = (select(*SUB_COLUMNS, recent.c.n)
+                .select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
+                                                 d.c.campaign_id == campaign_id))
+                             .join(recent, recent.c.sid == s.c.id))
+                .where(s.c.status == "active", _unresolved(retry_failed),
+                       *_in_zones(zones, default_zone))
+                .order_by(s.c.id))
+        with self._read() as conn:
+            return [(stored(r[:-1]), int(r[-1])) for r in conn.execute(stmt)]
 
     # --- shared sends (several processes or hosts on one campaign) -----------------------
 
@@ -151,7 +193,8 @@ class Ledger(Database):
                  "service": "", "attempts": 0, "updated_at": now} for i in ids])
 
     def claim(self, campaign_id: int, owner: str, *, size: int, lease: float,
-              retry_failed: bool = False) -> list[StoredSubscription]:
+              retry_failed: bool = False, zones: Sequence[str] | None = None,
+              default_zone: str = "UTC") -> list[StoredSubscription]:
         """Claim up to ``size`` queued subscribers for ``lease`` seconds.
 
         ``FOR UPDATE SKIP LOCKED`` lets concurrent senders take disjoint rows
@@ -167,7 +210,7 @@ class Ledger(Database):
             select(d.c.subscription_id)
             .join(s, s.c.id == d.c.subscription_id)
             .where(d.c.campaign_id == campaign_id, d.c.outcome.in_(wanted), free,
-                   s.c.status == "active")
+                   s.c.status == "active", *_in_zones(zones, default_zone))
             .order_by(d.c.subscription_id)
             .limit(size)
         )
@@ -193,15 +236,16 @@ class Ledger(Database):
                                 d.c.outcome.in_([*UNFINAL, *RETRY]))
                 .values(lease_until=time.time() + lease)).rowcount or 0)
 
-    def queued(self, campaign_id: int, *, retry_failed: bool = False) -> int:
-        """Queued work left in a shared send (claimed by someone or not)."""
+    def queued(self, campaign_id: int, *, retry_failed: bool = False,
+               zones: Sequence[str] | None = None, default_zone: str = "UTC") -> int:
+        """Queued work left in a shared send (claimed by someone or not), of ``zones``."""
         d, s = deliveries, subscriptions
         wanted = [*UNFINAL, *RETRY] if retry_failed else [*UNFINAL]
         unfinished = or_(d.c.outcome.in_(UNFINAL), d.c.lease_owner.is_(None),
                          d.c.lease_until.is_not(None))
         stmt = (select(func.count()).select_from(d.join(s, s.c.id == d.c.subscription_id))
                 .where(d.c.campaign_id == campaign_id, d.c.outcome.in_(wanted),
-                       s.c.status == "active", unfinished))
+                       s.c.status == "active", unfinished, *_in_zones(zones, default_zone)))
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -385,6 +429,18 @@ def _pending_query(stmt: Any, campaign_id: int, retry_failed: bool) -> Any:
     return (stmt.select_from(s.outerjoin(d, and_(d.c.subscription_id == s.c.id,
                                                  d.c.campaign_id == campaign_id)))
             .where(s.c.status == "active", _unresolved(retry_failed)))
+
+
+def _zone_of(default_zone: str) -> Any:
+    """A subscriber's time zone in SQL: its own, or the campaign's default."""
+    return func.coalesce(subscriptions.c.timezone, literal(default_zone))
+
+
+def _in_zones(zones: Sequence[str] | None, default_zone: str) -> list[Any]:
+    """The filter for subscribers of ``zones`` (None: no filter; empty: nobody)."""
+    if zones is None:
+        return []
+    return [_zone_of(default_zone).in_(list(zones))]
 
 
 def _unresolved(retry_failed: bool) -> Any:
