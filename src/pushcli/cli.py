@@ -293,34 +293,24 @@ def subscribers_export(
     """Export subscribers in the import format (round-trips with import)."""
     from pushcli.errors import InputError
     from pushcli.files import private_file
-    from pushcli.subscriptions import detect_format, write_csv, write_json
+    from pushcli.subscriptions import detect_format, export_rows
 
     f = detect_format("-", fmt)
     skipped = 0
 
-    def usable(rows: Any) -> Any:
-        """The subscriptions to export; a malformed row (written into the table
-        directly) is skipped with one line on stderr, and export exits 1."""
+    def skip(sid: int, problem: str) -> None:
         nonlocal skipped
-        for s in rows:
-            if s.problem is None:
-                yield s.subscription
-                continue
-            skipped += 1
-            print(f"skipped subscriber {s.id}: {s.problem}", file=sys.stderr)
+        skipped += 1
+        print(f"skipped subscriber {sid}: {problem}", file=sys.stderr)
 
     with open_store(create=False) as store:
-        subs = usable(store.iter_subscriptions(status=status))
-
-        def write(fh: Any) -> int:
-            return write_csv(subs, fh) if f == "csv" else write_json(subs, fh, ndjson=f == "ndjson")
-
+        rows = store.iter_subscriptions(status=status)
         if output is None:
-            n = write(sys.stdout)
+            n = export_rows(rows, f, sys.stdout, skip)
         else:
             try:
                 with private_file(output) as fh:  # 0600, exclusive temp file, atomic
-                    n = write(fh)
+                    n = export_rows(rows, f, fh, skip)
             except OSError as exc:
                 raise InputError(f"cannot write: {exc.strerror or exc}", file=str(output)
                                  ) from None
@@ -376,19 +366,14 @@ def send(
     """
     from pushcli.campaign import load_campaign
     from pushcli.console import EMPTY_AUDIENCE, print_dry_run
+    from pushcli.delivery import check_run, options_for, preflight, send_campaign
     from pushcli.delivery import dry_run as check_send
-    from pushcli.delivery import options_for, preflight, send_campaign
     from pushcli.due import current_time, parse_moment, preview
     from pushcli.errors import InputError
     from pushcli.keys import resolve_vapid
     from pushcli.report import build_report, exit_code_for, write_report_files
 
-    if limit is not None and limit < 1:
-        fail("--limit must be at least 1")
-    if workers is not None and not 1 <= workers <= 64:
-        fail("--workers must be between 1 and 64")
-    if not 1 <= lease <= 3600:
-        fail("--lease must be between 1 and 3600 seconds")
+    check_run(limit=limit, workers=workers, lease=lease)
     if at is not None and not dry_run:
         raise InputError("--at works with --dry-run only (a send always uses the clock)",
                          field="--at")
@@ -600,21 +585,12 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole flow offline: keys, emulator, import, two sends, expiry, prune."""
-    import tempfile
-
     from pushcli.console import DemoDisplay, print_demo
     from pushcli.demo import run_demo
 
-    if not 1 <= subscribers <= 1_000_000:
-        fail("--subscribers must be between 1 and 1,000,000")
-    if not 0 <= expire_share <= 1:
-        fail("--expire-share must be between 0 and 1")
-    folder = directory or Path(tempfile.mkdtemp(prefix="pushcli-demo-"))
-    if (folder / PRIVATE_KEY_NAME).exists():
-        fail(f"{folder}: already holds a demo ({PRIVATE_KEY_NAME}); choose another --dir")
     display = DemoDisplay(plain=as_json)
     try:
-        result = run_demo(folder, subscribers=subscribers, expire_share=expire_share,
+        result = run_demo(directory, subscribers=subscribers, expire_share=expire_share,
                           on_step=display.step, on_progress=display.progress)
     finally:
         display.close()

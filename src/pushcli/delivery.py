@@ -13,13 +13,10 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,7 +39,7 @@ from pushcli.pushservices import (
     topic_problem,
 )
 from pushcli.store import Lock, Store, StoredSubscription, campaign_lock, is_prune_lock
-from pushcli.workers import Control, run_workers
+from pushcli.workers import Control, run_workers, stop_on_signals
 
 #: How long a send waits for a running prune (prunes are short) before refusing.
 PRUNE_WAIT = 10.0
@@ -358,7 +355,7 @@ def send_campaign(
             workers = 1  # a handful of test sends is not worth splitting
         control = Control()
         started = time.monotonic()
-        with _signals(control, handle_signals):
+        with stop_on_signals(control, handle_signals):
             try:
                 if workers <= 1:
                     _run_partition(store, plan, renderer, signer, stats, on_progress, control,
@@ -408,22 +405,6 @@ def _enqueue_audience(store: Store, plan: Plan) -> None:
     for batch in store.pending(plan.campaign_id, match=plan.wanted(), batch_size=5000,
                                **plan.where):
         store.enqueue(plan.campaign_id, [s.id for s in batch])
-
-
-@contextmanager
-def _signals(control: Control, enabled: bool) -> Iterator[None]:
-    """Ctrl-C / SIGTERM set flags instead of raising, while a send runs."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda *_: control.press())
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _run_partition(
@@ -569,6 +550,17 @@ def options_for(campaign: Campaign, *, concurrency: int | None = None, timeout: 
                            timeout=timeout, on_uncertain=on_uncertain or d.on_uncertain)
 
 
+def check_run(*, limit: int | None = None, workers: int | None = None,
+              lease: float = DEFAULT_LEASE) -> None:
+    """Refuse out-of-range ``--limit``, ``--workers`` and ``--lease`` before any work."""
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    if workers is not None and not 1 <= workers <= 64:
+        raise InputError("--workers must be between 1 and 64")
+    if not 1 <= lease <= 3600:
+        raise InputError("--lease must be between 1 and 3600 seconds")
+
+
 def _check_to(store: Store, to: str | None) -> None:
     if to is not None and store.find_by_endpoint(to) is None:
         # The endpoint itself is never named: its path is a bearer token.
@@ -668,6 +660,7 @@ __all__ = [
     "SendResult",
     "Stats",
     "VariantCheck",
+    "check_run",
     "count_audience",
     "count_by_service",
     "dry_run",
