@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -43,36 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
-
-NGINX_CONF = """\
-load_module {module};
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  http2_max_concurrent_streams 128;
-  server {{
-    listen 127.0.0.1:{port} ssl http2;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    location /d0/ {{ echo_read_request_body; echo_status 201; add_header Location /m/1;
-                     echo ""; }}
-    location /d60/ {{ echo_read_request_body; echo_status 201; add_header Location /m/1;
-                      echo_sleep 0.06; echo ""; }}
-  }}
-}}
-"""
+ROOT = Path(__file__).resolve().parent.parent
 
 CLIENTS = ("aiohttp", "pycurl-h2", "pushcli-h2", "httpx-h2", "niquests-h2")
 SLOW = ("httpx-h2", "niquests-h2")
@@ -258,19 +229,6 @@ def child(args: argparse.Namespace) -> None:
 # --- the parent: nginx, the matrix, the table -------------------------------------------------
 
 
-def _nginx_binary() -> str:
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    sys.exit("nginx not found: apt-get install nginx-light (scripts/install-deps.sh does)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20000)
@@ -292,29 +250,20 @@ def main() -> None:
         args.concurrency = int(args.concurrency)
         child(args)
         return
-    if not os.path.exists(ECHO_MODULE):
-        sys.exit(f"{ECHO_MODULE} missing: apt-get install libnginx-mod-http-echo")
-    from pushcli.testing import make_self_signed_cert
+    if str(ROOT) not in sys.path:  # the harness is in tests/ (not imported by the children)
+        sys.path.insert(0, str(ROOT))
+    from tests.support import echo_201, nginx_sink
 
     work = Path(tempfile.mkdtemp(prefix="pushcli-http-clients-"))
-    cert, key = make_self_signed_cert(work)
-    port = _free_port()
-    (work / "nginx.conf").write_text(NGINX_CONF.format(module=ECHO_MODULE, dir=work, port=port,
-                                                       cert=cert, key=key))
     (work / "bodies.json").write_text(json.dumps([b.hex() for b in _bodies()]))
     size = len(bytes.fromhex(json.loads((work / "bodies.json").read_text())[0]))
-    nginx = subprocess.Popen([_nginx_binary(), "-c", str(work / "nginx.conf"), "-p", str(work)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            sys.exit("nginx did not start: "
-                     + (nginx.stderr.read().decode() if nginx.stderr else ""))
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        try:
+            sink = stack.enter_context(nginx_sink(
+                work, {"/d0/": echo_201(0), "/d60/": echo_201(60)}, http2=True))
+        except RuntimeError as e:
+            sys.exit(str(e))
         print(f"{args.requests} POSTs of {size}-byte bodies per case; nginx 1 worker, HTTPS, "
               f"ALPN h2+http/1.1; load average before: {os.getloadavg()[0]:.2f}")
         print(f"{'latency':>7} {'client':<12} {'in flight':>9} {'req/s':>8} "
@@ -333,9 +282,9 @@ def main() -> None:
                     n = min(args.requests, args.slow_requests) if client in SLOW \
                         else args.requests
                     cmd = [python, __file__, "--child", client, "--requests", str(n),
-                           "--concurrency", str(conc), "--cert", cert,
+                           "--concurrency", str(conc), "--cert", sink.cert,
                            "--bodies", str(work / "bodies.json"),
-                           "--url", f"https://127.0.0.1:{port}/d{latency}/push/"]
+                           "--url", f"{sink.url()}/d{latency}/push/"]
                     proc = subprocess.run(cmd, capture_output=True, text=True)
                     if proc.returncode != 0:
                         line = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -351,10 +300,6 @@ def main() -> None:
                     print(f"{latency:>5}ms {client:<12} {conc:>9} {rate:>8.0f} {cpu_k:>8.3f} "
                           f"{vs:>18}  {r['ok']}/{n}", flush=True)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
-    finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

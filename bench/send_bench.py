@@ -28,7 +28,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,61 +44,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/send_bench.py`: the harnes
 
 from pushcli.encoding import b64url_encode  # noqa: E402
 from pushcli.keys import generate_keys  # noqa: E402
-from pushcli.testing import make_self_signed_cert  # noqa: E402
-from tests.support import p256dh_keys  # noqa: E402
-
-NGINX_CONF = """\
-{load_module}
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    location / {{ {answer} }}
-  }}
-}}
-"""
-ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
-
-
-def nginx_conf(work: Path, port: int, cert: str, key: str, latency_ms: int) -> str:
-    """The sink: 201 at once, or after ``latency_ms`` (echo module) like a distant service."""
-    if not latency_ms:
-        return NGINX_CONF.format(dir=work, port=port, cert=cert, key=key, load_module="",
-                                 answer="return 201;")
-    if not os.path.exists(ECHO_MODULE):
-        sys.exit("--latency-ms needs nginx's echo module: apt-get install "
-                 "libnginx-mod-http-echo (scripts/install-deps.sh does)")
-    answer = ("echo_read_request_body; echo_status 201; add_header Location /m/1; "
-              f"echo_sleep {latency_ms / 1000:.3f}; echo \"\";")
-    return NGINX_CONF.format(dir=work, port=port, cert=cert, key=key,
-                             load_module=f"load_module {ECHO_MODULE};", answer=answer)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def nginx_binary() -> str:
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    sys.exit("nginx not found: apt-get install nginx-light (scripts/install-deps.sh does)")
+from tests.support import echo_201, nginx_sink, p256dh_keys  # noqa: E402
 
 
 def write_subscriptions(path: Path, n: int, port: int) -> None:
@@ -237,21 +182,15 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
     """One benchmark run against the SQLite file in the work folder or ``db_url``."""
 
     work = Path(tempfile.mkdtemp(prefix="pushcli-send-bench-"))
-    port = free_port()
-    cert, key = make_self_signed_cert(work)
-    conf = work / "nginx.conf"
-    conf.write_text(nginx_conf(work, port, cert, key, args.latency_ms))
-    nginx = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(work)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            sys.exit(f"nginx did not start: {nginx.stderr.read().decode() if nginx.stderr else ''}")
+    # the sink: 201 at once, or after --latency-ms (echo module) like a distant service
+    answer = echo_201(args.latency_ms) if args.latency_ms else "return 201;"
+    with contextlib.ExitStack() as stack:
+        stack.callback(cleanup, work, args.keep)
+        try:
+            sink = stack.enter_context(nginx_sink(work, {"/": answer}))
+        except RuntimeError as e:
+            sys.exit(str(e))
+        port, cert = sink.port, sink.cert
 
         info = generate_keys(work)
         subs = work / "subs.csv"
@@ -368,13 +307,14 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             print(f"report during send {len(latencies)} runs, slowest {max(latencies):.2f} s "
                   "(process start included)")
         print(f"load average       {os.getloadavg()[0]:.2f} (2 cores; other work on the machine)")
-    finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept {work}")
+
+
+def cleanup(work: Path, keep: bool) -> None:
+    """Remove the work folder unless --keep (then say where it is)."""
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept {work}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ Everything that starts pushcli (in process with typer's runner, or as
 colour settings in the environment), the push-service emulator (in process,
 or as ``pushcli testing serve --port 0`` in another process), npm's
 web-push-testing and a throwaway PostgreSQL lives here, so every test starts
-them the same way. Servers report the port they bound (``--port 0``); nothing
-here picks a port by binding and releasing it, which races with other
-processes on a busy machine.
+them the same way, and so does the nginx HTTPS sink of ``tests/test_transport.py``
+and the benches. Servers report the port they bound (``--port 0``); only nginx,
+which cannot, gets a port by binding and releasing it, retried on a clash.
 
 Waiting is on conditions (:func:`wait_for`), never on a fixed sleep.
 """
@@ -20,6 +20,7 @@ import os
 import secrets
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,8 +42,9 @@ from pushcli.testing import PushServiceEmulator
 from tests.pg import fresh_database, postgres_server
 
 __all__ = [
-    "COLOUR_FORCING", "ROOT", "EmulatorServer", "WebPushTesting", "Workspace",
-    "emulator", "emulator_server", "fresh_database", "invoke", "p256dh_keys",
+    "COLOUR_FORCING", "NGINX_ECHO_MODULE", "ROOT", "EmulatorServer", "NginxSink",
+    "WebPushTesting", "Workspace", "echo_201", "emulator", "emulator_server",
+    "fresh_database", "invoke", "nginx_sink", "p256dh_keys",
     "postgres_server", "pushcli_env", "real_subscription", "run_pushcli", "start_pushcli",
     "wait_for", "web_push_testing", "workspace",
 ]
@@ -479,3 +481,118 @@ def _copy_lines(stream: IO[str], log: Path) -> None:
         for line in stream:
             out.write(line)
             out.flush()
+
+
+# --- nginx HTTPS sink ----------------------------------------------------------------------
+
+NGINX_ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+
+_NGINX_CONF = """\
+{load_module}
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  http2_max_concurrent_streams 128;
+  server {{
+    listen 127.0.0.1:{port} ssl{http2};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+{locations}
+  }}
+}}
+"""
+
+
+def echo_201(latency_ms: int = 0) -> str:
+    """nginx directives answering 201 with a Location after reading the body, ``latency_ms`` late.
+
+    Uses the echo module (``echo_sleep``): a push service tens of milliseconds away, where
+    requests in flight rather than CPU decide the rate.
+    """
+    sleep = f"echo_sleep {latency_ms / 1000:.3f}; " if latency_ms else ""
+    return f'echo_read_request_body; echo_status 201; add_header Location /m/1; {sleep}echo "";'
+
+
+@dataclass(frozen=True)
+class NginxSink:
+    """A running sink: its port and the certificate (a self-signed CA) clients must trust."""
+
+    port: int
+    cert: str
+
+    def url(self, host: str = "127.0.0.1") -> str:
+        """Base URL without a trailing slash (``localhost`` also matches the certificate)."""
+        return f"https://{host}:{self.port}"
+
+
+@contextmanager
+def nginx_sink(work: Path, locations: dict[str, str], *, http2: bool = False,
+               worker_connections: int = 16384, timeout: float = 10) -> Iterator[NginxSink]:
+    """nginx (1 worker) serving HTTPS from ``work`` with ``locations`` (prefix -> directives).
+
+    The one place tests and benches start an nginx sink. It writes a certificate, the
+    config and nginx's temp folders into ``work``; the echo module is loaded when a location
+    uses it. nginx cannot report a port it chose, so this is the one starter here that binds
+    and releases a port: a clash (nginx exits) is retried with another port. Raises
+    RuntimeError (one line, with the install hint) when nginx or the echo module is missing
+    or nginx does not answer within ``timeout``.
+    """
+    from pushcli.testing import make_self_signed_cert
+
+    nginx = next((c for c in (shutil.which("nginx"), "/usr/sbin/nginx")
+                  if c and os.path.exists(c)), None)
+    if nginx is None:
+        raise RuntimeError("nginx not found: apt-get install nginx-light "
+                           "(scripts/install-deps.sh does)")
+    echo = any("echo" in d for d in locations.values())
+    if echo and not os.path.exists(NGINX_ECHO_MODULE):
+        raise RuntimeError(f"{NGINX_ECHO_MODULE} missing: apt-get install "
+                           "libnginx-mod-http-echo (scripts/install-deps.sh does)")
+    cert, key = make_self_signed_cert(work)
+    conf = work / "nginx.conf"
+    body = "\n".join(f"    location {path} {{ {d} }}" for path, d in locations.items())
+    for _ in range(5):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        conf.write_text(_NGINX_CONF.format(
+            load_module=f"load_module {NGINX_ECHO_MODULE};" if echo else "", dir=work,
+            worker_connections=worker_connections, port=port, http2=" http2" if http2 else "",
+            cert=cert, key=key, locations=body))
+        proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(work)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            if proc.poll() is None:  # running but never answered
+                _stop(proc, proc.terminate)
+                raise RuntimeError(f"nginx did not answer on port {port} within {timeout} s")
+        if proc.poll() is None:
+            break
+    else:
+        log = work / "error.log"
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise RuntimeError("nginx did not start: " + (err or (log.read_text(errors="replace")
+                                                            if log.exists() else "")).strip())
+    try:
+        yield NginxSink(port, cert)
+    finally:
+        _stop(proc, proc.terminate)
+        if proc.stderr:
+            proc.stderr.close()

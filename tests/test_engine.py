@@ -21,6 +21,7 @@ from pushcli.keys import VapidSigner, generate_keys, load_private_key
 from pushcli.messages import DeliveryOptions, Job
 from pushcli.pushservices import Fault, Outcome, check_endpoint
 from pushcli.testing import PushServiceEmulator
+from pushcli.testing.emulator import FaultAction
 from tests import support
 
 ALLOWED = frozenset({"127.0.0.1", "localhost"})
@@ -65,14 +66,24 @@ def _localhost(emu: PushServiceEmulator) -> str:
     return emu.url.replace("127.0.0.1", "localhost")
 
 
+def _failing_beside_healthy(emu: PushServiceEmulator, key: str, n: int, fault: FaultAction
+                            ) -> tuple[list[dict], list[dict], list[Job]]:
+    """n subscriptions whose every request gets ``fault``, 4 healthy ones on a second origin.
+
+    Returns both lists and their jobs (failing first, healthy from id 100): the per-origin
+    limits must stop the failing origin without holding the healthy one back.
+    """
+    failing = emu.create_subscriptions(n, key)
+    healthy = emu.create_subscriptions(4, key, base_url=_localhost(emu))
+    for s in failing:
+        emu.add_fault(fault, client_hash=s["endpoint"])
+    return failing, healthy, _jobs(failing) + _jobs(healthy, first_id=100)
+
+
 def test_auth_stop_after_n_refusals_holds_the_rest_of_that_service_back(tmp_path: Path) -> None:
     signer, key = _signer(tmp_path)
     with support.emulator(seed=1) as emu:
-        refused = emu.create_subscriptions(12, key)
-        healthy = emu.create_subscriptions(4, key, base_url=_localhost(emu))
-        for s in refused:
-            emu.add_fault(403, client_hash=s["endpoint"])
-        jobs = _jobs(refused) + _jobs(healthy, first_id=100)
+        refused, healthy, jobs = _failing_beside_healthy(emu, key, 12, 403)
         records = _send(signer, jobs, auth_failure_limit=5)
         stopped = [records[j.subscription_id] for j in jobs[:12]]
         # exactly N were asked and answered 403; the rest were never asked
@@ -104,11 +115,8 @@ def test_a_success_between_refusals_resets_the_auth_count(tmp_path: Path) -> Non
 def test_circuit_opens_after_n_transport_failures_in_a_row(tmp_path: Path) -> None:
     signer, key = _signer(tmp_path)
     with support.emulator(seed=1) as emu:
-        down = emu.create_subscriptions(10, key)
-        healthy = emu.create_subscriptions(4, key, base_url=_localhost(emu))
-        for s in down:
-            emu.add_fault("drop", client_hash=s["endpoint"])  # connection closed, no answer
-        jobs = _jobs(down) + _jobs(healthy, first_id=100)
+        # "drop": the connection is closed, no answer
+        down, healthy, jobs = _failing_beside_healthy(emu, key, 10, "drop")
         records = _send(signer, jobs, circuit_failure_limit=4, max_attempts=10)
         failed = [records[j.subscription_id] for j in jobs[:10]]
         assert [r.outcome for r in failed] == [Outcome.FAILED] * 10

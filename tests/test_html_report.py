@@ -137,15 +137,19 @@ def check_page_against(page: str, doc: dict[str, Any]) -> Tables:
     return t
 
 
-def test_page_numbers_are_report_json_numbers(tmp_path: Path) -> None:
+def html_and_json(tmp_path: Path, *command: str) -> tuple[Path, Any]:
+    """``pushcli COMMAND --json --html FILE`` on :func:`make_ledger`'s store: (FILE, the JSON)."""
     db = tmp_path / "s.db"
     make_ledger(db).close()
     page_path = tmp_path / "page.html"
-    result = invoke("report", "spring", "--json", "--html", str(page_path), db=db)
+    result = invoke(*command, "--json", "--html", str(page_path), db=db)
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    page = page_path.read_text()
-    t = check_page_against(page, doc)
+    return page_path, json.loads(result.stdout)
+
+
+def test_page_numbers_are_report_json_numbers(tmp_path: Path) -> None:
+    page_path, doc = html_and_json(tmp_path, "report", "spring")
+    t = check_page_against(page_path.read_text(), doc)
     assert doc["expired"] == 3 and doc["uncertain"] == 1 and doc["capped"] == 1
     assert doc["possible_duplicates"] == 2
     # minutes 0..4 with the pause at 2 and 3 kept as empty rows
@@ -247,12 +251,7 @@ def test_send_report_html_matches_its_json(tmp_path: Path) -> None:
 
 
 def test_campaigns_list_html(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
-    make_ledger(db).close()
-    out = tmp_path / "list.html"
-    result = invoke("campaigns", "list", "--json", "--html", str(out), db=db)
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
+    out, rows = html_and_json(tmp_path, "campaigns", "list")
     t = Tables(out.read_text())
     (row,) = t.tables["campaigns"]
     assert row[0] == "spring" and n(row[5]) == rows[0]["sent"] and n(row[6]) == rows[0]["expired"]

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,71 +18,24 @@ import pytest
 from pushcli.engine import GuardedResolver, PrivateAddress
 from pushcli.testing import make_self_signed_cert
 from pushcli.transport import Answer, CurlTransport, TransportError, TransportTimeout
+from tests.support import echo_201, nginx_sink
 
-ECHO = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
-
-CONF = """\
-load_module {echo};
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  server {{
-    listen 127.0.0.1:{port} ssl http2;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    location /push/ {{ echo_read_request_body; echo_status 201; add_header Location /m/1;
-                       echo ""; }}
-    location /gone/ {{ return 410 "gone for good"; }}
-    location /echo/ {{ echo_read_request_body; echo_status 400;
-                      echo -n "$http_ttl $http_content_encoding $content_length:";
-                      echo_request_body; }}
-    location /moved/ {{ return 301 https://localhost:{port}/push/1; }}
-    location /slow/ {{ echo_read_request_body; echo_sleep 5; echo_status 201; echo ""; }}
-  }}
-}}
-"""
+LOCATIONS = {
+    "/push/": echo_201(),
+    "/gone/": 'return 410 "gone for good";',
+    "/echo/": ('echo_read_request_body; echo_status 400; '
+               'echo -n "$http_ttl $http_content_encoding $content_length:"; echo_request_body;'),
+    "/moved/": "return 301 https://localhost:$server_port/push/1;",
+    "/slow/": 'echo_read_request_body; echo_sleep 5; echo_status 201; echo "";',
+}
 
 
 @pytest.fixture(scope="module")
 def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """nginx serving HTTPS with HTTP/2 on a port it picked; yields (base URL, cert path)."""
-    work = tmp_path_factory.mktemp("h2sink")
-    cert, key = make_self_signed_cert(work)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    # nginx cannot report a port it chose: bind, release, and retry on a clash
-    for _ in range(5):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        (work / "nginx.conf").write_text(CONF.format(echo=ECHO, dir=work, port=port,
-                                                     cert=cert, key=key))
-        proc = subprocess.Popen([nginx, "-c", str(work / "nginx.conf"), "-p", str(work)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        if proc.poll() is None:
-            break
-    else:
-        raise RuntimeError(f"nginx did not start: {Path(work / 'error.log').read_text()}")
-    try:
-        yield f"https://localhost:{port}", cert
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with nginx_sink(tmp_path_factory.mktemp("h2sink"), LOCATIONS, http2=True,
+                    worker_connections=256) as running:
+        yield running.url("localhost"), running.cert
 
 
 def _transport(allowed: frozenset[str] = frozenset({"localhost"}), *,
