@@ -225,3 +225,53 @@ def test_main_turns_a_stray_database_error_into_one_line(monkeypatch, capsys) ->
         cli.main()
     assert exited.value.code == 74
     assert "full" in assert_one_clean_line(capsys.readouterr().err, [sub])
+
+
+def test_a_postgresql_deadlock_is_a_deadlock_error_that_a_store_method_runs_again(
+        pg_admin: str) -> None:
+    """Two senders' crossing transactions: PostgreSQL aborts one (40P01). The store
+    names that Deadlock (nothing of it was written) and its write methods run again."""
+    import threading
+
+    from pushcli.store.database import DEADLOCK_ATTEMPTS, Deadlock, retry_deadlocks
+
+    url = fresh_database(pg_admin)
+    with Store.open(url) as a, Store.open(url) as b:
+        with a._write() as conn:
+            conn.exec_driver_sql("CREATE TABLE crossing (id int primary key, n int)")
+            conn.exec_driver_sql("INSERT INTO crossing VALUES (1, 0), (2, 0)")
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def cross(s: Store, first: int, second: int) -> None:
+            try:
+                with s._write() as conn:
+                    conn.exec_driver_sql(f"UPDATE crossing SET n = n + 1 WHERE id = {first}")
+                    barrier.wait()
+                    conn.exec_driver_sql(f"UPDATE crossing SET n = n + 1 WHERE id = {second}")
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=cross, args=(a, 1, 2)),
+                   threading.Thread(target=cross, args=(b, 2, 1))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(errors) == 1 and isinstance(errors[0], Deadlock), errors
+        assert "deadlock" in str(errors[0]) and "UPDATE" not in str(errors[0])
+
+    calls: list[int] = []
+
+    @retry_deadlocks
+    def flaky(fail_times: int) -> str:
+        calls.append(1)
+        if len(calls) <= fail_times:
+            raise Deadlock("crossed")
+        return "written"
+
+    assert flaky(2) == "written" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(Deadlock):
+        flaky(DEADLOCK_ATTEMPTS)
+    assert len(calls) == DEADLOCK_ATTEMPTS

@@ -70,7 +70,9 @@ def test_a_killed_senders_leased_work_is_finished_by_the_others(e2e, pg_admin) -
     victim.communicate()
     with Store.open(db) as store, store.engine.connect() as conn:
         held = conn.execute(select(deliveries.c.subscription_id).where(
-            deliveries.c.outcome == "pending", deliveries.c.lease_owner.is_not(None),
+            # queued or marked in flight (intent log): either way it must go to the others
+            deliveries.c.outcome.in_(("pending", "inflight")),
+            deliveries.c.lease_owner.is_not(None),
             deliveries.c.lease_owner.like(f"%:{victim.pid}"))).all()
     assert held, "the victim held leased work when it died"
     for p in others:

@@ -6,13 +6,16 @@ of driver errors into one-line ``StoreError`` (74), ``Busy`` (75) or ``InputErro
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import random
 import re
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -81,6 +84,43 @@ _SQLITE_STORE_FAULTS = {
 #: PostgreSQL SQLSTATEs meaning "someone else holds what we need": lock_not_available,
 #: deadlock_detected.
 _PG_BUSY = {"55P03", "40P01"}
+#: SQLSTATEs after which PostgreSQL has rolled the whole transaction back and asks the
+#: client to run it again: deadlock_detected, serialization_failure.
+_PG_RUN_AGAIN = {"40P01", "40001"}
+#: How often a transaction PostgreSQL aborted to break a deadlock is run again.
+DEADLOCK_ATTEMPTS = 6
+
+
+class Deadlock(Busy):
+    """PostgreSQL aborted our transaction to break a deadlock (or a serialization
+    conflict): nothing of it was written and running it again is safe."""
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def retry_deadlocks(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Run a one-transaction store method again when PostgreSQL aborted it as a deadlock.
+
+    Several senders share a campaign's queue (claims, intent marks, outcomes,
+    enqueues); PostgreSQL may pick one of two crossing transactions as a deadlock
+    victim. Its work was rolled back whole, so the method (one transaction) is
+    simply run again after a short random pause instead of stopping the sender.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except Deadlock:
+                if attempt == DEADLOCK_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
 _URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 _QUOTED_RE = re.compile(r'"([^"]*)"|\'([^\']*)\'')
 _IDENTIFIER_RE = re.compile(r"[a-z_][a-z0-9_$.]*")
@@ -134,6 +174,9 @@ def store_error(exc: DBAPIError, where: str | None, *, action: str = "write") ->
     """
     orig = exc.orig if exc.orig is not None else exc
     store = f"the store {where}" if where else "the store"
+    if getattr(orig, "sqlstate", None) in _PG_RUN_AGAIN:
+        return Deadlock(f"{store}: a concurrent sender's transaction crossed ours "
+                        "(deadlock); try again")
     if _is_busy(orig):
         return Busy(f"{store} is locked by another process (still locked after "
                     f"{BUSY_TIMEOUT_MS / 1000:g} s); try again when it has finished")

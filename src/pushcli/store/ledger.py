@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pushcli.messages import DeliveryRecord
 from pushcli.pushservices import Outcome
-from pushcli.store.database import Database, dialect_insert
+from pushcli.store.database import Database, dialect_insert, retry_deadlocks
 from pushcli.store.rows import (
     SUB_COLUMNS,
     CampaignInfo,
@@ -43,6 +43,7 @@ _SQLITE_MARK_INFLIGHT = (
 class Ledger(Database):
     """The campaign and delivery-ledger queries of ``Store``."""
 
+    @retry_deadlocks
     def start_campaign(self, name: str, spec: Mapping[str, Any]) -> CampaignInfo:
         """Create the campaign on its first run, or mark a re-run; returns its row."""
         now = time.time()
@@ -62,6 +63,7 @@ class Ledger(Database):
         assert info is not None
         return info
 
+    @retry_deadlocks
     def finish_campaign(self, campaign_id: int, status: str,
                         run: Mapping[str, Any] | None = None) -> None:
         """Mark a run's end; ``run`` (its figures) is kept for later reports."""
@@ -179,6 +181,7 @@ class Ledger(Database):
         """PostgreSQL can hand out work with FOR UPDATE SKIP LOCKED; SQLite cannot."""
         return self.engine.dialect.name == "postgresql"
 
+    @retry_deadlocks
     def enqueue(self, campaign_id: int, ids: Sequence[int]) -> None:
         """Queue subscribers as ``pending`` work; rows already in the ledger are left alone."""
         if not ids:
@@ -192,6 +195,7 @@ class Ledger(Database):
                 {"campaign_id": campaign_id, "subscription_id": i, "outcome": PENDING,
                  "service": "", "attempts": 0, "updated_at": now} for i in ids])
 
+    @retry_deadlocks
     def claim(self, campaign_id: int, owner: str, *, size: int, lease: float,
               retry_failed: bool = False, zones: Sequence[str] | None = None,
               default_zone: str = "UTC") -> list[StoredSubscription]:
@@ -227,6 +231,7 @@ class Ledger(Database):
                                 .order_by(s.c.id)).all()
         return [stored(r) for r in rows]
 
+    @retry_deadlocks
     def renew_leases(self, campaign_id: int, owner: str, lease: float) -> int:
         """Extend every lease this sender holds on unfinished work."""
         d = deliveries
@@ -249,6 +254,7 @@ class Ledger(Database):
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
 
+    @retry_deadlocks
     def reset_failed_claims(self, campaign_id: int) -> None:
         """Make failed rows claimable again for a --retry-failed run."""
         d = deliveries
@@ -257,6 +263,7 @@ class Ledger(Database):
                                          d.c.outcome.in_(RETRY))
                          .values(lease_owner=None, lease_until=None))
 
+    @retry_deadlocks
     def record(self, campaign_id: int, records: Sequence[DeliveryRecord]) -> None:
         """Commit a batch of outcomes in one transaction; mark expired subscribers."""
         if not records:
@@ -309,6 +316,7 @@ class Ledger(Database):
 
     # --- the intent log ------------------------------------------------------------------
 
+    @retry_deadlocks
     def mark_inflight(self, campaign_id: int, targets: Sequence[tuple[int, str]]) -> None:
         """Commit ``(subscription_id, service)`` pairs as in flight, in one transaction.
 
@@ -347,6 +355,7 @@ class Ledger(Database):
                                                   d.c.outcome == INFLIGHT,
                                                   d.c.subscription_id.in_(ids)))}
 
+    @retry_deadlocks
     def release_inflight(self, campaign_id: int, ids: Sequence[int]) -> None:
         """Return in-flight rows whose request never went out to the queue (a graceful stop)."""
         if not ids:
