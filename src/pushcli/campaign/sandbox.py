@@ -22,6 +22,8 @@ from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from pushcli.ece import MAX_PLAINTEXT  # the protocol limit lives with the encryption
+
 __all__ = [
     "MAX_PLAINTEXT",
     "MAX_TEMPLATE_INT_BITS",
@@ -33,7 +35,6 @@ __all__ = [
     "template_problem",
 ]
 
-MAX_PLAINTEXT = 3993  # bytes; one aes128gcm record of 4096 minus the 86-byte header and padding
 PLACEHOLDER_RE = re.compile(r"\{[{%#]")
 
 #: No value a template computes may be larger than this (characters, items, or their sum
