@@ -77,10 +77,6 @@ class _HostState:
         self.resume: asyncio.TimerHandle | None = None
 
 
-#: Answers that mean "slow down": the limit halves and the pacer learns a lower rate.
-_THROTTLING = frozenset({429, 503})
-
-
 class PrivateAddress(OSError):
     """A push-service host name resolved only to non-public addresses (DNS rebinding)."""
 
@@ -141,7 +137,8 @@ class Engine:
     ) -> None:
         """``intent`` commits a chunk of jobs as in flight before any of them is posted;
         ``release`` returns in-flight ids whose request never started (graceful stop).
-        ``clock``/``sleep`` pace the ledger-write retries (tests pass fakes)."""
+        ``clock``/``sleep`` pace the ledger-write retries and time origin pauses and
+        latencies (tests pass fakes)."""
         self.signer = signer
         self.intent = intent
         self.release = release
@@ -332,7 +329,7 @@ class Engine:
         """
         if self._stopping:
             return
-        wait = host.not_before - time.monotonic()
+        wait = host.not_before - self._clock()
         if wait > 0:
             if host.waiting and host.resume is None:
                 host.resume = asyncio.get_running_loop().call_later(wait, self._resume, host)
@@ -352,7 +349,7 @@ class Engine:
         limit shrank below the workers running, or the origin was paused."""
         try:
             while (host.waiting and host.workers <= host.limit.limit
-                   and host.not_before <= time.monotonic()):
+                   and host.not_before <= self._clock()):
                 job = host.waiting.popleft()
                 self._queued -= 1
                 if not self._ledger_ok.is_set():
@@ -410,13 +407,13 @@ class Engine:
         if self._stopping:
             self._drop(job)
             return
-        wait = host.not_before - time.monotonic()
+        wait = host.not_before - self._clock()
         if wait > 0:
             self._later(job, wait)
             return
         await self._pace(host, job.service)
-        if host.not_before > time.monotonic() and not self._stopping:
-            self._later(job, host.not_before - time.monotonic())  # paused while pacing
+        if host.not_before > self._clock() and not self._stopping:
+            self._later(job, host.not_before - self._clock())  # paused while pacing
             return
         job.attempts += 1
         body = encrypt(job.payload, job.p256dh, job.auth)
@@ -473,9 +470,8 @@ class Engine:
         else:
             self.stats.note_latency(job.service, self._clock() - started)
             verdict = classify(status, resp_headers, text)
-            throttled = status in _THROTTLING or (status == 406 and verdict.outcome is None)
-            signal = Signal.THROTTLED if throttled else Signal.OK
-            if throttled:
+            signal = Signal.THROTTLED if verdict.throttled else Signal.OK
+            if verdict.throttled:
                 host.pacer.throttled()
             else:
                 host.pacer.accepted()
@@ -538,7 +534,7 @@ class Engine:
         delay = backoff * (0.5 + self.rng.random())
         if retry_after is not None:
             capped = min(retry_after, self.options.backoff_max * 10)
-            host.not_before = max(host.not_before, time.monotonic() + capped)
+            host.not_before = max(host.not_before, self._clock() + capped)
             host.pacer.pause(host.not_before)
             delay = max(delay, capped)
         self._later(job, delay)

@@ -189,7 +189,7 @@ def vapid_subject_problem(subject: object) -> str | None:
     """
     if not isinstance(subject, str) or not subject:
         return "is empty (use mailto:you@example.com or an https URL)"
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 or c in "<>" for c in subject):
+    if _SPACE_OR_CONTROL.search(subject) or "<" in subject or ">" in subject:
         return "must not contain spaces or angle brackets (Apple refuses them)"
     if subject.startswith("mailto:"):
         local, at, host = subject[len("mailto:"):].rpartition("@")
@@ -454,6 +454,8 @@ def canonical_endpoint(url: str) -> str:
 # --- responses -------------------------------------------------------------------------
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Retryable answers that mean "slow down" (406 only as WNS's throttling, see classify).
+THROTTLING_STATUSES = frozenset({406, 429, 503})
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +472,9 @@ class Verdict:
     retry_after: float | None = None  # seconds, when the service asked
     fault: Fault | None = None  # None for sent
     wrong_path: bool = False
+    #: "Slow down" (429, 503, WNS's throttling 406): the engine halves that origin's
+    #: concurrency and its pacer learns a lower rate. Other retries (500, 502, 504) do not.
+    throttled: bool = False
 
 
 # --- whose fault: the per-service reason tables ------------------------------------------
@@ -636,7 +641,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes = b"") -> Verd
                            or "Retry-After" in headers)
     ):
         return Verdict(None, reason, parse_retry_after(headers.get("Retry-After")),
-                       fault=Fault.SERVICE)
+                       fault=Fault.SERVICE, throttled=status in THROTTLING_STATUSES)
     if 300 <= status < 400:
         return Verdict(Outcome.REJECTED, f"HTTP {status} redirect not followed",
                        fault=Fault.UNKNOWN)
