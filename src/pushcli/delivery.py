@@ -172,8 +172,7 @@ def duplicate_endpoints(store: Store, campaign: Campaign | None,
     if match is None:
         rows = store.iter_endpoints()
     else:
-        rows = ((s.id, s.subscription.endpoint) for s in store.iter_subscriptions()
-                if match(s))
+        rows = ((s.id, s.subscription.endpoint) for s in _audience(store, campaign, to))
     groups: dict[str, list[int]] = {}
     for sid, endpoint in rows:
         canonical = canonical_endpoint(endpoint)
@@ -573,13 +572,11 @@ def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
     ``services`` counts the audience per push service; one Apple subscriber is
     enough, since Apple would reject the topic for every one of them.
     """
-    from pushcli.campaign import field_line
-
     for svc, n in sorted(services.items()):
         problem = topic_problem(svc, campaign.delivery.topic) if n else None
         if problem:
             raise InputError(f"{problem} ({n:,} subscribers at {svc} in the audience)",
-                             file=campaign.source, line=field_line(campaign, "delivery.topic"),
+                             file=campaign.source, line=campaign.line_of("delivery.topic"),
                              field="delivery.topic")
 
 

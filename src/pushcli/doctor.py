@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pushcli.ece import MAX_PLAINTEXT
 from pushcli.errors import PushcliError
 
 
@@ -140,7 +141,7 @@ def run_doctor(
                 if found.unrenderable:
                     raise PushcliError(f"{found.unrenderable} subscribers' payloads do not "
                                        f"render and would be rejected (e.g. {found.example})")
-                return f"{found.variants} distinct payloads render and fit 3993 bytes"
+                return f"{found.variants} distinct payloads render and fit {MAX_PLAINTEXT} bytes"
             checks.append(_run("payload size", check_payloads))
         opened.close()
     return checks

@@ -6,7 +6,7 @@ errors as file:line:field); ``sandbox`` (the bounded jinja2 environment) <-
 from here.
 """
 
-from pushcli.campaign.loader import field_line, load_campaign, parse_campaign
+from pushcli.campaign.loader import load_campaign, parse_campaign
 from pushcli.campaign.model import (
     Action,
     Audience,
@@ -31,7 +31,6 @@ __all__ = [
     "Renderer",
     "VapidSettings",
     "check_payload_size",
-    "field_line",
     "load_campaign",
     "parse_campaign",
     "resolve_locale",

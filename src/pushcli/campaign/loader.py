@@ -24,7 +24,7 @@ from pushcli.campaign.model import Campaign
 from pushcli.errors import InputError
 from pushcli.files import open_input
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "field_line", "load_campaign", "parse_campaign"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "load_campaign", "parse_campaign"]
 
 MAX_FILE_BYTES = 1 << 20  # a campaign is a page of YAML; anything bigger is a mistake or an attack
 MAX_DEPTH = 32  # nesting of YAML collections; a campaign needs about 5
@@ -343,23 +343,4 @@ def load_campaign(path: str | os.PathLike[str]) -> Campaign:
             line=line,
         ) from None
     return parse_campaign(text, source=source, base_dir=file.parent.resolve())
-
-
-def field_line(campaign: Campaign, dotted: str) -> int | None:
-    """The line of ``dotted`` (``delivery.topic``) in the file the campaign came from.
-
-    For errors found after loading (a topic one push service refuses, given
-    who is in the audience): the file is read again rather than keeping every
-    campaign's line map in memory. None when the file is gone, changed or was
-    never a file.
-    """
-    if not campaign.source:
-        return None
-    try:
-        with open_input(Path(campaign.source)) as handle:
-            text = handle.read(MAX_FILE_BYTES + 1).decode("utf-8")
-        tree = _compose(text.removeprefix("\ufeff"), campaign.source)
-    except (InputError, OSError, UnicodeDecodeError):
-        return None
-    return tree.lines.get(tuple(dotted.split(".")))
 

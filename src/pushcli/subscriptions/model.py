@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pushcli.encoding import b64_decode, b64url_encode
 from pushcli.pushservices import EndpointRefused, check_endpoint
+from pushcli.schedule import zone
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}([_-][A-Za-z0-9]{1,8}){0,4}$")
@@ -246,11 +246,7 @@ def _user_id(value: object) -> str | None:
 @lru_cache(maxsize=1024)
 def _known_zone(name: str) -> bool:
     """True for an IANA zone zoneinfo can load (tzdata ships them where the system has none)."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, e.g. 'America'
-        return False
-    return True
+    return zone(name) is not None  # schedule.zone: the one place a zone name is loaded
 
 
 def validate_timezone(value: object) -> str | None:
