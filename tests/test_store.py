@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -314,6 +315,29 @@ def test_concurrent_imports_of_overlapping_files_lose_nothing(backend: str) -> N
     assert not errors
     with Store.open(backend) as s:
         assert s.count() == 2500
+
+
+def test_concurrent_first_opens_of_a_new_sqlite_file_all_succeed(tmp_path) -> None:
+    """SQLite answers a concurrent switch to WAL BUSY at once; opening waits it out."""
+    errors: list[BaseException] = []
+
+    def opener(db: Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            with Store.open(db) as s:
+                load(s, subs(20))
+        except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
+            errors.append(exc)
+
+    for round_ in range(25):
+        barrier = threading.Barrier(6)
+        threads = [threading.Thread(target=opener, args=(tmp_path / f"new-{round_}.db", barrier))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
 
 
 def test_display_url_never_shows_a_password(tmp_path) -> None:

@@ -10,6 +10,7 @@ import functools
 import os
 import random
 import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -205,13 +206,31 @@ def dialect_insert(engine: Engine) -> Any:
     return insert
 
 
+def _enter_wal(cur: Any, *, wait_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """Switch a connection to WAL, waiting out a concurrent first open.
+
+    Two processes opening a brand-new file at once both switch it from the
+    rollback journal to WAL; SQLite answers the loser BUSY at once, without
+    calling the busy handler, so we wait here as the busy timeout would.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
