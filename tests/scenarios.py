@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from pushcli.store import Store, deliveries, subscriptions
-from tests.support import Workspace
+from tests.support import Workspace, wait_for_group_exit
 
 # --- crash and resume -----------------------------------------------------------------------
 
@@ -61,6 +61,7 @@ def kill_at(proc: subprocess.Popen[str], after: float) -> None:
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wait_for_group_exit(proc.pid)  # orphaned sender processes stop and write what they know
 
 
 def _ledger(db: Any) -> dict[int, str]:

@@ -147,9 +147,35 @@ def run_pushcli(*args: str, cwd: Path | str, env: dict[str, str], timeout: float
 def start_pushcli(*args: str, cwd: Path | str, env: dict[str, str],
                   stdout: int | IO[Any] | None = subprocess.PIPE,
                   stderr: int | IO[Any] | None = subprocess.PIPE) -> subprocess.Popen[str]:
-    """``python -m pushcli ARGS`` in the background (kill, interrupt, concurrency tests)."""
+    """``python -m pushcli ARGS`` in the background (kill, interrupt, concurrency tests).
+
+    It leads its own process group (the group id is its pid), so a test can wait
+    for its sender processes too: ``wait_for_group_exit``.
+    """
     return subprocess.Popen([sys.executable, "-m", "pushcli", *args], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True)
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True,
+                            start_new_session=True)
+
+
+def _live_in_group(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def wait_for_group_exit(pgid: int, timeout: float = 30.0) -> None:
+    """Wait until every process of a ``start_pushcli`` group has ended.
+
+    After its leader is killed, orphaned sender processes notice and stop on
+    their own, writing what they know; a check of the store waits for that.
+    """
+    wait_for(lambda: not _live_in_group(pgid), timeout, f"process group {pgid} to end")
 
 
 def run_side_by_side(jobs: dict[str, tuple[list[str], dict[str, str]]], *, cwd: Path | str,
