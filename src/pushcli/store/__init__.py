@@ -1,8 +1,8 @@
 """The only package that speaks SQL: schema and migrations (``schema``), where the
 store is and its errors (``database``), row decoding (``rows``), subscriber queries
 (``subscribers``), the campaign ledger (``ledger``), the results page's bounded
-aggregates (``charts``), prune's queries (``pruning``) and cross-process locks with
-their names (``locks``).
+aggregates (``charts``), prune's queries (``pruning``), token secrets and notification
+events (``engagement``) and cross-process locks with their names (``locks``).
 
 ``Store`` composes them behind one SQLAlchemy engine. SQLAlchemy Core keeps the
 SQL portable (SQLite and PostgreSQL). On SQLite the database runs in WAL mode
@@ -28,6 +28,7 @@ from pushcli.store.database import (
     open_engine,
     store_error,
 )
+from pushcli.store.engagement import Engagement, ensure_token_secret
 from pushcli.store.ledger import Ledger
 from pushcli.store.locks import (
     LOCK_STALE_AFTER,
@@ -48,6 +49,7 @@ from pushcli.store.schema import (
     SCHEMA_VERSION,
     campaigns,
     deliveries,
+    events,
     locks,
     meta_table,
     metadata,
@@ -59,12 +61,13 @@ __all__ = [
     "BUSY_TIMEOUT_MS", "DB_ENV", "DEFAULT_DB", "IMPORT_BATCH", "INFLIGHT", "LOCK_STALE_AFTER",
     "MIGRATIONS", "PENDING", "PRUNE_LOCK", "SCHEMA_VERSION", "CampaignInfo", "DeliveryRecord",
     "ImportResult", "Lock", "PruneCandidate", "Rejection", "Store", "StoredSubscription",
-    "Timeline", "campaign_lock", "campaigns", "database_url", "deliveries", "is_campaign_lock",
+    "Timeline", "campaign_lock", "campaigns", "database_url", "deliveries", "events",
+    "is_campaign_lock",
     "is_prune_lock", "locks", "metadata", "store_error", "subscriptions",
 ]
 
 
-class Store(Subscribers, Ledger, Charts, Pruning, Locks, Database):
+class Store(Subscribers, Ledger, Charts, Pruning, Engagement, Locks, Database):
     """A subscriber store and delivery ledger behind one SQLAlchemy engine."""
 
     @classmethod
@@ -114,6 +117,7 @@ class Store(Subscribers, Ledger, Charts, Pruning, Locks, Database):
                 if version < SCHEMA_VERSION:
                     conn.execute(update(meta_table).where(meta_table.c.key == "schema_version")
                                  .values(value=str(SCHEMA_VERSION)))
+            ensure_token_secret(conn)
 
     def schema_version(self) -> int:
         with self._read() as conn:

@@ -10,7 +10,7 @@ from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, T
 
 from pushcli.pushservices import RETRY_OUTCOMES, Outcome
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: PostgreSQL advisory lock key serializing schema creation/migration ("pushcli").
 MIGRATION_LOCK_KEY = 0x70757368636C69
 
@@ -61,6 +61,8 @@ campaigns = Table(
     # JSON of the last run's figures (duration, rate, per-service latency p50/p95 and the
     # concurrency reached) for ``report``: a summary per run, not samples per message
     Column("last_run", Text),
+    # v6: A/B tests. JSON {variant, decided_at, reason} once ``winner:`` has picked one.
+    Column("winner", Text),
 )
 
 deliveries = Table(
@@ -83,10 +85,27 @@ deliveries = Table(
     # v3: whose fault an unsuccessful outcome is (pushservices.Fault); prune
     # counts only answers about the subscriber, never ``held`` (not attempted).
     Column("fault", String(16)),
+    # v6: the campaign variant this subscriber was assigned (``variants:``), or NULL
+    Column("variant", String(64)),
 )
 Index("ix_deliveries_queue", deliveries.c.campaign_id, deliveries.c.outcome,
       deliveries.c.subscription_id)
 Index("ix_deliveries_subscription", deliveries.c.subscription_id)
+
+#: v6: notification events posted back by service workers (``events``): one row per
+#: (campaign, subscriber, kind), so a duplicate post or a re-imported file counts once.
+events = Table(
+    "events",
+    metadata,
+    Column("campaign_id", Integer, primary_key=True),
+    Column("subscription_id", Integer, primary_key=True),
+    Column("kind", String(16), primary_key=True),  # shown | clicked | closed
+    Column("variant", Integer, nullable=False, server_default="0"),  # token's variant index
+    Column("action", String(128)),  # the notification action clicked, if any
+    Column("at", Float, nullable=False),  # when it happened (the event's ``at``, else received)
+    Column("received_at", Float, nullable=False),
+)
+Index("ix_events_subscription_kind_at", events.c.subscription_id, events.c.kind, events.c.at)
 
 locks = Table(
     "locks",
@@ -120,6 +139,9 @@ MIGRATIONS: dict[int, list[str]] = {
     5: ["ALTER TABLE subscriptions ADD COLUMN timezone VARCHAR(64)",
         "CREATE INDEX IF NOT EXISTS ix_subscriptions_status_timezone "
         "ON subscriptions (status, timezone)"],
+    # the events table and its index come from create_all (it runs before these steps)
+    6: ["ALTER TABLE campaigns ADD COLUMN winner TEXT",
+        "ALTER TABLE deliveries ADD COLUMN variant VARCHAR(64)"],
 }
 
 #: Ledger outcome of queued, not yet final, work in a shared send.
