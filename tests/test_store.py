@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pushcli.errors import Busy
+from pushcli.errors import Busy, InputError
 from pushcli.messages import DeliveryRecord
 from pushcli.pushservices import Fault, Outcome
 from pushcli.store import (
@@ -462,3 +462,68 @@ def test_retry_failed_claims_each_failed_row_once_per_run(st: Store) -> None:
     st.record(c.id, [DeliveryRecord(ids[0], Outcome.FAILED, "fcm", 503)])
     assert st.claim(c.id, "b", size=10, lease=60, retry_failed=True) == []
     assert st.queued(c.id, retry_failed=True) == 0
+
+
+def _ab_ledger(st: Store) -> int:
+    """A campaign with variants a/b: ledger rows by outcome, events by kind; returns its id."""
+    from pushcli.store import deliveries, events
+
+    cid = st.start_campaign("ab", {}).id
+    rows, evs = [], []
+    plan = {"a": {"sent": 50, "expired": 3, "rejected": 2, "failed": 1, "auth": 1},
+            "b": {"sent": 40, "blocked": 2, "capped": 4, "holdout": 5}}
+    sid = 0
+    for variant, outcomes in plan.items():
+        for outcome, n in outcomes.items():
+            for _ in range(n):
+                sid += 1
+                rows.append({"campaign_id": cid, "subscription_id": sid, "outcome": outcome,
+                             "service": "fcm", "updated_at": 1.0, "variant": variant})
+                if outcome == "sent" and sid % 5 == 0:  # a: 10 clickers, b: 8
+                    evs += [{"campaign_id": cid, "subscription_id": sid, "kind": k,
+                             "at": 2.0, "received_at": 2.0} for k in ("shown", "clicked")]
+                elif outcome == "sent" and sid % 5 == 1:  # shown and closed
+                    evs += [{"campaign_id": cid, "subscription_id": sid, "kind": k,
+                             "at": 2.0, "received_at": 2.0} for k in ("shown", "closed")]
+    rows += [{"campaign_id": cid, "subscription_id": 1000 + i, "outcome": "sent",
+              "service": "mozilla", "updated_at": 1.0, "variant": None} for i in range(3)]
+    # an event of a subscriber recorded failed (a timeout that arrived) is not counted,
+    # nor one of another campaign
+    evs.append({"campaign_id": cid, "subscription_id": 53, "kind": "clicked", "at": 2.0,
+                "received_at": 2.0})
+    other = st.start_campaign("other", {}).id
+    evs.append({"campaign_id": other, "subscription_id": 5, "kind": "clicked", "at": 2.0,
+                "received_at": 2.0})
+    with st.engine.begin() as conn:
+        conn.execute(deliveries.insert(), rows)
+        conn.execute(events.insert(), evs)
+    return cid
+
+
+def test_variant_results_count_outcomes_and_events_per_variant(st: Store) -> None:
+    from pushcli.messages import VariantResult
+
+    cid = _ab_ledger(st)
+    results = st.variant_results(cid)
+    assert list(results) == ["a", "b"]
+    assert results["a"] == VariantResult("a", sent=50, expired=3, rejected=2, failed=2,
+                                         shown=20, clicked=10, closed=10)
+    # blocked folds into failed; capped and holdout rows are not part of any variant
+    assert results["b"] == VariantResult("b", sent=40, failed=2, shown=16, clicked=8,
+                                         closed=8)
+    assert results["a"].click_rate == 0.2
+    assert st.variant_results(cid, include_unassigned=True)[""] == VariantResult("", sent=3)
+    assert st.variant_results(st.start_campaign("empty", {}).id) == {}
+
+
+def test_winner_first_writer_wins(st: Store) -> None:
+    cid = st.start_campaign("ab", {}).id
+    other = st.start_campaign("other", {}).id
+    assert st.get_winner(cid) is None
+    first = st.set_winner(cid, "b", 100.0, "b leads")
+    assert first == {"variant": "b", "decided_at": 100.0, "reason": "b leads"}
+    assert st.set_winner(cid, "a", 200.0, "a leads") == first
+    assert st.get_winner(cid) == first
+    assert st.get_winner(other) is None
+    with pytest.raises(InputError):
+        st.set_winner(9999, "a", 1.0, "x")

@@ -228,3 +228,29 @@ class DeliveryRecord:
     #: (old, new) endpoint: the push service accepted the message only at ``new``
     #: (FCM's /fcm/send/ -> /wp/); the store keeps ``new`` for later campaigns.
     moved: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VariantResult:
+    """What one variant of an A/B test did: ledger outcomes and notification events,
+    each a count of subscribers (the ledger and ``events`` hold one row per subscriber).
+
+    ``failed`` folds every other unsuccessful outcome (auth, blocked, failed, uncertain):
+    a variant's text cannot cause those, so one column is enough to compare variants.
+    ``shown``/``clicked``/``closed`` count only subscribers the ledger records as sent,
+    so ``clicked <= sent`` and the click rate is a proportion.
+    """
+
+    variant: str
+    sent: int = 0
+    expired: int = 0
+    rejected: int = 0
+    failed: int = 0
+    shown: int = 0
+    clicked: int = 0
+    closed: int = 0
+
+    @property
+    def click_rate(self) -> float:
+        """Subscribers who clicked / subscribers sent; 0.0 when nobody was sent."""
+        return self.clicked / self.sent if self.sent else 0.0
