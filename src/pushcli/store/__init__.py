@@ -1,8 +1,8 @@
 """The only package that speaks SQL: schema and migrations (``schema``), where the
 store is and its errors (``database``), row decoding (``rows``), subscriber queries
 (``subscribers``), the campaign ledger (``ledger``), the results page's bounded
-aggregates (``charts``), prune's queries (``pruning``), token secrets and notification
-events (``engagement``) and cross-process locks with their names (``locks``).
+aggregates (``charts``), prune's queries (``pruning``), token secrets (``engagement``),
+notification events (``eventlog``) and cross-process locks with their names (``locks``).
 
 ``Store`` composes them behind one SQLAlchemy engine. SQLAlchemy Core keeps the
 SQL portable (SQLite and PostgreSQL). On SQLite the database runs in WAL mode
@@ -29,6 +29,7 @@ from pushcli.store.database import (
     store_error,
 )
 from pushcli.store.engagement import Engagement, ensure_token_secret
+from pushcli.store.eventlog import EventLog, EventRow
 from pushcli.store.ledger import Ledger
 from pushcli.store.locks import (
     LOCK_STALE_AFTER,
@@ -39,7 +40,7 @@ from pushcli.store.locks import (
     is_campaign_lock,
     is_prune_lock,
 )
-from pushcli.store.pruning import PruneCandidate, Pruning
+from pushcli.store.pruning import PruneCandidate, Pruning, Unengaged
 from pushcli.store.rows import CampaignInfo, StoredSubscription
 from pushcli.store.schema import (
     INFLIGHT,
@@ -60,6 +61,7 @@ from pushcli.store.subscribers import IMPORT_BATCH, ImportResult, Rejection, Sub
 __all__ = [
     "BUSY_TIMEOUT_MS", "DB_ENV", "DEFAULT_DB", "IMPORT_BATCH", "INFLIGHT", "LOCK_STALE_AFTER",
     "MIGRATIONS", "PENDING", "PRUNE_LOCK", "SCHEMA_VERSION", "CampaignInfo", "DeliveryRecord",
+    "EventRow", "Unengaged",
     "ImportResult", "Lock", "PruneCandidate", "Rejection", "Store", "StoredSubscription",
     "Timeline", "campaign_lock", "campaigns", "database_url", "deliveries", "events",
     "is_campaign_lock",
@@ -67,7 +69,7 @@ __all__ = [
 ]
 
 
-class Store(Subscribers, Ledger, Charts, Pruning, Engagement, Locks, Database):
+class Store(Subscribers, Ledger, Charts, Pruning, Engagement, EventLog, Locks, Database):
     """A subscriber store and delivery ledger behind one SQLAlchemy engine."""
 
     @classmethod

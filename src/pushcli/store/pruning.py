@@ -1,5 +1,6 @@
-"""Prune's queries: which subscribers it may delete (expired, or answered about
-in each of their last N campaigns), and the DELETE that re-checks each row.
+"""Prune's queries: which subscribers it may delete (expired, answered about in
+each of their last N campaigns, or sent K messages without a click in D days), and
+the DELETE that re-checks each row.
 """
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import Exists, and_, delete, exists, func, select, tuple_
 from sqlalchemy.engine import Connection
 
-from pushcli.pushservices import Fault
+from pushcli.pushservices import Fault, Outcome
 from pushcli.store.database import Database
-from pushcli.store.schema import COUNTABLE, PENDING, deliveries, subscriptions
+from pushcli.store.schema import COUNTABLE, PENDING, deliveries, events, subscriptions
 
 #: Stands in for a NULL ``updated_at`` in prune's re-check.
 _NO_TIME = -1.0
@@ -27,22 +28,47 @@ class PruneCandidate:
     id: int
     status: str
     updated_at: float | None
+    #: Unengaged candidates only: the DELETE also re-checks that no ``clicked``
+    #: event at or after this time arrived in between (``events serve`` runs on).
+    clicked_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unengaged:
+    """``prune --unengaged-days D --min-sent K`` as a query: subscribers sent at least
+    ``min_sent`` messages (ledger ``sent``, across campaigns) with no ``clicked``
+    event at or after ``since`` (now - D days)."""
+
+    since: float
+    min_sent: int
+
+
+def _clicked_since(since: float) -> Exists:
+    """SQL: this subscriber has a ``clicked`` event at or after ``since``."""
+    e = events
+    return exists().where(e.c.subscription_id == subscriptions.c.id, e.c.kind == "clicked",
+                          e.c.at >= since)
 
 
 class Pruning(Database):
     """The prune queries of ``Store``: select candidates, then delete with a re-check."""
 
-    def prunable(self, *, failed_campaigns: int | None = None) -> list[int]:
+    def prunable(self, *, failed_campaigns: int | None = None,
+                 unengaged: Unengaged | None = None) -> list[int]:
         """Ids of subscriptions that prune would delete (see ``prune_candidates``)."""
-        return [c.id for c in self.prune_candidates(failed_campaigns=failed_campaigns)]
+        return [c.id for c in self.prune_candidates(failed_campaigns=failed_campaigns,
+                                                    unengaged=unengaged)]
 
-    def prune_candidates(self, *, failed_campaigns: int | None = None) -> list[PruneCandidate]:
+    def prune_candidates(self, *, failed_campaigns: int | None = None,
+                         unengaged: Unengaged | None = None) -> list[PruneCandidate]:
         """Subscribers prune would delete, with the state they were selected in.
 
         Expired ones always; with ``failed_campaigns=N`` also active ones whose
         last N campaigns each ended with an answer about that subscriber (see
         ``_about_subscriber``). Never for auth, blocked, held back (a stopped push
-        service), uncertain or anything else that says nothing about them.
+        service), uncertain or anything else that says nothing about them. With
+        ``unengaged``, also active ones sent at least ``min_sent`` messages and
+        without a click since ``since`` (``_unengaged``).
         """
         s = subscriptions
         with self._read() as conn:
@@ -50,6 +76,9 @@ class Pruning(Database):
                 select(s.c.id, s.c.status, s.c.updated_at).where(s.c.status == "expired"))}
             if failed_campaigns:
                 for c in self._repeatedly_failing(conn, failed_campaigns):
+                    found.setdefault(c.id, c)
+            if unengaged is not None:
+                for c in self._unengaged(conn, unengaged):
                     found.setdefault(c.id, c)
         return [found[i] for i in sorted(found)]
 
@@ -95,26 +124,46 @@ class Pruning(Database):
         if len(last) == n and all(about_subscriber(r) for r in last):
             yield PruneCandidate(last[0][0], last[0][6], last[0][7])
 
+    def _unengaged(self, conn: Connection, rule: Unengaged) -> Iterator[PruneCandidate]:
+        """Active subscribers with ``min_sent`` ``sent`` ledger rows and no recent click:
+        one query (a grouped count joined to the subscribers, an anti-join on the
+        events' (subscriber, kind, at) index), so nothing is filtered in Python."""
+        d, s = deliveries, subscriptions
+        sent = (select(d.c.subscription_id, func.count().label("n"))
+                .where(d.c.outcome == Outcome.SENT.value)
+                .group_by(d.c.subscription_id)
+                .having(func.count() >= rule.min_sent)
+                .subquery())
+        stmt = (select(s.c.id, s.c.status, s.c.updated_at)
+                .join(sent, sent.c.subscription_id == s.c.id)
+                .where(s.c.status == "active", ~_clicked_since(rule.since))
+                .order_by(s.c.id))
+        for sid, status, updated_at in conn.execute(stmt):
+            yield PruneCandidate(sid, status, updated_at, rule.since)
+
     def delete_subscriptions(self, candidates: Sequence[PruneCandidate]) -> int:
         """Delete what prune selected; ledger rows stay so old reports still print.
 
         The DELETE itself re-checks that each row is still in the state it was
         selected in (same status, same ``updated_at``): a subscriber an import
-        reactivated or changed between the selection and the delete survives.
+        reactivated or changed between the selection and the delete survives, and
+        so does an unengaged one whose click arrived in between.
         """
         s = subscriptions
-        by_status: dict[str, list[PruneCandidate]] = {}
+        groups: dict[tuple[str, float | None], list[PruneCandidate]] = {}
         for c in candidates:
-            by_status.setdefault(c.status, []).append(c)
+            groups.setdefault((c.status, c.clicked_since), []).append(c)
         n = 0
         with self._write() as conn:
-            for status, group in by_status.items():
+            for (status, clicked_since), group in groups.items():
                 for i in range(0, len(group), 500):
                     seen = [(c.id, _NO_TIME if c.updated_at is None else c.updated_at)
                             for c in group[i:i + 500]]
-                    n += conn.execute(delete(s).where(
+                    still = and_(
                         s.c.status == status,
-                        tuple_(s.c.id, func.coalesce(s.c.updated_at, _NO_TIME)).in_(seen),
-                    )).rowcount
+                        tuple_(s.c.id, func.coalesce(s.c.updated_at, _NO_TIME)).in_(seen))
+                    if clicked_since is not None:
+                        still = and_(still, ~_clicked_since(clicked_since))
+                    n += conn.execute(delete(s).where(still)).rowcount
         return n
 

@@ -97,7 +97,7 @@ def parse_stream(
         records: Iterator[tuple[str, Any]] = _csv_records(
             stream, source, None if delimiter is None else csv_delimiter(delimiter))
     elif fmt == "ndjson":
-        records = _ndjson_records(stream, source)
+        records = ndjson_records(stream, source)
     else:
         records = _json_records(stream, source)
     for location, record in records:
@@ -129,24 +129,41 @@ def read_files(
     formats = [(name, detect_format(name, fmt)) for name in names]
     if delimiter is not None:
         delimiter = csv_delimiter(delimiter)
-    for name, _ in formats:
-        if name != "-":
-            open_source(name).close()
     tags = tuple(extra_tags)
+    streams = open_sources(name for name, _ in formats)
 
     def records() -> Iterator[tuple[str, Subscription | Rejected]]:
-        for name, f in formats:
+        for (source, stream), (_, f) in zip(streams, formats, strict=True):
+            for rec in parse_stream(stream, f, source=source,
+                                    allowed_hosts=allowed_hosts, extra_tags=tags,
+                                    delimiter=delimiter):
+                yield source, rec
+
+    return records()
+
+
+def open_sources(names: Iterable[str]) -> Iterator[tuple[str, IO[bytes]]]:
+    """``(source, stream)`` for each of several files, one after another (``-`` is
+    standard input, named ``<stdin>``); each is closed before the next opens.
+
+    Every file is opened once before this returns, so a typo in the third name
+    is an InputError before the first record is read (or stored).
+    """
+    names = list(names)
+    for name in names:
+        if name != "-":
+            open_source(name).close()
+
+    def streams() -> Iterator[tuple[str, IO[bytes]]]:
+        for name in names:
             stream = open_source(name)
             try:
-                source = "<stdin>" if name == "-" else name
-                for rec in parse_stream(stream, f, source=source, allowed_hosts=allowed_hosts,
-                                        extra_tags=tags, delimiter=delimiter):
-                    yield source, rec
+                yield ("<stdin>" if name == "-" else name), stream
             finally:
                 if name != "-":
                     stream.close()
 
-    return records()
+    return streams()
 
 
 _LINE_TOO_LONG = "\x00pushcli-line-too-long\x00"
@@ -184,7 +201,15 @@ def _decoded_lines(stream: IO[bytes], source: str, max_line: int | None = None,
             yield number, None
 
 
-def _ndjson_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]:
+def ndjson_records(stream: IO[bytes], source: str, *,
+                   size_note: str = "a subscription is under 1 KiB",
+                   ) -> Iterator[tuple[str, Any]]:
+    """``("line N", decoded JSON or Rejected)`` per non-blank line of an NDJSON stream.
+
+    A line over ``MAX_RECORD_BYTES`` is skipped unread and rejected (``size_note``
+    says how big a record should be); so are bytes that are not UTF-8 and bad JSON.
+    Shared by subscriber and event import (``pushcli.events``).
+    """
     for number, text in _decoded_lines(stream, source, MAX_RECORD_BYTES):
         loc = f"line {number}"
         if text is None:
@@ -192,7 +217,7 @@ def _ndjson_records(stream: IO[bytes], source: str) -> Iterator[tuple[str, Any]]
             continue
         if text is _LINE_TOO_LONG:
             yield loc, Rejected(loc, f"line longer than {MAX_RECORD_BYTES // 1024 // 1024} MiB "
-                                     "(a subscription is under 1 KiB); skipped")
+                                     f"({size_note}); skipped")
             continue
         if not text.strip():
             continue

@@ -1,0 +1,242 @@
+"""Notification events: one document's parsing and token check, the store's event
+rows (SQLite and PostgreSQL), ``events import`` and ``prune --unengaged-days``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pushcli import prune as pruning
+from pushcli.errors import InputError
+from pushcli.events import EventProblem, decode_event, import_events, parse_event
+from pushcli.messages import DeliveryRecord
+from pushcli.pushservices import Outcome
+from pushcli.store import EventRow, Store
+from pushcli.subscriptions import describe_rejection, make_subscription
+from pushcli.tokens import make_token
+from tests.support import fresh_database, real_subscription
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def st(request, tmp_path):
+    """A store on each backend."""
+    url = (str(tmp_path / "store.db") if request.param == "sqlite"
+           else fresh_database(request.getfixturevalue("pg_admin")))
+    s = Store.open(url)
+    yield s
+    s.close()
+
+
+def add_subscribers(store: Store, n: int) -> list[int]:
+    before = {s.id for s in store.iter_subscriptions(status="all")}
+    subs = [make_subscription(real_subscription()) for _ in range(n)]
+    store.import_subscriptions(("f", s) for s in subs)
+    return sorted({s.id for s in store.iter_subscriptions(status="all")} - before)
+
+
+def token(store: Store, campaign: int, subscriber: int, variant: int = 0) -> str:
+    return make_token(store.token_secrets()[0], campaign, variant, subscriber)
+
+
+def doc(tok: str, event: str = "clicked", **extra: object) -> dict:
+    return {"token": tok, "event": event, **extra}
+
+
+# --- one document ------------------------------------------------------------------------
+
+
+def test_parse_event_reads_the_token_and_defaults_at_to_now(store: Store) -> None:
+    row = parse_event(doc(token(store, 3, 7, variant=2), action="buy", at=NOW - 5),
+                      store.token_secrets(), NOW)
+    assert row == EventRow(3, 7, "clicked", 2, "buy", NOW - 5, NOW)
+    row = parse_event(doc(token(store, 3, 7), "shown", action="", extra="ignored"),
+                      store.token_secrets(), NOW)
+    assert (row.kind, row.action, row.at, row.variant) == ("shown", None, NOW, 0)
+
+
+@pytest.mark.parametrize(("document", "problem"), [
+    ([], "an event must be a JSON object"),
+    ({"event": "clicked"}, "token: missing"),
+    ({"event": "opened"}, "event: must be one of shown, clicked, closed"),
+    ({"event": "clicked", "action": 5}, "action: must be a string"),
+    ({"event": "clicked", "action": "x" * 129}, "action: longer than 128 characters"),
+    ({"event": "clicked", "action": "a\nb"}, "action: contains control characters"),
+    ({"event": "clicked", "action": "\ud800"}, "action: contains control characters"),
+    ({"event": "clicked", "at": True}, "at: must be a number"),
+    ({"event": "clicked", "at": "1800000000"}, "at: must be a number"),
+    ({"event": "clicked", "at": float("nan")}, "at: must be a positive number"),
+    ({"event": "clicked", "at": -1}, "at: must be a positive number"),
+    ({"event": "clicked", "at": NOW + 2 * DAY}, "at: more than a day in the future"),
+    ({"event": "clicked", "at": NOW * 1000}, "(milliseconds? send Unix seconds)"),
+    ({"event": "clicked", "token": 12}, "token: not signed by this store"),
+    ({"event": "clicked", "token": "A" * 40}, "token: not signed by this store"),
+])
+def test_parse_event_names_the_field_at_fault(store: Store, document: object,
+                                               problem: str) -> None:
+    with pytest.raises(EventProblem, match=None) as info:
+        parse_event(document, store.token_secrets(), NOW)
+    assert problem in str(info.value)
+
+
+def test_forged_and_rotated_tokens_are_refused(store: Store, tmp_path: Path) -> None:
+    other = Store.open(tmp_path / "other.db")
+    forged = make_token(other.token_secrets()[0], 1, 0, 1)  # another store's secret
+    other.close()
+    with pytest.raises(EventProblem, match="not signed by this store"):
+        parse_event(doc(forged), store.token_secrets(), NOW)
+    good = token(store, 1, 1)
+    tampered = good[:-1] + ("A" if good[-1] != "A" else "B")
+    with pytest.raises(EventProblem, match="not signed by this store"):
+        parse_event(doc(tampered), store.token_secrets(), NOW)
+    store.rotate_token_secret()  # the previous secret still verifies...
+    assert parse_event(doc(good), store.token_secrets(), NOW).subscription_id == 1
+    store.rotate_token_secret()  # ...but not the one before it
+    with pytest.raises(EventProblem, match="not signed by this store"):
+        parse_event(doc(good), store.token_secrets(), NOW)
+
+
+def test_decode_event_refuses_bad_bytes_and_json(store: Store) -> None:
+    secrets = store.token_secrets()
+    with pytest.raises(EventProblem, match="not valid UTF-8"):
+        decode_event(b"\xff{}", secrets, NOW)
+    with pytest.raises(EventProblem, match="invalid JSON"):
+        decode_event(b"{", secrets, NOW)
+    body = json.dumps(doc(token(store, 1, 2))).encode()
+    assert decode_event(body, secrets, NOW).subscription_id == 2
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+def test_record_events_counts_each_event_once(st: Store) -> None:
+    rows = [EventRow(1, sid, kind, 0, None, NOW, NOW) for sid in range(1, 801)
+            for kind in ("shown", "clicked")]
+    assert st.record_events(rows + rows[:10]) == 1600  # repeated in one call: once
+    assert st.record_events(rows) == 0
+    assert st.record_events([EventRow(1, 1, "closed", 0, None, NOW, NOW),
+                             EventRow(2, 1, "clicked", 1, "buy", NOW, NOW)]) == 2
+    assert st.record_events([]) == 0
+    ids = add_subscribers(st, 3)
+    assert st.known_subscribers([ids[0], ids[2], 10_000_000]) == {ids[0], ids[2]}
+
+
+# --- import ------------------------------------------------------------------------------
+
+
+def write_ndjson(path: Path, lines: list[object]) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n"
+                            for x in lines))
+    return path
+
+
+def test_import_counts_added_duplicates_and_rejected_with_line_numbers(
+        store: Store, tmp_path: Path) -> None:
+    a, b = add_subscribers(store, 2)
+    gone = b + 1000  # a well-signed token about a subscriber this store does not have
+    forged = make_token(b"\x00" * 32, 1, 0, a)
+    path = write_ndjson(tmp_path / "events.ndjson", [
+        doc(token(store, 1, a), "shown"),            # 1
+        doc(token(store, 1, a), "clicked", action="buy"),  # 2
+        doc(forged),                                 # 3 forged
+        "",                                          # blank: skipped, not counted
+        "{not json",                                 # 5
+        doc(token(store, 1, a), "shown"),            # 6 duplicate of line 1
+        doc(token(store, 1, gone)),                  # 7 subscriber no longer there
+        doc(token(store, 1, b), "closed", at=NOW * 1000),  # 8 milliseconds
+        doc(token(store, 1, b), "closed"),           # 9
+    ])
+    seen = []
+    result = import_events(store, [str(path)], NOW, on_reject=seen.append)
+    assert result.to_json() == {"read": 8, "added": 3, "duplicates": 1, "rejected": 4}
+    lines = sorted(describe_rejection(r.source, r.location, r.reason) for r in seen)
+    assert [line.split(": ")[0] for line in lines] == [f"{path}:{n}" for n in (3, 5, 7, 8)]
+    assert "not signed by this store" in lines[0]
+    assert "no longer in this store" in lines[2]
+    assert seen == result.rejections
+    again = import_events(store, [str(path)], NOW + 60)
+    assert (again.added, again.duplicates, again.rejected) == (0, 4, 4)
+
+
+def test_import_skips_a_line_over_one_mebibyte(store: Store, tmp_path: Path) -> None:
+    (a,) = add_subscribers(store, 1)
+    path = tmp_path / "big.ndjson"
+    path.write_text(json.dumps(doc(token(store, 1, a), action="x" * (1 << 20))) + "\n"
+                    + json.dumps(doc(token(store, 1, a))) + "\n")
+    result = import_events(store, [str(path)], NOW)
+    assert (result.added, result.rejected) == (1, 1)
+    assert result.rejections[0].location == "line 1"
+    assert "longer than 1 MiB (an event is under 1 KiB)" in result.rejections[0].reason
+
+
+def test_import_refuses_a_missing_file_before_storing_anything(store: Store,
+                                                               tmp_path: Path) -> None:
+    (a,) = add_subscribers(store, 1)
+    good = write_ndjson(tmp_path / "good.ndjson", [doc(token(store, 1, a))])
+    with pytest.raises(InputError, match="no such file"):
+        import_events(store, [str(good), str(tmp_path / "typo.ndjson")], NOW)
+    assert import_events(store, [str(good)], NOW).added == 1
+
+
+# --- prune --unengaged-days ---------------------------------------------------------------
+
+
+def sent(store: Store, campaign: str, ids: list[int]) -> int:
+    c = store.start_campaign(campaign, {"name": campaign})
+    store.record(c.id, [DeliveryRecord(i, Outcome.SENT, "fcm", 201) for i in ids])
+    return c.id
+
+
+def test_unengaged_rule_needs_both_options() -> None:
+    assert pruning.unengaged_rule(None, None, NOW) is None
+    for days, k in ((30, None), (None, 3)):
+        with pytest.raises(InputError, match="go together"):
+            pruning.unengaged_rule(days, k, NOW)
+    with pytest.raises(InputError, match="positive"):
+        pruning.unengaged_rule(0, 3, NOW)
+    with pytest.raises(InputError, match="at least 1"):
+        pruning.unengaged_rule(30, 0, NOW)
+    assert pruning.unengaged_rule(2, 3, NOW).since == NOW - 2 * DAY
+
+
+def test_prune_unengaged_lists_then_deletes_only_unclicked_heavy_recipients(st: Store) -> None:
+    clicked_recently, clicked_long_ago, never, few, expired_elsewhere = add_subscribers(st, 5)
+    everyone = [clicked_recently, clicked_long_ago, never, few]
+    c1 = sent(st, "c1", everyone)
+    sent(st, "c2", [clicked_recently, clicked_long_ago, never])
+    c3 = st.start_campaign("c3", {"name": "c3"}).id
+    st.record(c3, [DeliveryRecord(i, Outcome.SENT, "fcm", 201)
+                   for i in (clicked_recently, clicked_long_ago)]
+              + [DeliveryRecord(never, Outcome.FAILED, "fcm", 503)])  # not a sent message
+    st.record_events([
+        EventRow(c1, clicked_recently, "clicked", 0, None, NOW - 3 * DAY, NOW),
+        EventRow(c1, clicked_long_ago, "clicked", 0, None, NOW - 40 * DAY, NOW),
+        EventRow(c1, never, "shown", 0, None, NOW - DAY, NOW),  # shown is not engagement
+    ])
+    rule = pruning.unengaged_rule(30, 2, NOW)
+    dry = pruning.prune(st, unengaged=rule, dry_run=True)
+    assert dry.ids == sorted([clicked_long_ago, never]) and dry.deleted == 0
+    assert pruning.prune(st, unengaged=pruning.unengaged_rule(30, 3, NOW),
+                         dry_run=True).ids == [clicked_long_ago]
+    assert pruning.prune(st, unengaged=pruning.unengaged_rule(50, 2, NOW),
+                         dry_run=True).ids == [never]
+    assert expired_elsewhere not in dry.ids  # never sent anything
+    done = pruning.prune(st, unengaged=rule, wait=0)
+    assert done.deleted == 2
+    left = {s.id for s in st.iter_subscriptions(status="all")}
+    assert left == {clicked_recently, few, expired_elsewhere}
+
+
+def test_prune_unengaged_spares_a_click_that_arrives_after_selection(st: Store) -> None:
+    a, b = add_subscribers(st, 2)
+    c = sent(st, "c1", [a, b])
+    rule = pruning.unengaged_rule(30, 1, NOW)
+    selected = st.prune_candidates(unengaged=rule)
+    assert [x.id for x in selected] == [a, b]
+    st.record_events([EventRow(c, b, "clicked", 0, None, NOW, NOW)])  # events serve, meanwhile
+    assert st.delete_subscriptions(selected) == 1
+    assert [s.id for s in st.iter_subscriptions(status="all")] == [b]
