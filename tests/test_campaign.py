@@ -371,7 +371,8 @@ def test_placeholders_and_default_filter() -> None:
     n = render_json(renderer, city="Paris")["notification"]
     assert n["title"] == "Hi friend"
     assert n["body"] == "News for Paris"
-    assert n["navigate"] == "https://shop.example.com/Paris"
+    assert n["navigate"] == ("https://shop.example.com/Paris?utm_source=pushcli"
+                             "&utm_medium=web_push&utm_campaign=personal")
     assert render_json(renderer, city="X", first_name="Ann")["notification"]["title"] == "Hi Ann"
 
 
@@ -419,24 +420,28 @@ def test_payload_json_shape() -> None:
         "  actions:\n    - {action: go, title: Go, url: https://a.example.com/go}\n"
         "    - {action: no, title: Later}\n"
     )
-    payload = Renderer(parse_campaign(text)).render(None, {})
+    payload = Renderer(parse_campaign(text)).render(None, {}, token="T" * 40)
+    utm = "utm_source=pushcli&utm_medium=web_push&utm_campaign=test-campaign"
     assert payload.decode() == (
-        '{"web_push":8030,"notification":{"title":"Hello","navigate":"https://shop.example.com/",'
-        '"body":"World","lang":"en-US","dir":"ltr","tag":"t","icon":"https://a.example.com/i.png",'
-        '"silent":false,"actions":[{"action":"go","title":"Go",'
-        '"navigate":"https://a.example.com/go"},{"action":"no","title":"Later"}],'
-        '"data":{"k":[1,2]}},"app_badge":3}'
+        '{"web_push":8030,"notification":{"title":"Hello","navigate":"https://shop.example.com/?'
+        f'{utm}","body":"World","lang":"en-US","dir":"ltr","tag":"t",'
+        '"icon":"https://a.example.com/i.png","silent":false,"actions":[{"action":"go",'
+        f'"title":"Go","navigate":"https://a.example.com/go?{utm}"}},'
+        '{"action":"no","title":"Later"}],'
+        f'"data":{{"k":[1,2],"pushcli_token":"{"T" * 40}"}}}},"app_badge":3}}'
     )
 
 
 def test_payload_minimal_and_utf8() -> None:
-    payload = Renderer(parse_campaign(HEAD.replace("World", "Grüße ✓"))).render(None, {})
+    text = HEAD.replace("World", "Grüße ✓") + "tracking: {utm: false}\n"
+    payload = Renderer(parse_campaign(text)).render(None, {}, token="tok")
     assert json.loads(payload) == {
         "web_push": 8030,
         "notification": {
             "title": "Hello",
             "navigate": "https://shop.example.com/",
             "body": "Grüße ✓",
+            "data": {"pushcli_token": "tok"},
         },
     }
     assert "Grüße ✓".encode() in payload
@@ -481,7 +486,8 @@ def test_render_cache_without_placeholders() -> None:
     renderer = Renderer(parse_campaign(HEAD))
     first = renderer.render(None, {"a": 1})
     assert renderer.render(None, {"b": 2}) is first
-    assert renderer.variant_key(None, {"a": 1}) == renderer.variant_key(None, {}) == (None, ())
+    assert renderer.variant_key(None, {"a": 1}) == renderer.variant_key(None, {}) == (
+        None, None, ())
 
 
 def test_render_cache_with_placeholders() -> None:

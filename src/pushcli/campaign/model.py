@@ -21,7 +21,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     PrivateAttr,
+    ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -55,19 +57,26 @@ __all__ = [
     "TemplateText",
     "TemplateUrl",
     "TitleText",
+    "Tracking",
     "VapidSettings",
+    "Variant",
+    "WinnerSpec",
     "is_https_url",
+    "percent",
     "norm_locale",
 ]
 
 MAX_ACTIONS = 4
 MAX_TTL = 2_419_200  # 28 days: the largest TTL FCM accepts, Mozilla caps at 30 days
 MAX_URL_LEN = 2048
+MAX_VARIANTS = 8
+MAX_WEIGHT = 1_000_000
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _TOPIC_RE = re.compile(r"[A-Za-z0-9_-]+")
 _LOCALE_RE = re.compile(r"[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f<>\"\\]")
+_PERCENT_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3})?)\s*%")
 
 #: An attribute a subscriber does not have (distinct from None, which CSV/JSON can hold).
 MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
@@ -259,6 +268,27 @@ def _clock_text(value: Any) -> Any:
     return value
 
 
+def percent(text: str) -> float:
+    """``"10%"`` -> 0.1. ValueError says what is wrong (the model keeps the text as written)."""
+    m = _PERCENT_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{text[:20]!r} is not a percentage like '10%'")
+    return float(m.group(1)) / 100
+
+
+def _percent_in(lo: int, hi: int) -> AfterValidator:
+    def check(value: str) -> str:
+        try:
+            share = percent(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        if not lo / 100 <= share <= hi / 100:
+            raise _fail(f"must be between {lo}% and {hi}%")
+        return value
+
+    return AfterValidator(check)
+
+
 Instant = Annotated[datetime, BeforeValidator(_instant)]
 Duration = Annotated[str, _parsed(parse_duration)]
 HttpsUrl = Annotated[str, AfterValidator(_https_url)]
@@ -324,6 +354,68 @@ class Notification(BaseModel):
         if self.renotify and self.tag is None:
             raise _fail("requires a tag", "renotify")
         return self
+
+
+def _fits_column(value: str) -> str:
+    """The ledger keeps a variant's name in ``deliveries.variant`` (64 characters)."""
+    if len(value) > 64:
+        raise _fail(f"must be at most 64 characters (has {len(value)})")
+    return value
+
+
+def _optional(name: str) -> tuple[Any, None]:
+    """Notification field ``name``, with its validators, made optional (default None)."""
+    info = Notification.model_fields[name]
+    kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    return (kind | None, None)
+
+
+#: ``variants[].notification``: any fields of ``notification``, replacing the base ones.
+#: Derived from ``Notification`` so the two never disagree on a field or its rules; the
+#: rules that tie fields together run on the merged notification (``Campaign``).
+NotificationOverride: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "NotificationOverride", __config__=_FROZEN,
+    **{name: _optional(name) for name in Notification.model_fields})
+
+
+class Variant(BaseModel):
+    """One arm of an A/B test: a name, a share of the test audience, what it changes."""
+
+    model_config = _FROZEN
+
+    name: Annotated[str, AfterValidator(_name), AfterValidator(_fits_column)]
+    weight: Annotated[int, _in_range(1, MAX_WEIGHT)]
+    notification: NotificationOverride = NotificationOverride()  # type: ignore[valid-type]
+
+    def overrides(self) -> dict[str, Any]:
+        """The notification fields this variant sets (as validated objects)."""
+        return {k: getattr(self.notification, k) for k in self.notification.model_fields_set}
+
+
+class Tracking(BaseModel):
+    """UTM parameters on links (default on) and where service workers post events."""
+
+    model_config = _FROZEN
+
+    utm: bool = True
+    events_url: HttpsUrl | None = None
+
+
+class WinnerSpec(BaseModel):
+    """``winner``: send the test share first, then the best variant to the rest."""
+
+    model_config = _FROZEN
+
+    test_share: Annotated[str, _percent_in(1, 90)] = "20%"
+    decide_after: Duration
+    metric: Literal["click_rate"] = "click_rate"
+
+    @field_validator("decide_after")
+    @classmethod
+    def _after(cls, value: str) -> str:
+        if not timedelta(minutes=1) <= parse_duration(value) <= timedelta(days=30):
+            raise _fail("must be between 1m and 30d")
+        return value
 
 
 class LocaleOverride(BaseModel):
@@ -506,6 +598,10 @@ class Campaign(BaseModel):
     delivery: Delivery = Delivery()
     schedule: ScheduleSpec | None = None
     vapid: VapidSettings = VapidSettings()
+    variants: list[Variant] | None = None
+    holdout: Annotated[str, _percent_in(0, 50)] | None = None
+    tracking: Tracking = Tracking()
+    winner: WinnerSpec | None = None
     source: str | None = None
     # Line of each dotted field in ``source``, so a template that fails for one subscriber
     # mid-send is reported as ``file:line: field`` like every load-time error.
@@ -514,6 +610,57 @@ class Campaign(BaseModel):
     def line_of(self, field_name: str) -> int | None:
         """The line ``field_name`` (dotted, e.g. ``locales.fr.title``) is on, when known."""
         return self._lines.get(field_name)
+
+    def variant_index(self, name: str | None) -> int:
+        """The number tokens carry for variant ``name``: 0 without variants (or for None),
+        i+1 for the i-th entry of ``variants``."""
+        if name is None or not self.variants:
+            return 0
+        for i, variant in enumerate(self.variants):
+            if variant.name == name:
+                return i + 1
+        raise KeyError(name)
+
+    def variant_names(self) -> tuple[str, ...]:
+        """The variants' names in file order (empty without ``variants``)."""
+        return tuple(v.name for v in self.variants or ())
+
+    def notification_for(self, variant: str | None) -> Notification:
+        """The base notification with ``variant``'s overrides applied (None: the base)."""
+        if variant is None:
+            return self.notification
+        index = self.variant_index(variant) - 1
+        return _merged(self.notification, self.variants[index])  # type: ignore[index]
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: list[Variant] | None, info: ValidationInfo
+                  ) -> list[Variant] | None:
+        if value is None:
+            return value
+        if not 2 <= len(value) <= MAX_VARIANTS:
+            raise _fail(f"must list 2 to {MAX_VARIANTS} variants (has {len(value)})")
+        seen: set[str] = set()
+        for index, variant in enumerate(value):
+            if variant.name in seen:
+                raise _fail(f"duplicate variant name '{variant.name}'", index, "name")
+            seen.add(variant.name)
+        base = info.data.get("notification")
+        if base is not None:  # the rules that tie fields together, on each merged result
+            for index, variant in enumerate(value):
+                try:
+                    _merged(base, variant)
+                except ValidationError as exc:
+                    error = exc.errors()[0]
+                    sub = [*error["loc"], *(error.get("ctx") or {}).get("sub", [])]
+                    raise _fail(error["msg"], index, "notification", *sub) from None
+        return value
+
+    @model_validator(mode="after")
+    def _winner_needs_variants(self) -> Campaign:
+        if self.winner is not None and not self.variants:
+            raise _fail("needs variants (at least two) to pick a winner from", "winner")
+        return self
 
     @field_validator("locales")
     @classmethod
@@ -528,3 +675,10 @@ class Campaign(BaseModel):
             seen[norm] = key
         return value
 
+
+
+def _merged(base: Notification, variant: Variant) -> Notification:
+    """``base`` with ``variant``'s fields, validated again as a whole (renotify needs a tag,
+    at most four actions...): ValidationError when the combination is invalid."""
+    return Notification.model_validate({**{k: getattr(base, k) for k in base.model_fields_set},
+                                        **variant.overrides()})

@@ -1,8 +1,15 @@
 """Rendering: one Declarative Web Push payload per subscriber, and its size check.
 
 Rendering happens once per subscriber in the send loop, so it is built around a
-cache keyed by (locale, values of the placeholders actually used): a campaign
-without placeholders costs one dict lookup per subscriber.
+cache keyed by (variant, locale, values of the placeholders actually used): a
+campaign without placeholders costs one dict lookup per subscriber, plus one
+``bytes.replace`` that puts the subscriber's engagement token where the cached
+payload holds a fixed-length sentinel.
+
+Every payload carries ``notification.data.pushcli_token`` (and, with
+``tracking.events_url``, ``notification.data.pushcli_events``): always, since a
+token costs the browser nothing and a campaign sent without one could never be
+measured afterwards. Links get UTM parameters unless ``tracking.utm: false``.
 """
 
 from __future__ import annotations
@@ -19,9 +26,16 @@ from jinja2.exceptions import SecurityError, UndefinedError
 
 from pushcli.campaign.model import MISSING, Campaign, is_https_url, norm_locale
 from pushcli.campaign.sandbox import MAX_PLAINTEXT, new_environment
+from pushcli.campaign.variants import utm_params, with_utm
 from pushcli.errors import InputError, PayloadTooLarge
+from pushcli.tokens import MAX_TOKEN_LEN
 
-__all__ = ["RenderError", "Renderer", "check_payload_size", "resolve_locale"]
+__all__ = ["TOKEN_SENTINEL", "RenderError", "Renderer", "check_payload_size", "resolve_locale"]
+
+#: Stands for the subscriber's token in cached payloads: as long as the longest token
+#: (so the size check reserves its room) and JSON-safe, replaced once per subscriber.
+TOKEN_SENTINEL = ("@pushcli-token@" * 7)[:MAX_TOKEN_LEN]
+_SENTINEL = TOKEN_SENTINEL.encode("ascii")
 
 _CACHE_LIMIT = 50_000  # personalised variants kept per locale; beyond that we re-render
 _UNDEFINED_RE = re.compile(r"^'([^']+)' is undefined$")
@@ -109,8 +123,9 @@ def check_payload_size(payload: bytes, *, context: str) -> None:
 
 @dataclass
 class _Variant:
-    """Everything about one locale that does not depend on the subscriber."""
+    """Everything about one (A/B variant, locale) that does not depend on the subscriber."""
 
+    arm: str | None
     locale: str | None
     templates: tuple[tuple[str, str, jinja2.Template], ...]  # (payload key, field, template)
     names: tuple[str, ...]
@@ -118,6 +133,7 @@ class _Variant:
     app_badge: int | None
     field_names: dict[str, str]
     context: str
+    utm: tuple[tuple[str, str], ...]  # empty with tracking.utm false
     cache: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
 
 
@@ -137,7 +153,9 @@ class Renderer:
 
     Templates are compiled once; payloads are cached per variant key, and the
     size check runs once per cached payload, so the per-subscriber cost of a
-    campaign without placeholders is a dict lookup.
+    campaign without placeholders is a dict lookup (and the token splice).
+    ``arms`` are the A/B variants' names, or ``(None,)`` without ``variants``;
+    ``variant=None`` renders the base notification.
     """
 
     def __init__(self, campaign: Campaign) -> None:
@@ -145,14 +163,25 @@ class Renderer:
         self._env = new_environment()
         self._compiled: dict[str, jinja2.Template] = {}
         self._index = {norm_locale(k): k for k in campaign.locales}
-        self._variants: dict[str | None, _Variant] = {None: self._build(None)}
-        for key in campaign.locales:
-            self._variants[key] = self._build(key)
-        self._by_locale: dict[str | None, _Variant] = {None: self._variants[None]}
+        self.arms: tuple[str | None, ...] = campaign.variant_names() or (None,)
+        self._variants: dict[tuple[str | None, str | None], _Variant] = {}
+        self._by_arm: dict[str | None, dict[str | None, _Variant]] = {}
         names: set[str] = set()
-        for variant in self._variants.values():
-            names.update(variant.names)
+        for arm in self.arms:
+            for variant in self._arm(arm).values():
+                names.update(variant.names)
         self.placeholders: frozenset[str] = frozenset(names)
+
+    def _arm(self, arm: str | None) -> dict[str | None, _Variant]:
+        """The locale -> _Variant map of one A/B arm, built on first use."""
+        by_locale = self._by_arm.get(arm)
+        if by_locale is None:
+            if arm is not None:
+                self._campaign.variant_index(arm)  # KeyError for an unknown variant
+            for key in (None, *self._campaign.locales):
+                self._variants[arm, key] = self._build(arm, key)
+            by_locale = self._by_arm[arm] = {None: self._variants[arm, None]}
+        return by_locale
 
     def _compile(self, source: str) -> tuple[jinja2.Template, set[str]]:
         ast = self._env.parse(source)
@@ -162,25 +191,34 @@ class Renderer:
             template = self._compiled[source] = self._env.from_string(source)
         return template, names
 
-    def _build(self, locale: str | None) -> _Variant:
-        n = self._campaign.notification
-        override = self._campaign.locales.get(locale) if locale else None
+    def _build(self, arm: str | None, locale: str | None) -> _Variant:
+        # A variant's fields win over the locale's (a variant tests one wording); the
+        # fields it leaves alone follow the locale, and personalization applies to both.
+        campaign = self._campaign
+        n = campaign.notification_for(arm)
+        index = campaign.variant_index(arm)
+        own = campaign.variants[index - 1].overrides() if index else {}  # type: ignore[index]
+        override = campaign.locales.get(locale) if locale else None
         templates = []
         names: set[str] = set()
         field_names: dict[str, str] = {}
+        localized = False
         for member, attr in (("title", "title"), ("body", "body"), ("navigate", "url")):
             source = getattr(n, attr)
-            where = f"notification.{attr}"
-            if override is not None and getattr(override, attr) is not None:
+            where = (f"variants[{index - 1}].notification.{attr}" if attr in own
+                     else f"notification.{attr}")
+            if attr not in own and override is not None and getattr(override, attr) is not None:
                 source = getattr(override, attr)
                 where = f"locales.{locale}.{attr}"
+                localized = localized or attr != "url"
             template, used = self._compile(source)
             names |= used
             templates.append((member, where, template))
             field_names[member] = where
         lang = n.lang
-        if override is not None and (override.title is not None or override.body is not None):
+        if localized:
             lang = locale.replace("_", "-") if locale else lang  # the text is in that language now
+        utm = utm_params(campaign.name, arm) if campaign.tracking.utm else ()
         static: dict[str, Any] = {}
         for key, value in (
             ("lang", lang),
@@ -200,17 +238,23 @@ class Renderer:
             for action in n.actions:
                 item: dict[str, Any] = {"action": action.action, "title": action.title}
                 if action.url is not None:
-                    item["navigate"] = action.url
+                    item["navigate"] = with_utm(action.url, utm) if utm else action.url
                 if action.icon is not None:
                     item["icon"] = action.icon
                 actions.append(item)
             static["actions"] = actions
-        if n.data is not None:
-            static["data"] = n.data
-        context = f"campaign {self._campaign.name}"
-        if locale:
-            context += f" (locale {locale})"
+        data = dict(n.data or {})
+        data["pushcli_token"] = TOKEN_SENTINEL
+        if campaign.tracking.events_url is not None:
+            data["pushcli_events"] = campaign.tracking.events_url
+        static["data"] = data
+        context = f"campaign {campaign.name}"
+        if arm is not None or locale:
+            context += " (" + ", ".join(
+                ([f"variant {arm}"] if arm is not None else [])
+                + ([f"locale {locale}"] if locale else [])) + ")"
         return _Variant(
+            arm=arm,
             locale=locale,
             templates=tuple(templates),
             names=tuple(sorted(names)),
@@ -218,34 +262,46 @@ class Renderer:
             app_badge=n.app_badge,
             field_names=field_names,
             context=context,
+            utm=utm,
         )
 
-    def _variant(self, locale: str | None) -> _Variant:
-        variant = self._by_locale.get(locale)
+    def _variant(self, locale: str | None, arm: str | None = None) -> _Variant:
+        by_locale = self._by_arm.get(arm) or self._arm(arm)
+        variant = by_locale.get(locale)
         if variant is None:
-            variant = self._variants[_resolve(self._index, locale)]
-            if len(self._by_locale) < _CACHE_LIMIT:
-                self._by_locale[locale] = variant
+            variant = self._variants[arm, _resolve(self._index, locale)]
+            if len(by_locale) < _CACHE_LIMIT:
+                by_locale[locale] = variant
         return variant
 
-    def variant_key(self, locale: str | None, attributes: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Two subscribers with equal keys get byte-identical payloads."""
-        variant = self._variant(locale)
-        return (variant.locale, self._values(variant, attributes))
+    def variant_key(self, locale: str | None, attributes: Mapping[str, Any],
+                    arm: str | None = None) -> tuple[Any, ...]:
+        """Two subscribers with equal keys get byte-identical payloads (but for the token)."""
+        variant = self._variant(locale, arm)
+        return (arm, variant.locale, self._values(variant, attributes))
 
     @staticmethod
     def _values(variant: _Variant, attributes: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(_key_part(attributes.get(name, MISSING)) for name in variant.names)
 
-    def render(self, locale: str | None, attributes: Mapping[str, Any]) -> bytes:
-        """The payload for one subscriber; raises RenderError or PayloadTooLarge."""
-        variant = self._by_locale.get(locale) or self._variant(locale)
+    def render(self, locale: str | None, attributes: Mapping[str, Any],
+               arm: str | None = None, *, token: str | None = None) -> bytes:
+        """The payload for one subscriber of A/B variant ``arm`` (None: the base
+        notification), with its ``token`` (``tokens.make_token``) in place of
+        ``TOKEN_SENTINEL``; without one the sentinel stays (size checks, dry runs).
+        Raises RenderError or PayloadTooLarge, the latter with the sentinel's room
+        reserved, so a payload that passes here fits with any token."""
+        variant = self._by_arm[arm].get(locale) if arm in self._by_arm else None
+        if variant is None:
+            variant = self._variant(locale, arm)
         key = self._values(variant, attributes) if variant.names else ()
         payload = variant.cache.get(key)
         if payload is None:
             payload = self._render(variant, attributes)
             if len(variant.cache) < _CACHE_LIMIT:
                 variant.cache[key] = payload
+        if token is not None:
+            return payload.replace(_SENTINEL, token.encode("ascii"), 1)
         return payload
 
     def _error(self, message: str, where: str) -> RenderError:
@@ -282,6 +338,8 @@ class Renderer:
             shown = url if len(url) <= 80 else url[:77] + "..."
             raise self._error(f"renders to {shown!r}, which is not an absolute https URL",
                               variant.field_names["navigate"])
+        if variant.utm:
+            url = with_utm(url, variant.utm)
         notification: dict[str, Any] = {
             "title": texts["title"],
             "navigate": url,
