@@ -4,7 +4,8 @@ Everything that starts pushcli (in process with typer's runner, or as
 ``python -m pushcli`` in a subprocess with its store, key, allow-list and
 colour settings in the environment), the push-service emulator (in process,
 or as ``pushcli testing serve --port 0`` in another process), npm's
-web-push-testing and a throwaway PostgreSQL lives here, so every test starts
+web-push-testing, a throwaway PostgreSQL and a desktop notification daemon
+(clicks in Chromium) live here, so every test starts
 them the same way, and so does the nginx HTTPS sink of ``tests/test_transport.py``
 and the benches. Servers report the port they bound (``--port 0``); only nginx,
 which cannot, gets a port by binding and releasing it, retried on a clash.
@@ -42,8 +43,9 @@ from pushcli.testing import PushServiceEmulator
 from tests.pg import fresh_database, postgres_server
 
 __all__ = [
-    "COLOUR_FORCING", "NGINX_ECHO_MODULE", "ROOT", "EmulatorServer", "NginxSink",
-    "WebPushTesting", "Workspace", "echo_201", "emulator", "emulator_server",
+    "COLOUR_FORCING", "NGINX_ECHO_MODULE", "ROOT", "DesktopNotifications", "EmulatorServer",
+    "NginxSink", "ShownNotification", "WebPushTesting", "Workspace", "desktop_notifications",
+    "echo_201", "emulator", "emulator_server",
     "fresh_database", "invoke", "nginx_sink", "p256dh_keys",
     "postgres_server", "pushcli_env", "real_subscription", "run_pushcli", "start_pushcli",
     "wait_for", "web_push_testing", "workspace",
@@ -622,3 +624,135 @@ def nginx_sink(work: Path, locations: dict[str, str], *, http2: bool = False,
         _stop(proc, proc.terminate)
         if proc.stderr:
             proc.stderr.close()
+
+
+# --- desktop notifications (real notification clicks in headless Chromium) -----------------
+
+
+@dataclass
+class ShownNotification:
+    """One Notify call Chromium made: the id we gave it, its text and its action keys."""
+
+    id: int
+    summary: str
+    body: str
+    actions: list[str]  # key, label, key, label...: Chromium keys buttons "0", "1"...
+
+
+class DesktopNotifications:
+    """A freedesktop notification daemon on a private D-Bus session bus.
+
+    Headless Chromium on Linux hands notifications to ``org.freedesktop.Notifications``
+    when that name has an owner on its session bus, and turns the daemon's
+    ``ActionInvoked``/``NotificationClosed`` signals into trusted ``notificationclick`` and
+    ``notificationclose`` events: the only way to click a notification in headless Chromium
+    (a script-made NotificationEvent cannot waitUntil nor open a window). Clicks reach the
+    service worker only in a persistent browser context (Playwright's new_context() profiles
+    are not found when the click comes back). Start it with :func:`desktop_notifications`.
+    """
+
+    PATH = "/org/freedesktop/Notifications"
+    NAME = "org.freedesktop.Notifications"
+
+    def __init__(self, address: str) -> None:
+        from jeepney.bus_messages import message_bus
+        from jeepney.io.blocking import open_dbus_connection
+
+        self.address = address
+        self.shown: list[ShownNotification] = []
+        self.closed_by_browser: list[int] = []
+        self._conn = open_dbus_connection(bus=address)
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        reply = self._conn.send_and_get_reply(message_bus.RequestName(self.NAME))
+        assert reply.body == (1,), f"could not own {self.NAME}: {reply.body}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _send(self, message: Any) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def _serve(self) -> None:
+        from jeepney import HeaderFields, MessageType, new_method_return
+
+        while not self._stop.is_set():
+            try:
+                msg = self._conn.receive(timeout=0.1)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if msg.header.message_type != MessageType.method_call:
+                continue
+            member = msg.header.fields.get(HeaderFields.member)
+            if member == "GetCapabilities":
+                reply = new_method_return(msg, "as", (["actions", "body", "persistence"],))
+            elif member == "GetServerInformation":
+                reply = new_method_return(msg, "ssss", ("pushcli-tests", "pushcli", "1", "1.2"))
+            elif member == "Notify":
+                _app, replaces, _icon, summary, body, actions, _hints, _timeout = msg.body
+                nid = replaces or len(self.shown) + 1
+                self.shown.append(ShownNotification(nid, summary, body, list(actions)))
+                reply = new_method_return(msg, "u", (nid,))
+            else:
+                if member == "CloseNotification":
+                    self.closed_by_browser.append(msg.body[0])
+                reply = new_method_return(msg)
+            self._send(reply)
+
+    def wait_shown(self, count: int, timeout: float = 15) -> list[ShownNotification]:
+        """The notifications shown so far, once there are at least ``count``."""
+        wait_for(lambda: len(self.shown) >= count, timeout, f"{count} notification(s) shown")
+        return list(self.shown)
+
+    def _signal(self, member: str, signature: str, body: tuple[Any, ...]) -> None:
+        from jeepney import DBusAddress, new_signal
+
+        self._send(new_signal(DBusAddress(self.PATH, interface=self.NAME), member, signature,
+                              body))
+
+    def click(self, notification: ShownNotification, action_label: str | None = None) -> None:
+        """Click the notification's body, or the button labelled ``action_label``."""
+        key = "default"
+        if action_label is not None:
+            pairs = dict(zip(notification.actions[1::2], notification.actions[::2], strict=True))
+            key = pairs[action_label]
+        self._signal("ActionInvoked", "us", (notification.id, key))
+
+    def dismiss(self, notification: ShownNotification) -> None:
+        """The user closed it (reason 2: dismissed by the user)."""
+        self._signal("NotificationClosed", "uu", (notification.id, 2))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._conn.close()
+
+
+@contextmanager
+def desktop_notifications(work: Path, timeout: float = 10) -> Iterator[DesktopNotifications]:
+    """A private ``dbus-daemon`` in ``work`` and a :class:`DesktopNotifications` on it.
+
+    Give Chromium ``DBUS_SESSION_BUS_ADDRESS=<.address>``. Needs ``dbus-daemon`` (Debian's
+    ``dbus``) and the test extra's ``jeepney``; a missing one raises AssertionError.
+    """
+    daemon = shutil.which("dbus-daemon")
+    if daemon is None:
+        raise AssertionError("dbus-daemon not found: apt-get install dbus "
+                             "(scripts/install-deps.sh does)")
+    proc = subprocess.Popen([daemon, "--session", "--nofork", "--print-address=1",
+                             f"--address=unix:path={work / 'bus'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    server = None
+    try:
+        address = read_line(proc.stdout, timeout, "dbus-daemon").strip()
+        assert address.startswith("unix:"), (address, proc.poll())
+        server = DesktopNotifications(address)
+        yield server
+    finally:
+        if server is not None:
+            server.close()
+        _stop(proc, proc.terminate)
+        proc.communicate()

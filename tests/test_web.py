@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -30,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pushcli.encoding import b64_decode, b64url_encode
 from pushcli.errors import InputError
 from pushcli.web import SITE_FILES, init_site
+from tests import support
+from tests.support import DesktopNotifications, Workspace, desktop_notifications
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CAMPAIGNS = sorted((ROOT / "sample_campaigns").glob("*.yml"))
@@ -231,7 +234,8 @@ def site_unreachable_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def playwright() -> Iterator[Any]:
+    """The session's one Playwright (a second sync_playwright() in a thread is refused)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"Chromium not found at {CHROMIUM}: the browser tests need Debian's chromium "
@@ -245,16 +249,21 @@ def browser() -> Iterator[Any]:
         pytest.fail(f"Playwright for Python is missing ({exc}): pip install -e .[test]")
     manager = sync_playwright().start()
     try:
-        try:
-            browser = manager.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000
-            )
-        except Exception as exc:
-            pytest.fail(f"could not start {CHROMIUM}: {exc}", pytrace=False)
-        yield browser
-        browser.close()
+        yield manager
     finally:
         manager.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Any) -> Iterator[Any]:
+    try:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000
+        )
+    except Exception as exc:
+        pytest.fail(f"could not start {CHROMIUM}: {exc}", pytrace=False)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture
@@ -768,3 +777,231 @@ def test_unsupported_browser_message(context: Any, site: SiteServer) -> None:
     state, text = _status(page)
     assert state == "error"
     assert "does not support Web Push" in text
+
+
+# --------------------------------------------------------------------------- engagement events
+# Clicks need a trusted notificationclick: Chromium gets one only from a notification
+# daemon (tests.support.DesktopNotifications) and only in a persistent context.
+
+TOKEN = "tok_" + "A" * 36  # the shape of pushcli.tokens.make_token's output (40 characters)
+
+
+class _EventHandler(http.server.BaseHTTPRequestHandler):
+    """POST /events: records (Content-Type, body); answers 202 without CORS headers, so
+    the worker's fetch rejects after delivery, which it must ignore."""
+
+    received: list[tuple[str, Any]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.received.append((self.headers.get("Content-Type", ""), json.loads(body)))
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class EventRecorder:
+    """A stand-in collector on loopback that keeps what the service worker posts."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, Any]] = []
+        handler = type("Handler", (_EventHandler,), {"received": self.received})
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/events"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def events(self) -> list[Any]:
+        return [doc for _type, doc in self.received]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@dataclass
+class Clickable:
+    """A persistent Chromium context whose notifications go to a desktop daemon we click."""
+
+    context: Any
+    daemon: DesktopNotifications
+    opened: list[str]  # https://shop.example.com/ URLs the browser loaded (routed, offline)
+
+
+@pytest.fixture(scope="module")
+def clickable(playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickable]:
+    work = tmp_path_factory.mktemp("clickable")
+    with desktop_notifications(work) as daemon:
+        env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": daemon.address}
+        try:
+            ctx = playwright.chromium.launch_persistent_context(
+                str(work / "profile"), executable_path=CHROMIUM, headless=True,
+                args=CHROMIUM_ARGS, env=env, timeout=60_000,
+            )
+        except Exception as exc:
+            pytest.fail(f"could not start {CHROMIUM}: {exc}", pytrace=False)
+        ctx.set_default_timeout(TIMEOUT_MS)
+        opened: list[str] = []
+
+        def shop(route: Any) -> None:  # the landing pages, without any network
+            opened.append(route.request.url)
+            route.fulfill(status=200, content_type="text/html", body="<p>shop</p>")
+
+        ctx.route("https://shop.example.com/**", shop)
+        try:
+            yield Clickable(ctx, daemon, opened)
+        finally:
+            ctx.close()
+
+
+def _until(page: Any, condition: Any, what: str) -> Any:
+    """Poll ``condition`` while letting Playwright dispatch its events (no fixed sleep)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        page.wait_for_timeout(50)
+
+
+def _open_pages(context: Any) -> list[str]:
+    return [p.url for p in context.pages]
+
+
+@browser_test
+def test_tracking_target_and_event_document_in_page(context: Any, site: SiteServer) -> None:
+    page = context.new_page()
+    page.goto(site.origin + "/index.html")
+    page.add_script_tag(url=site.origin + "/sw.js")
+    tracking = "(data) => self.pushcli.trackingOf({navigate: null, actions: {}, data})"
+    url = "https://shop.example.com/api/push-events"
+    assert page.evaluate(tracking, {"pushcli_token": TOKEN, "pushcli_events": url}) == {
+        "url": url, "token": TOKEN}
+    for loopback in ("http://127.0.0.1:8091/events", "http://localhost:1/e", "http://[::1]:2/"):
+        found = page.evaluate(tracking, {"pushcli_token": TOKEN, "pushcli_events": loopback})
+        assert found == {"url": loopback, "token": TOKEN}, loopback
+    refused = [
+        {"pushcli_token": TOKEN},
+        {"pushcli_events": url},
+        {"pushcli_token": TOKEN, "pushcli_events": "http://shop.example.com/events"},
+        {"pushcli_token": TOKEN, "pushcli_events": "javascript:alert(1)"},
+        {"pushcli_token": TOKEN, "pushcli_events": "/relative"},
+        {"pushcli_token": "x" * 97, "pushcli_events": url},
+        {"pushcli_token": 7, "pushcli_events": url},
+    ]
+    for data in refused:
+        assert page.evaluate(tracking, data) is None, data
+    assert page.evaluate("() => self.pushcli.trackingOf(null)") is None
+    doc = "([kind, action]) => self.pushcli.eventDocument('t', kind, action)"
+    assert page.evaluate(doc, ["clicked", "shop"]) == {"token": "t", "event": "clicked",
+                                                        "action": "shop"}
+    assert page.evaluate(doc, ["clicked", ""]) == {"token": "t", "event": "clicked"}
+    assert page.evaluate(doc, ["shown", None]) == {"token": "t", "event": "shown"}
+
+
+def _tracked_campaign(ws: Workspace, events_url: str) -> Path:
+    path = ws.dir / "tracked.yml"
+    path.write_text(
+        "name: tracked\n"
+        "notification:\n"
+        "  title: Winter sale\n"
+        "  body: 30 % off today\n"
+        "  url: https://shop.example.com/sale?ref=home\n"
+        "  actions:\n"
+        "    - {action: shop, title: Shop now, url: https://shop.example.com/buy}\n"
+        "  data:\n"
+        f"    pushcli_token: {TOKEN}\n"
+        f"    pushcli_events: {events_url}\n"
+        "vapid:\n"
+        "  subject: mailto:ops@shop.example.com\n"
+    )
+    return path
+
+
+@browser_test
+def test_sent_push_reports_shown_clicked_and_closed(
+    clickable: Clickable, site: SiteServer, tmp_path: Path
+) -> None:
+    """pushcli send's decrypted payload, shown by sw.js in Chromium; real clicks and a close."""
+    recorder = EventRecorder()
+    try:
+        with support.emulator() as emu:
+            ws = Workspace.create(tmp_path, emu)
+            subs = ws.subscribe(1)
+            ws.add_subscribers(subs)
+            code, report = ws.send(_tracked_campaign(ws, recorder.url))
+            assert code == 0 and report["sent"] == 1, report
+            [payload] = emu.messages(subs[0]["endpoint"])
+        n = json.loads(payload)["notification"]
+        token = n["data"]["pushcli_token"]  # the sender's (pushcli signs one per subscriber)
+        assert 0 < len(token) <= 96 and n["data"]["pushcli_events"] == recorder.url
+        page = PushPage(clickable.context, site)
+        daemon = clickable.daemon
+        before = len(daemon.shown)
+
+        page.push(payload)
+        shown = daemon.wait_shown(before + 1)[-1]
+        assert shown.summary == "Winter sale" and shown.body.endswith("30 % off today")
+        _until(page.page, lambda: recorder.events(), "the shown event")
+        assert recorder.received == [("text/plain", {"token": token, "event": "shown"})]
+
+        daemon.click(shown)  # the body: opens notification.navigate
+        _until(page.page, lambda: n["navigate"] in _open_pages(clickable.context),
+               f"a page at {n['navigate']}")
+        _until(page.page, lambda: len(recorder.received) >= 2, "the clicked event")
+        assert recorder.events()[1] == {"token": token, "event": "clicked"}
+        assert n["navigate"] in clickable.opened
+
+        page.push(payload)
+        shown = daemon.wait_shown(before + 2)[-1]
+        daemon.click(shown, "Shop now")  # a button: opens the action's own URL
+        action_url = n["actions"][0]["navigate"]
+        _until(page.page, lambda: action_url in _open_pages(clickable.context),
+               f"a page at {action_url}")
+        _until(page.page, lambda: len(recorder.received) >= 4, "the second clicked event")
+        assert recorder.events()[2:4] == [
+            {"token": token, "event": "shown"},
+            {"token": token, "event": "clicked", "action": "shop"},
+        ]
+
+        page.push(payload)
+        shown = daemon.wait_shown(before + 3)[-1]
+        daemon.dismiss(shown)
+        _until(page.page, lambda: len(recorder.received) >= 6, "the closed event")
+        assert recorder.events()[4:] == [
+            {"token": token, "event": "shown"},
+            {"token": token, "event": "closed"},
+        ]
+        assert {content_type for content_type, _doc in recorder.received} == {"text/plain"}
+    finally:
+        recorder.close()
+
+
+@browser_test
+def test_unreachable_collector_never_costs_the_notification_or_the_click(
+    clickable: Clickable, site: SiteServer
+) -> None:
+    payload = {
+        "web_push": 8030,
+        "notification": {
+            "title": "Still shown",
+            "navigate": "https://shop.example.com/still-opens",
+            "data": {"pushcli_token": TOKEN,
+                     "pushcli_events": f"http://127.0.0.1:{_closed_port()}/events"},
+        },
+    }
+    page = PushPage(clickable.context, site)
+    before = len(clickable.daemon.shown)
+    page.push(json.dumps(payload))
+    shown = clickable.daemon.wait_shown(before + 1)[-1]
+    assert shown.summary == "Still shown"
+    clickable.daemon.click(shown)
+    _until(page.page, lambda: payload["notification"]["navigate"] in _open_pages(
+        clickable.context), "the page the click opens")

@@ -17,6 +17,15 @@
  *                                                       // (nested, never merged, so its keys
  *                                                       // cannot clash with ours)
  *   }
+ *
+ * Engagement events: when the campaign's `data` carries `pushcli_token` (the signed token
+ * pushcli puts in every payload) and `pushcli_events` (the campaign's tracking.events_url),
+ * this worker POSTs {"token": "...", "event": "shown" | "clicked" | "closed", "action": "..."}
+ * there: `shown` once showNotification has resolved, `clicked` (with the action id, if a
+ * button was clicked) just before the click opens its URL, `closed` when the user dismisses
+ * the notification. The fetch runs inside event.waitUntil and is keepalive, never awaited
+ * before the notification or the window, and its failures are ignored. It is text/plain, a
+ * "simple" request, so no CORS preflight is sent (`pushcli events serve` accepts it).
  */
 'use strict';
 
@@ -25,6 +34,8 @@ const SUBSCRIBE_URL = "__PUSHCLI_SUBSCRIBE_URL__";
 const DECLARATIVE_MARKER = 8030;
 const TITLE_MAX = 120;
 const BODY_MAX = 500;
+const TOKEN_MAX = 96;  // pushcli.tokens.MAX_TOKEN_LEN
+const LOOPBACK_HOST = /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/;
 
 function isObject(value) {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
@@ -70,6 +81,49 @@ function clickTarget(notificationData, action) {
     if (byAction) return byAction;
   }
   return safeUrl(data.navigate) || '/';
+}
+
+/* Pure: where and with which token a notification reports its events, or null. Reads the
+ * campaign's own data (notificationData.data, laid out above). Only https collectors are
+ * used (plain http only on loopback, for development and tests, as for the subscribe URL),
+ * and only tokens no longer than pushcli makes them. */
+function trackingOf(notificationData) {
+  const outer = isObject(notificationData) ? notificationData : {};
+  const data = isObject(outer.data) ? outer.data : {};
+  const token = nonEmptyString(data.pushcli_token);
+  const url = nonEmptyString(data.pushcli_events);
+  if (!token || token.length > TOKEN_MAX || !url) return null;
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch (e) {
+    return null;
+  }
+  const allowed = parsed.protocol === 'https:'
+    || (parsed.protocol === 'http:' && LOOPBACK_HOST.test(parsed.hostname));
+  return allowed ? {url: parsed.href, token} : null;
+}
+
+/* Pure: the event document pushcli's collector (and `pushcli events import`) reads. */
+function eventDocument(token, kind, action) {
+  const doc = {token, event: kind};
+  if (typeof action === 'string' && action !== '') doc.action = action;
+  return doc;
+}
+
+/* POST one event for a notification that carries tracking. The request starts before this
+ * returns; the promise (for event.waitUntil) never rejects: a lost event must never cost
+ * the user a notification or a click. */
+function reportEvent(notificationData, kind, action) {
+  const tracking = trackingOf(notificationData);
+  if (!tracking) return Promise.resolve();
+  return fetch(tracking.url, {
+    method: 'POST',
+    keepalive: true,
+    credentials: 'omit',
+    headers: {'Content-Type': 'text/plain'},
+    body: JSON.stringify(eventDocument(tracking.token, kind, action)),
+  }).then(() => undefined, () => undefined);
 }
 
 /* Pure: the generic notification, for payloads that are not pushcli's (never show nothing:
@@ -153,7 +207,9 @@ function urlBase64ToUint8Array(base64String) {
 
 async function showPush(text) {
   const built = buildNotification(text);
-  const jobs = [self.registration.showNotification(built.title, built.options)];
+  const shown = self.registration.showNotification(built.title, built.options)
+    .then(() => reportEvent(built.options.data, 'shown'));
+  const jobs = [shown];
   const nav = self.navigator;
   if (built.badge !== null && nav && typeof nav.setAppBadge === 'function') {
     const badge = built.badge > 0 ? nav.setAppBadge(built.badge) : nav.clearAppBadge();
@@ -210,7 +266,8 @@ async function renewSubscription(oldSubscription, newSubscription) {
 }
 
 // Pure helpers, reachable for tests (and for sites that extend this worker).
-self.pushcli = {clickTarget, buildNotification, urlBase64ToUint8Array, renewSubscription};
+self.pushcli = {clickTarget, buildNotification, urlBase64ToUint8Array, renewSubscription,
+  trackingOf, eventDocument};
 self.pushcliClickTarget = clickTarget;
 
 const IN_SERVICE_WORKER = typeof ServiceWorkerGlobalScope !== 'undefined'
@@ -228,7 +285,13 @@ if (IN_SERVICE_WORKER) {
   self.addEventListener('notificationclick', (event) => {
     const notification = event.notification;
     notification.close();
-    event.waitUntil(openTarget(notification.data, event.action));
+    // The event is sent first, the window opened at once: neither waits for the other.
+    const reported = reportEvent(notification.data, 'clicked', event.action);
+    event.waitUntil(Promise.all([reported, openTarget(notification.data, event.action)]));
+  });
+
+  self.addEventListener('notificationclose', (event) => {
+    event.waitUntil(reportEvent(event.notification.data, 'closed'));
   });
 
   self.addEventListener('pushsubscriptionchange', (event) => {
