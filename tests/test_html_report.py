@@ -22,7 +22,7 @@ from pushcli.htmlreport import render, render_campaign
 from pushcli.messages import DeliveryRecord
 from pushcli.pushservices import Outcome
 from pushcli.report import build_report
-from pushcli.store import Store, Timeline, deliveries
+from pushcli.store import Store, Timeline, deliveries, events
 from pushcli.store.charts import MAX_BUCKETS
 from pushcli.subscriptions import make_subscription
 from tests.support import Workspace, emulator, fresh_database, invoke, real_subscription
@@ -96,19 +96,27 @@ def n(text: str) -> int:
 
 def make_ledger(path: Path | str, name: str = "spring") -> Store:
     """A store whose campaign ``name`` ended with every kind of outcome, over five
-    minutes with a two-minute pause (minutes 2 and 3 are empty)."""
+    minutes with a two-minute pause (minutes 2 and 3 are empty); an A/B test of
+    variants "short" and "long" (alternating), 3 clicks, "short" the recorded winner."""
     store = Store.open(path)
     store.import_subscriptions(("f", make_subscription(real_subscription()))
                                for _ in range(len(LEDGER) + 2))
-    info = store.start_campaign(name, {"name": name})
+    info = store.start_campaign(name, {"name": name, "variants": [
+        {"name": "short", "weight": 1}, {"name": "long", "weight": 1}]})
     ids = [s.id for b in store.pending(info.id) for s in b]
     store.record(info.id, [
         DeliveryRecord(sid, o, svc, code, reason, ambiguous=amb)
         for sid, (o, svc, code, reason, amb, _) in zip(ids, LEDGER, strict=False)])
     with store.engine.begin() as conn:
-        for sid, (*_, minute) in zip(ids, LEDGER, strict=False):
+        for i, (sid, (*_, minute)) in enumerate(zip(ids, LEDGER, strict=False)):
             conn.execute(update(deliveries).where(deliveries.c.subscription_id == sid)
-                         .values(updated_at=BASE + 60 * minute + 7))
+                         .values(updated_at=BASE + 60 * minute + 7,
+                                 variant=("short", "long")[i % 2]))
+        conn.execute(events.insert(), [
+            {"campaign_id": info.id, "subscription_id": sid, "kind": "clicked",
+             "at": BASE + 200, "received_at": BASE + 200} for sid in ids[:3]])
+    store.set_winner(info.id, "short", BASE + 240, "short leads long by 16.67 points, "
+                     "not significant at 95 %")
     store.finish_campaign(info.id, "done", {"duration_s": 300.0, "rate_per_s": 0.1,
                                             "retries": 3})
     return store
@@ -134,6 +142,13 @@ def check_page_against(page: str, doc: dict[str, Any]) -> Tables:
     # the timeline counts every final outcome once
     timeline = t.tables["timeline"]
     assert sum(n(r[-1]) for r in timeline) == doc["total"]
+    variants = t.tables.get("variants", [])
+    assert [r[0] for r in variants] == list(doc.get("variants") or {})
+    for row in variants:
+        want = doc["variants"][row[0]]
+        assert [n(c) for c in row[1:8]] == [want[k] for k in (
+            "sent", "expired", "rejected", "failed", "shown", "clicked", "closed")]
+        assert row[8].startswith(f"{want['click_rate']:.2%} (")
     return t
 
 
@@ -160,6 +175,9 @@ def test_page_numbers_are_report_json_numbers(tmp_path: Path) -> None:
     assert reasons[1] == ["failed", "503", "HTTP 503", "2"]
     assert sum(n(r[3]) for r in reasons) == doc["total"] - doc["sent"]
     assert n(dict(t.tables["schedule"])["capped"]) == doc["capped"]
+    # ids 1..3 clicked: "short" got 1 and 3 (4 sent), "long" got 2 (4 sent)
+    assert [(r[0], r[6]) for r in t.tables["variants"]] == [("short", "2"), ("long", "1")]
+    assert doc["winner"]["variant"] == "short" and "Winner: <b>short</b>" in page_path.read_text()
     assert stat.S_IMODE(os.stat(page_path).st_mode) == 0o600
 
 
@@ -329,7 +347,8 @@ def test_chromium_opens_the_page_offline(tmp_path: Path) -> None:
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(url, wait_until="load")
                 assert page.locator("h1").inner_text() == "Campaign spring"
-                assert page.locator("svg").count() == 5  # with the send-window chart
+                # with the send-window and the variants charts
+                assert page.locator("svg").count() == 6
                 box = page.locator("svg").first.bounding_box()
                 assert box is not None and box["width"] > 300 and box["height"] > 50
                 background = page.evaluate("getComputedStyle(document.body).backgroundColor")

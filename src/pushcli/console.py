@@ -130,7 +130,8 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
     outcomes.add_column("count", justify="right")
     for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
         outcomes.add_row(key, f"{report.get(key, 0):,}")
-    for key, label in (("capped", "capped (frequency cap)"), ("missed", "missed (schedule ended)")):
+    for key, label in (("capped", "capped (frequency cap)"), ("missed", "missed (schedule ended)"),
+                       ("holdout", "holdout (control group, not sent)")):
         if report.get(key):
             outcomes.add_row(label, f"{report[key]:,}")
     if report.get("uncertain"):
@@ -164,7 +165,40 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
             cells += ["" if t.get(k) is None else f"{t[k]:,}" for k in (
                 "latency_p50_ms", "latency_p95_ms", "concurrency_reached")]
         services.add_row(service, *cells)
-    return [outcomes, services]
+    return [outcomes, services, *engagement_tables(report)]
+
+
+def _rate(figures: Mapping[str, Any]) -> str:
+    lo, hi = figures["click_rate_ci95"]
+    return f"{figures['click_rate']:.2%} ({lo:.2%}–{hi:.2%})"
+
+
+def engagement_tables(report: dict[str, Any]) -> list[Table]:
+    """The A/B test's variant table (and the winner), or, for a campaign without variants,
+    its shown/clicked/closed totals once any event came back; nothing otherwise."""
+    variants = report.get("variants") or {}
+    if not variants:
+        eng = report.get("engagement") or {}
+        if not any(eng.get(k) for k in ("shown", "clicked", "closed")):
+            return []
+        table = Table(title="Engagement", title_justify="left")
+        for key in ("sent", "shown", "clicked", "closed", "click rate (95 % interval)"):
+            table.add_column(key, justify="right")
+        table.add_row(*(f"{eng[k]:,}" for k in ("sent", "shown", "clicked", "closed")),
+                      _rate(eng))
+        return [table]
+    winner = report.get("winner") or {}
+    table = Table(title="Variants", title_justify="left",
+                  caption=(escape(f"winner: {winner['variant']} ({winner['reason']})")
+                           if winner else None), caption_justify="left")
+    table.add_column("variant")
+    keys = ("sent", "expired", "rejected", "failed", "shown", "clicked", "closed")
+    for key in (*keys, "click rate (95 % interval)"):
+        table.add_column(key, justify="right")
+    for name, figures in variants.items():
+        mark = " (winner)" if winner.get("variant") == name else ""
+        table.add_row(escape(name) + mark, *(f"{figures[k]:,}" for k in keys), _rate(figures))
+    return [table]
 
 
 def print_summary(report: dict[str, Any]) -> None:

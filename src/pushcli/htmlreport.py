@@ -35,11 +35,12 @@ TOP_REASONS = 10
 _CSS = """
 :root{--bg:#fff;--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--panel:#f6f8fa;
 --sent:#1a7f37;--expired:#9a6700;--rejected:#cf222e;--auth:#8250df;--blocked:#bc4c00;
---failed:#a40e26;--uncertain:#6e7781;--capped:#0969da;--missed:#4d2d00;--other:#57606a}
+--failed:#a40e26;--uncertain:#6e7781;--capped:#0969da;--missed:#4d2d00;--other:#57606a;
+--holdout:#8c959f;--click:#0550ae}
 @media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#e6edf3;--muted:#8d96a0;
 --line:#30363d;--panel:#161b22;--sent:#3fb950;--expired:#d29922;--rejected:#f85149;
 --auth:#a371f7;--blocked:#db6d28;--failed:#ff7b72;--uncertain:#8b949e;--capped:#58a6ff;
---missed:#e3b341;--other:#8b949e}}
+--missed:#e3b341;--other:#8b949e;--holdout:#6e7681;--click:#79c0ff}}
 *{box-sizing:border-box}
 body{margin:0 auto;max-width:60rem;padding:1.5rem;background:var(--bg);color:var(--fg);
 font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
@@ -62,13 +63,15 @@ svg text{fill:var(--fg);font-size:12px}svg .axis{stroke:var(--line)}
 .o-sent{fill:var(--sent)}.o-expired{fill:var(--expired)}.o-rejected{fill:var(--rejected)}
 .o-auth{fill:var(--auth)}.o-blocked{fill:var(--blocked)}.o-failed{fill:var(--failed)}
 .o-uncertain{fill:var(--uncertain)}.o-capped{fill:var(--capped)}.o-missed{fill:var(--missed)}
-.o-other{fill:var(--other)}
+.o-other{fill:var(--other)}.o-holdout{fill:var(--holdout)}.o-click{fill:var(--click)}
+svg .ci{stroke:var(--fg);stroke-width:1.5}
 .key{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border-radius:2px}
 .k-sent{background:var(--sent)}.k-expired{background:var(--expired)}
 .k-rejected{background:var(--rejected)}.k-auth{background:var(--auth)}
 .k-blocked{background:var(--blocked)}.k-failed{background:var(--failed)}
 .k-uncertain{background:var(--uncertain)}.k-capped{background:var(--capped)}
 .k-missed{background:var(--missed)}.k-other{background:var(--other)}
+.k-holdout{background:var(--holdout)}
 @media print{body{max-width:none;padding:0;font-size:11pt}.scroll{max-height:none;
 overflow:visible;border:0}h2{break-after:avoid}svg,table{break-inside:avoid}}
 """
@@ -170,6 +173,26 @@ def timeline_chart(ident: str, title: str, timeline: Timeline,
         body.append(f'<text x="{round(left + (i + (1 if anchor == "end" else 0)) * step, 1)}" '
                     f'y="{height - 4}" text-anchor="{anchor}">{t}</text>')
     return _svg(ident, title, width, height, body)
+
+
+def rate_bars(ident: str, title: str, items: Sequence[tuple[str, float, float, float]]) -> str:
+    """One bar per (label, rate, low, high) with its interval drawn as a whisker; the scale
+    runs to the highest upper bound, so every interval fits."""
+    width, label_w, row = 720, 190, 24
+    span = width - label_w - 150
+    top = max((hi for *_, hi in items), default=0.0) or 1.0
+    body: list[str] = []
+    for i, (label, rate, lo, hi) in enumerate(items):
+        y = i * row
+        x0, x1 = (round(label_w + span * v / top, 1) for v in (lo, hi))
+        body.append(f'<text x="0" y="{y + 16}">{e(label[:30])}</text>'
+                    f'<rect class="o-click" x="{label_w}" y="{y + 4}" '
+                    f'width="{round(span * rate / top, 1)}" height="{row - 8}"/>'
+                    f'<line class="ci" x1="{x0}" y1="{y + 12}" x2="{x1}" y2="{y + 12}"/>'
+                    f'<line class="ci" x1="{x0}" y1="{y + 7}" x2="{x0}" y2="{y + 17}"/>'
+                    f'<line class="ci" x1="{x1}" y1="{y + 7}" x2="{x1}" y2="{y + 17}"/>'
+                    f'<text x="{x1 + 6}" y="{y + 16}">{rate:.2%} ({lo:.2%}–{hi:.2%})</text>')
+    return _svg(ident, title, width, max(row, row * len(items)), body)
 
 
 def table(ident: str, head: Sequence[str], rows: Sequence[Sequence[Any]], *,
@@ -283,6 +306,8 @@ def render(doc: dict[str, Any], timeline: Timeline, reasons: Sequence[dict[str, 
     else:
         body.append('<p class="muted">Nobody failed.</p>')
 
+    body += engagement_section(doc)
+
     # send windows
     by_reason = doc.get("waiting_by_reason") or {}
     if doc.get("waiting") or doc.get("capped") or doc.get("missed") or any(by_reason.values()):
@@ -297,6 +322,49 @@ def render(doc: dict[str, Any], timeline: Timeline, reasons: Sequence[dict[str, 
                      f"{k} {num(v)}" for k, v, _ in sched), sched),
                  table("schedule", ["state", "subscribers"], [(k, v) for k, v, _ in sched])]
     return _page(f"pushcli: {doc['campaign']}", body)
+
+
+#: Variants drawn on the page: ``variants:`` allows 8, this bounds the page whatever the ledger.
+MAX_VARIANTS_SHOWN = 50
+
+
+def _ci(figures: dict[str, Any]) -> str:
+    lo, hi = figures["click_rate_ci95"]
+    return f"{figures['click_rate']:.2%} ({lo:.2%}–{hi:.2%})"
+
+
+def engagement_section(doc: dict[str, Any]) -> list[str]:
+    """Click rate per variant with its 95 % interval, the holdout and the winner's reason;
+    for a campaign without variants, its shown/clicked/closed totals once any came back."""
+    variants = list((doc.get("variants") or {}).items())[:MAX_VARIANTS_SHOWN]
+    if not variants:
+        eng = doc.get("engagement") or {}
+        if not any(eng.get(k) for k in ("shown", "clicked", "closed")):
+            return []
+        return ["<h2>Engagement</h2>",
+                table("engagement", ["sent", "shown", "clicked", "closed",
+                                     "click rate (95 % interval)"],
+                      [(*(int(eng[k]) for k in ("sent", "shown", "clicked", "closed")),
+                        _ci(eng))])]
+    keys = ("sent", "expired", "rejected", "failed", "shown", "clicked", "closed")
+    winner = doc.get("winner")
+    out = ["<h2>Variants</h2>",
+           '<p class="muted">Click rate = subscribers who clicked / subscribers sent, with its '
+           "95 % Wilson interval (the whisker).</p>",
+           # a variant sent to nobody yet has the interval [0, 1]: left out of the chart,
+           # where it would squash every other bar (the table lists it)
+           rate_bars("variants-t", "Click rate per variant with 95 % interval: " + "; ".join(
+               f"{n} {_ci(f)}" for n, f in variants if f["sent"]),
+               [(n, f["click_rate"], *f["click_rate_ci95"]) for n, f in variants if f["sent"]]),
+           table("variants", ["variant", *keys, "click rate (95 % interval)"],
+                 [(n, *(int(f[k]) for k in keys), _ci(f)) for n, f in variants])]
+    if doc.get("holdout"):
+        out.append(f'<p id="holdout">Holdout (the control group, sent nothing): '
+                   f'<b>{num(int(doc["holdout"]))}</b> subscribers.</p>')
+    if winner:
+        out.append(f'<p id="winner">Winner: <b>{e(winner["variant"])}</b>, decided '
+                   f'{when(winner.get("decided_at"))}: {e(winner.get("reason", ""))}</p>')
+    return out
 
 
 def render_campaign(store: Store, doc: dict[str, Any], *, now: float | None = None) -> str:

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from pushcli import htmlreport
+from pushcli.abtest import wilson_interval
 from pushcli.errors import InputError
 from pushcli.files import neutralize_cell, private_file
+from pushcli.messages import VariantResult
 from pushcli.pushservices import Outcome
 from pushcli.schedule import WAITING_REASONS
 from pushcli.store import Store
@@ -42,6 +44,7 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
             totals[outcome] = totals.get(outcome, 0) + n
         row["total"] = sum(row.values())
         by_service[service] = row
+    totals.setdefault("holdout", 0)  # the A/B control group: recorded, never sent
     status = info.status
     if status == "running" and not store.running_senders(info.name):
         status = "interrupted"  # its sender died (kill -9, power loss): re-run to finish
@@ -64,6 +67,7 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
         "possible_duplicates": sum(ambiguous.values()),
         "retried_after_ambiguous": sum(ambiguous.values()),  # the older name, kept
         "by_service": by_service,
+        **engagement_fields(store, info.id, info.spec),
     }
     if run:
         report["run"] = run
@@ -71,6 +75,48 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
         # the figures of the campaign's last run: per-service latency and concurrency reached
         report["last_run"] = info.last_run
     return report
+
+
+def engagement_fields(store: Store, campaign_id: int,
+                      spec: dict[str, Any] | None) -> dict[str, Any]:
+    """What came back from the browsers: ``engagement`` (the whole campaign, every
+    variant together), ``variants`` (per variant, in the campaign file's order; ``{}``
+    for a campaign without ``variants:``) and ``winner`` once ``winner:`` decided.
+
+    Every figure counts subscribers; ``click_rate`` = clicked / sent with its 95 % Wilson
+    interval (``abtest.wilson_interval``). A variant nobody was sent yet shows zeros and
+    the interval [0, 1] (nothing known).
+    """
+    results = store.variant_results(campaign_id, include_unassigned=True)
+    named = [str(v.get("name")) for v in (spec or {}).get("variants") or ()
+             if isinstance(v, dict) and v.get("name")]
+    named += [n for n in results if n and n not in named]
+    fields: dict[str, Any] = {
+        "engagement": _result_fields(_combined(results.values()), outcomes=False),
+        "variants": {n: _result_fields(results.get(n) or VariantResult(n)) for n in named},
+    }
+    winner = store.get_winner(campaign_id)
+    if winner is not None:
+        fields["winner"] = winner
+    return fields
+
+
+def _combined(results: Iterable[VariantResult]) -> VariantResult:
+    """Several variants' counts added up (the campaign as a whole)."""
+    sums = dict.fromkeys(("sent", "expired", "rejected", "failed", "shown", "clicked",
+                          "closed"), 0)
+    for r in results:
+        for k in sums:
+            sums[k] += getattr(r, k)
+    return VariantResult("", **sums)
+
+
+def _result_fields(r: VariantResult, *, outcomes: bool = True) -> dict[str, Any]:
+    lo, hi = wilson_interval(r.clicked, r.sent)
+    keys = ("sent", "expired", "rejected", "failed") if outcomes else ("sent",)
+    return {**{k: getattr(r, k) for k in (*keys, "shown", "clicked", "closed")},
+            "click_rate": round(r.click_rate, 6),
+            "click_rate_ci95": [round(lo, 6), round(hi, 6)]}
 
 
 def waiting_fields(last_run: dict[str, Any] | None) -> dict[str, Any]:
