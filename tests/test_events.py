@@ -240,3 +240,109 @@ def test_prune_unengaged_spares_a_click_that_arrives_after_selection(st: Store) 
     st.record_events([EventRow(c, b, "clicked", 0, None, NOW, NOW)])  # events serve, meanwhile
     assert st.delete_subscriptions(selected) == 1
     assert [s.id for s in st.iter_subscriptions(status="all")] == [b]
+
+
+# --- events serve ----------------------------------------------------------------------
+
+
+def collect(store: Store, requests: list[tuple[str, dict, bytes]],
+            origins: tuple[str, ...] = ()) -> tuple[list[tuple[int, dict, str]], object]:
+    """Send ``(method, headers, body)`` requests to a collector on an in-process test
+    server, stop it (which writes what waits), and return the answers and its stats."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pushcli.collector import Collector, build_app, check_origins
+
+    async def run() -> tuple[list[tuple[int, dict, str]], object]:
+        collector = Collector(store, allow_origins=check_origins(origins), clock=lambda: NOW)
+        await collector.refresh_secrets()
+        answers = []
+        async with TestClient(TestServer(build_app(collector))) as client:
+            for method, headers, body in requests:
+                resp = await client.request(method, "/events", headers=headers, data=body)
+                answers.append((resp.status, dict(resp.headers), await resp.text()))
+        await collector.close()
+        return answers, collector.stats
+
+    return asyncio.run(run())
+
+
+def post(body: object, content_type: str = "application/json", **headers: str
+         ) -> tuple[str, dict, bytes]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return ("POST", {"Content-Type": content_type, **headers}, raw)
+
+
+def stored_events(store: Store) -> set[tuple[int, int, str, str | None]]:
+    from pushcli.store import events
+
+    with store._read() as conn:
+        return {tuple(r) for r in conn.execute(
+            events.select().with_only_columns(events.c.campaign_id, events.c.subscription_id,
+                                              events.c.kind, events.c.action))}
+
+
+def test_serve_accepts_json_and_sendbeacon_text_and_stores_them(store: Store) -> None:
+    a, b = add_subscribers(store, 2)
+    answers, stats = collect(store, [
+        post(doc(token(store, 4, a), "shown")),
+        post(doc(token(store, 4, a), action="buy"), "text/plain;charset=UTF-8"),
+        post(doc(token(store, 4, a), "shown")),  # a re-post: accepted, stored once
+        post(doc(token(store, 4, b + 1000), "closed")),  # unknown subscriber: dropped
+    ])
+    assert [s for s, _, _ in answers] == [202, 202, 202, 202]
+    assert stored_events(store) == {(4, a, "shown", None), (4, a, "clicked", "buy")}
+    assert (stats.accepted, stats.stored, stats.duplicates, stats.unknown) == (4, 2, 1, 1)
+
+
+def test_serve_refuses_bad_documents_tokens_types_and_sizes(store: Store) -> None:
+    (a,) = add_subscribers(store, 1)
+    forged = make_token(b"\x01" * 32, 4, 0, a)
+    answers, stats = collect(store, [
+        post(doc(forged)),
+        post(b"{oops"),
+        post({"token": token(store, 4, a), "event": "opened"}),
+        post(doc(token(store, 4, a)), "application/x-www-form-urlencoded"),
+        post(doc(token(store, 4, a), action="x" * (17 * 1024))),
+        ("GET", {}, b""),
+    ])
+    status = [s for s, _, _ in answers]
+    assert status == [400, 400, 400, 415, 413, 405]
+    assert "token: not signed by this store" in answers[0][2]
+    assert "invalid JSON" in answers[1][2] and "event: must be one of" in answers[2][2]
+    assert forged not in answers[0][2]
+    assert stored_events(store) == set() and stats.accepted == 0
+
+
+def test_serve_cors_answers_only_allowed_origins(store: Store) -> None:
+    (a,) = add_subscribers(store, 1)
+    shop = "https://shop.example.com"
+    preflight = {"Origin": shop, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    answers, _ = collect(store, [
+        ("OPTIONS", preflight, b""),
+        ("OPTIONS", {**preflight, "Origin": "https://evil.example"}, b""),
+        post(doc(token(store, 4, a)), Origin=shop),
+        post(doc(token(store, 4, a), "shown"), Origin="https://evil.example"),
+    ], origins=(shop + "/",))
+    (ok_pre, _, _), (bad_pre, bad_headers, _), (ok, ok_headers, _), (bad, _, _) = answers
+    assert ok_pre == 204 and answers[0][1]["Access-Control-Allow-Origin"] == shop
+    assert "content-type" in answers[0][1]["Access-Control-Allow-Headers"].lower()
+    assert bad_pre == 403 and "Access-Control-Allow-Origin" not in bad_headers
+    assert ok == 202 and ok_headers["Access-Control-Allow-Origin"] == shop
+    assert bad == 403
+    assert stored_events(store) == {(4, a, "clicked", None)}
+    # without --allow-origin: no CORS headers at all (same origin, behind the proxy)
+    answers, _ = collect(store, [post(doc(token(store, 5, a)), Origin=shop)])
+    assert answers[0][0] == 202 and "Access-Control-Allow-Origin" not in answers[0][1]
+
+
+def test_check_origins_refuses_what_is_not_an_origin() -> None:
+    from pushcli.collector import check_origins
+
+    assert check_origins(["https://Shop.example.com/", "*"]) == {"https://shop.example.com", "*"}
+    for bad in ("shop.example.com", "https://shop.example.com/path", "ftp://x"):
+        with pytest.raises(InputError, match="not an origin"):
+            check_origins([bad])
