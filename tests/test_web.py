@@ -841,7 +841,9 @@ def clickable(playwright: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         try:
             ctx = playwright.chromium.launch_persistent_context(
                 str(work / "profile"), executable_path=CHROMIUM, headless=True,
-                args=CHROMIUM_ARGS, env=env, timeout=60_000,
+                # the collector's nginx has a self-signed certificate; Playwright's
+                # ignore_https_errors does not reach a service worker's own fetches
+                args=[*CHROMIUM_ARGS, "--ignore-certificate-errors"], env=env, timeout=60_000,
             )
         except Exception as exc:
             pytest.fail(f"could not start {CHROMIUM}: {exc}", pytrace=False)
@@ -916,13 +918,17 @@ def _tracked_campaign(ws: Workspace, events_url: str) -> Path:
         "  url: https://shop.example.com/sale?ref=home\n"
         "  actions:\n"
         "    - {action: shop, title: Shop now, url: https://shop.example.com/buy}\n"
-        "  data:\n"
-        f"    pushcli_token: {TOKEN}\n"
-        f"    pushcli_events: {events_url}\n"
+        "tracking:\n"
+        f"  events_url: {events_url}\n"
         "vapid:\n"
         "  subject: mailto:ops@shop.example.com\n"
     )
     return path
+
+
+def _behind_https(work: Path, upstream: str) -> Any:
+    """The collector behind nginx on https, as on a site (events_url must be https)."""
+    return support.nginx_sink(work, {"= /api/push-events": f"proxy_pass {upstream};"})
 
 
 @browser_test
@@ -931,57 +937,69 @@ def test_sent_push_reports_shown_clicked_and_closed(
 ) -> None:
     """pushcli send's decrypted payload, shown by sw.js in Chromium; real clicks and a close."""
     recorder = EventRecorder()
+    (tmp_path / "nginx").mkdir()
     try:
-        with support.emulator() as emu:
+        with support.emulator() as emu, _behind_https(tmp_path / "nginx", recorder.url) as proxy:
+            events_url = proxy.url() + "/api/push-events"
             ws = Workspace.create(tmp_path, emu)
             subs = ws.subscribe(1)
             ws.add_subscribers(subs)
-            code, report = ws.send(_tracked_campaign(ws, recorder.url))
+            code, report = ws.send(_tracked_campaign(ws, events_url))
             assert code == 0 and report["sent"] == 1, report
             [payload] = emu.messages(subs[0]["endpoint"])
-        n = json.loads(payload)["notification"]
-        token = n["data"]["pushcli_token"]  # the sender's (pushcli signs one per subscriber)
-        assert 0 < len(token) <= 96 and n["data"]["pushcli_events"] == recorder.url
-        page = PushPage(clickable.context, site)
-        daemon = clickable.daemon
-        before = len(daemon.shown)
-
-        page.push(payload)
-        shown = daemon.wait_shown(before + 1)[-1]
-        assert shown.summary == "Winter sale" and shown.body.endswith("30 % off today")
-        _until(page.page, lambda: recorder.events(), "the shown event")
-        assert recorder.received == [("text/plain", {"token": token, "event": "shown"})]
-
-        daemon.click(shown)  # the body: opens notification.navigate
-        _until(page.page, lambda: n["navigate"] in _open_pages(clickable.context),
-               f"a page at {n['navigate']}")
-        _until(page.page, lambda: len(recorder.received) >= 2, "the clicked event")
-        assert recorder.events()[1] == {"token": token, "event": "clicked"}
-        assert n["navigate"] in clickable.opened
-
-        page.push(payload)
-        shown = daemon.wait_shown(before + 2)[-1]
-        daemon.click(shown, "Shop now")  # a button: opens the action's own URL
-        action_url = n["actions"][0]["navigate"]
-        _until(page.page, lambda: action_url in _open_pages(clickable.context),
-               f"a page at {action_url}")
-        _until(page.page, lambda: len(recorder.received) >= 4, "the second clicked event")
-        assert recorder.events()[2:4] == [
-            {"token": token, "event": "shown"},
-            {"token": token, "event": "clicked", "action": "shop"},
-        ]
-
-        page.push(payload)
-        shown = daemon.wait_shown(before + 3)[-1]
-        daemon.dismiss(shown)
-        _until(page.page, lambda: len(recorder.received) >= 6, "the closed event")
-        assert recorder.events()[4:] == [
-            {"token": token, "event": "shown"},
-            {"token": token, "event": "closed"},
-        ]
-        assert {content_type for content_type, _doc in recorder.received} == {"text/plain"}
+            n = json.loads(payload)["notification"]
+            token = n["data"]["pushcli_token"]  # signed by pushcli for this subscriber
+            assert 0 < len(token) <= 96 and n["data"]["pushcli_events"] == events_url
+            utm = "utm_source=pushcli&utm_medium=web_push&utm_campaign=tracked"
+            assert n["navigate"] == f"https://shop.example.com/sale?ref=home&{utm}"
+            assert n["actions"][0]["navigate"] == f"https://shop.example.com/buy?{utm}"
+            _click_through(clickable, site, recorder, payload, token)
     finally:
         recorder.close()
+
+
+def _click_through(clickable: Clickable, site: SiteServer, recorder: EventRecorder,
+                   payload: bytes, token: str) -> None:
+    """Show ``payload`` three times: click its body, click its button, dismiss it."""
+    n = json.loads(payload)["notification"]
+    page = PushPage(clickable.context, site)
+    daemon = clickable.daemon
+    before = len(daemon.shown)
+
+    page.push(payload)
+    shown = daemon.wait_shown(before + 1)[-1]
+    assert shown.summary == "Winter sale" and shown.body.endswith("30 % off today")
+    _until(page.page, lambda: recorder.events(), "the shown event")
+    assert recorder.received == [("text/plain", {"token": token, "event": "shown"})]
+
+    daemon.click(shown)  # the body: opens notification.navigate
+    _until(page.page, lambda: n["navigate"] in _open_pages(clickable.context),
+           f"a page at {n['navigate']}")
+    _until(page.page, lambda: len(recorder.received) >= 2, "the clicked event")
+    assert recorder.events()[1] == {"token": token, "event": "clicked"}
+    assert n["navigate"] in clickable.opened
+
+    page.push(payload)
+    shown = daemon.wait_shown(before + 2)[-1]
+    daemon.click(shown, "Shop now")  # a button: opens the action's own URL
+    action_url = n["actions"][0]["navigate"]
+    _until(page.page, lambda: action_url in _open_pages(clickable.context),
+           f"a page at {action_url}")
+    _until(page.page, lambda: len(recorder.received) >= 4, "the second clicked event")
+    assert recorder.events()[2:4] == [
+        {"token": token, "event": "shown"},
+        {"token": token, "event": "clicked", "action": "shop"},
+    ]
+
+    page.push(payload)
+    shown = daemon.wait_shown(before + 3)[-1]
+    daemon.dismiss(shown)
+    _until(page.page, lambda: len(recorder.received) >= 6, "the closed event")
+    assert recorder.events()[4:] == [
+        {"token": token, "event": "shown"},
+        {"token": token, "event": "closed"},
+    ]
+    assert {content_type for content_type, _doc in recorder.received} == {"text/plain"}
 
 
 @browser_test
