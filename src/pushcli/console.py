@@ -8,6 +8,7 @@ CLI only, so no library import pulls rich in.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,6 +51,21 @@ def print_error(message: str) -> None:
         err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     else:
         print(f"error: {message}", file=sys.stderr)
+
+
+def emit_json(doc: Any) -> None:
+    """One JSON document on stdout and nothing else there (``--json``)."""
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def render(as_json: bool, doc: Any, draw: Callable[[], object]) -> None:
+    """A command's result: with ``--json`` the document alone on stdout, else ``draw()``
+    (tables and lines for a person)."""
+    if as_json:
+        emit_json(doc)
+    else:
+        draw()
 
 
 def other_count(outcomes: Mapping[str, int]) -> int:
@@ -240,8 +256,27 @@ def print_keys(info: Any, subject: str | None) -> None:
                   "vapid.subject in the campaign.")
 
 
-def print_import(result: Any) -> None:
-    """The ``subscribers import`` summary table."""
+class SkippedRows:
+    """``skipped subscriber ID: problem`` on stderr for each stored row an export cannot
+    write (the ``on_skip`` of ``subscriptions.export_file``); ``count`` sets the exit code."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def show(self, sid: int, problem: str) -> None:
+        self.count += 1
+        print(f"skipped subscriber {sid}: {problem}", file=sys.stderr)
+
+
+def print_import(result: Any, rejected: RejectionLines, *, as_json: bool, quiet: bool) -> None:
+    """The ``subscribers import`` summary table (shown with -q too when any record was
+    rejected), or with ``--json`` the result and every rejection's line."""
+    if as_json:
+        emit_json({**result.to_json(), "errors": [rejected.describe(r)
+                                                  for r in result.rejections]})
+        return
+    if quiet and not result.rejected:
+        return
     columns = ("read", "added", "updated", "unchanged", "rejected")
     table = Table(title="Import" + ("" if result.committed else " (strict: nothing stored)"),
                   title_justify="left")
@@ -284,12 +319,14 @@ EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign
                   "(nothing sent; exit 0)")
 
 
-def print_dry_run(found: Any, quiet: bool, *, summary: bool = True,
+def print_dry_run(found: Any, quiet: bool, *, as_json: bool = False,
                   timing: Mapping[str, Any] | None = None) -> None:
     """``send --dry-run`` (a ``delivery.DryRun``): the audience per service and a sample
-    payload on stdout (``summary``, unless -q), then what a send would not contact;
-    ``timing`` (``due.preview``) says who the schedule makes due at that moment."""
-    if summary and not quiet:
+    payload on stdout (unless -q; ``--json``: the document instead), then what a send
+    would not contact; ``timing`` (``due.preview``) says who the schedule makes due then."""
+    if as_json:
+        emit_json({**found.to_json(), **(timing or {})})
+    elif not quiet:
         out.print(f"Campaign [bold]{escape(found.campaign)}[/bold]: valid; "
                   f"{found.audience:,} subscribers, {found.variants} distinct payloads")
         for svc, n in sorted(found.services.items()):
@@ -310,6 +347,26 @@ def print_dry_run(found: Any, quiet: bool, *, summary: bool = True,
         print(line, file=sys.stderr)
 
 
+def print_run(report: dict[str, Any], result: Any, *, quiet: bool, as_json: bool) -> None:
+    """The end of ``send``: the report (``--json``: the document alone on stdout), a
+    note when nobody was in the audience, and how to finish an interrupted run."""
+    if not report["total"] and not result.stats.total and not quiet:
+        print(EMPTY_AUDIENCE, file=sys.stderr)
+    if as_json:
+        emit_json(report)
+    elif not quiet:
+        print_summary(report)
+        if result.interrupted:
+            err.print("Interrupted: re-run the same command to finish the campaign.")
+
+
+def print_prune(result: Any, dry_run: bool, quiet: bool) -> None:
+    """``prune``: how many subscribers went (or, with --dry-run, would go); -q: nothing."""
+    if not quiet:
+        print(f"would delete {len(result.ids)} subscribers" if dry_run
+              else f"deleted {result.deleted} subscribers")
+
+
 def print_checks(checks: Sequence[Any], quiet: bool) -> None:
     """Doctor's checks, one line each (only the failed ones with -q)."""
     for c in checks:
@@ -317,6 +374,14 @@ def print_checks(checks: Sequence[Any], quiet: bool) -> None:
             continue
         mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
         out.print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
+
+
+def announce_emulator(url: str) -> None:
+    """First stdout line ``listening on URL``: with ``--port 0`` the caller learns the
+    port the server bound (no bind-and-release race); the hint goes to stderr."""
+    print(f"listening on {url}", flush=True)
+    print(f"push-service emulator listening on {url} (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
 
 
 class DemoDisplay:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from pushcli.errors import InputError
-from pushcli.files import neutralize_cell, open_input, restore_cell
+from pushcli.files import neutralize_cell, open_input, private_file, restore_cell
 from pushcli.subscriptions.model import (
     ATTR_NAME_RE,
     Rejected,
@@ -570,6 +570,22 @@ def export_rows(rows: Iterable[Any], fmt: Format, out: IO[str],
 
     return write_csv(usable(), out) if fmt == "csv" else write_json(usable(), out,
                                                                     ndjson=fmt == "ndjson")
+
+
+def export_file(rows: Iterable[Any], fmt: Format, output: Path | None,
+                on_skip: Callable[[int, str], None]) -> int:
+    """:func:`export_rows` to ``output``, or to standard output when None; returns the count.
+
+    The file is written through ``private_file`` (0600, atomic: an export holds
+    every subscriber's auth secret); one that cannot be written is one InputError.
+    """
+    if output is None:
+        return export_rows(rows, fmt, sys.stdout, on_skip)
+    try:
+        with private_file(output) as fh:
+            return export_rows(rows, fmt, fh, on_skip)
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror or exc}", file=str(output)) from None
 
 
 def write_json(subs: Iterable[Subscription], out: IO[str], *, ndjson: bool) -> int:
