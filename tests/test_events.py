@@ -16,7 +16,7 @@ from pushcli.pushservices import Outcome
 from pushcli.store import EventRow, Store
 from pushcli.subscriptions import describe_rejection, make_subscription
 from pushcli.tokens import make_token
-from tests.support import fresh_database, real_subscription
+from tests.support import fresh_database, invoke, real_subscription
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -242,6 +242,23 @@ def test_prune_unengaged_spares_a_click_that_arrives_after_selection(st: Store) 
     assert [s.id for s in st.iter_subscriptions(status="all")] == [b]
 
 
+def test_prune_cli_unengaged_dry_run_lists_them(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    with Store.open(db) as store:
+        a, b = add_subscribers(store, 2)
+        c = sent(store, "c1", [a, b])
+        store.record_events([EventRow(c, b, "clicked", 0, None, 1.0, 1.0)])  # long ago
+    res = invoke("prune", "--unengaged-days", "30", "--min-sent", "1", "--dry-run", "--json",
+                 db=db)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"dry_run": True, "count": 2, "deleted": 0,
+                                      "ids": [a, b]}
+    res = invoke("prune", "--unengaged-days", "30", db=db)
+    assert res.exit_code == 2 and "go together" in res.stderr
+    res = invoke("prune", "--unengaged-days", "30", "--min-sent", "1", "--json", db=db)
+    assert res.exit_code == 0 and json.loads(res.stdout)["deleted"] == 2
+
+
 # --- events serve ----------------------------------------------------------------------
 
 
@@ -346,3 +363,86 @@ def test_check_origins_refuses_what_is_not_an_origin() -> None:
     for bad in ("shop.example.com", "https://shop.example.com/path", "ftp://x"):
         with pytest.raises(InputError, match="not an origin"):
             check_origins([bad])
+
+
+# --- the commands ------------------------------------------------------------------------
+
+
+def test_events_import_command_reports_lines_and_exits_1(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    with Store.open(db) as store:
+        (a,) = add_subscribers(store, 1)
+        good = token(store, 1, a)
+    forged = make_token(b"\x02" * 32, 1, 0, a)
+    path = write_ndjson(tmp_path / "ev.ndjson", [doc(good), doc(forged), doc(good, "shown")])
+    res = invoke("events", "import", str(path), "--json", db=db)
+    assert res.exit_code == 1, res.output
+    assert json.loads(res.stdout) == {
+        "read": 3, "added": 2, "duplicates": 0, "rejected": 1,
+        "errors": [f"{path}:2: token: not signed by this store (forged, damaged, or older "
+                   "than the last two secret rotations)"]}
+    assert f"rejected: {path}:2: token: not signed" in res.stderr and forged not in res.stderr
+    res = invoke("events", "import", str(path), db=db)
+    assert res.exit_code == 1
+    assert "events: 3 read, 0 added, 2 duplicates, 1 rejected" in res.stdout
+
+
+def test_rotate_secret_command_never_prints_the_secret(tmp_path: Path) -> None:
+    import base64
+
+    db = tmp_path / "cli.db"
+    with Store.open(db) as store:
+        before = store.token_secrets()
+    res = invoke("events", "rotate-secret", db=db)
+    assert res.exit_code == 0 and "previous rotation no longer" in res.stdout
+    with Store.open(db) as store:
+        after = store.token_secrets()
+    assert after[1] == before[0] and after[0] != before[0]
+    printed = res.stdout + res.stderr
+    assert not any(base64.urlsafe_b64encode(s).decode() in printed for s in after)
+
+
+def test_events_serve_process_stores_everything_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    from tests.support import pushcli_env, read_line, start_pushcli
+
+    db = tmp_path / "serve.db"
+    with Store.open(db) as store:
+        ids = add_subscribers(store, 3)
+        tokens = [token(store, 9, i) for i in ids]
+    proc = start_pushcli("events", "serve", "--port", "0", "--allow-origin",
+                         "https://shop.example.com", cwd=tmp_path, env=pushcli_env(db=db))
+    try:
+        assert proc.stdout is not None
+        line = read_line(proc.stdout, 30, "pushcli events serve")
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        url = line.split()[-1] + "/events"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for tok in tokens:  # what sendBeacon sends, from the allowed origin
+            req = urllib.request.Request(url, data=json.dumps(doc(tok)).encode(), headers={
+                "Content-Type": "text/plain;charset=UTF-8",
+                "Origin": "https://shop.example.com"})
+            with opener.open(req, timeout=10) as resp:
+                assert resp.status == 202
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "3 events accepted, 3 stored" in err
+    with Store.open(db) as store:
+        assert stored_events(store) == {(9, i, "clicked", None) for i in ids}
+
+
+def test_events_serve_refuses_a_bad_origin_or_port_before_listening(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    Store.open(db).close()
+    res = invoke("events", "serve", "--allow-origin", "shop.example.com", db=db)
+    assert res.exit_code == 2 and "--allow-origin: 'shop.example.com' is not an origin" in \
+        res.stderr
+    res = invoke("events", "serve", "--port", "70000", db=db)
+    assert res.exit_code == 2 and "--port" in res.stderr

@@ -65,6 +65,7 @@ subs_app = _group("subscribers", "Import, count and export subscribers.")
 campaigns_app = _group("campaigns", "Campaign history.")
 testing_app = _group("testing", "The loopback push-service emulator.")
 web_app = _group("web", "The browser side: service worker and subscribe page.")
+events_app = _group("events", "Notification events: import, collect, token secret.")
 
 
 class _State:
@@ -333,6 +334,8 @@ def campaigns_list(as_json: opt.JsonOpt = False, html: opt.HtmlOpt = None) -> No
 def prune(
     dry_run: opt.PruneDryRunOpt = False,
     failed_campaigns: opt.FailedCampaignsOpt = None,
+    unengaged_days: opt.UnengagedDaysOpt = None,
+    min_sent: opt.MinSentOpt = None,
     wait: opt.WaitOpt = 30.0,
     as_json: opt.JsonOpt = False,
     quiet: opt.QuietOpt = False,
@@ -341,13 +344,70 @@ def prune(
 
     Waits up to --wait seconds while a send is running, then exits 75.
     """
+    import time
+
     from pushcli import prune as pruning
 
     pruning.check_failed_campaigns(failed_campaigns)
+    unengaged = pruning.unengaged_rule(unengaged_days, min_sent, time.time())
     with open_store(create=False) as store:
-        result = pruning.prune(store, failed_campaigns=failed_campaigns, dry_run=dry_run,
-                               wait=wait)
+        result = pruning.prune(store, failed_campaigns=failed_campaigns, unengaged=unengaged,
+                               dry_run=dry_run, wait=wait)
     render(as_json, result.to_json(), lambda: console.print_prune(result, dry_run, quiet))
+
+
+# --- events ------------------------------------------------------------------------------
+
+@events_app.command("import")
+def events_import(files: opt.EventFilesArg, as_json: opt.JsonOpt = False,
+                  quiet: opt.QuietOpt = False) -> None:
+    """Store the shown/clicked/closed events of NDJSON files; exit 1 if any line was refused.
+
+    Each (campaign, subscriber, kind) counts once: importing a file again adds nothing.
+    """
+    import time
+
+    from pushcli.events import import_events
+    from pushcli.subscriptions import describe_rejection
+
+    rejected = console.RejectionLines(describe_rejection)
+    with open_store(create=False) as store:
+        result = import_events(store, files, time.time(), on_reject=rejected.show)
+    doc = {**result.to_json(), "errors": [rejected.describe(r) for r in result.rejections]}
+    render(as_json, doc, lambda: console.print_event_import(result, quiet))
+    if result.rejected:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@events_app.command("serve")
+def events_serve(host: opt.EventsHostOpt = "127.0.0.1", port: opt.PortOpt = 8091,
+                 allow_origin: opt.AllowOriginOpt = None) -> None:
+    """Collect events posted by the service worker (POST /events) until Ctrl-C."""
+    from pushcli.collector import check_origins, serve_forever
+    from pushcli.errors import InputError
+
+    origins = check_origins(allow_origin or ())
+    if not 0 <= port <= 65535:
+        raise InputError(f"{port} is not a port number (0-65535; 0 = any free port)",
+                         field="--port")
+    with open_store(create=False) as store:
+        try:
+            stats = serve_forever(store, host, port, allow_origins=origins,
+                                  on_ready=console.announce_collector,
+                                  on_problem=console.print_error)
+        except OSError as exc:  # the port is taken, or the address is not on this machine
+            raise PushcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                               ) from None
+    console.print_collector_stats(stats)
+
+
+@events_app.command("rotate-secret")
+def events_rotate_secret() -> None:
+    """Replace the token secret; tokens from before the previous rotation stop verifying."""
+    with open_store(create=False) as store:
+        store.rotate_token_secret()
+    print("rotated the token secret: tokens signed with the one it replaced still verify; "
+          "tokens from before the previous rotation no longer do (their events are refused)")
 
 
 # --- web and testing -----------------------------------------------------------------------

@@ -384,6 +384,26 @@ def announce_emulator(url: str) -> None:
           flush=True)
 
 
+def announce_collector(url: str) -> None:
+    """``events serve``: first stdout line ``listening on URL`` (as ``testing serve``)."""
+    print(f"listening on {url}", flush=True)
+    print(f"event collector: POST {url}/events (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+
+def print_collector_stats(stats: Any) -> None:
+    """What ``events serve`` did, on stderr once it stopped."""
+    print(f"stopped: {stats.accepted} events accepted, {stats.stored} stored, "
+          f"{stats.duplicates} already stored, {stats.unknown} about unknown subscribers, "
+          f"{stats.refused} requests refused", file=sys.stderr, flush=True)
+
+
+def print_event_import(result: Any, quiet: bool) -> None:
+    """``events import``: the counts on one line (-q: only when a line was refused)."""
+    if not quiet or result.rejected:
+        print(f"events: {result.read} read, {result.added} added, {result.duplicates} "
+              f"duplicates, {result.rejected} rejected")
+
+
 class DemoDisplay:
     """The demo's steps on stderr, with a progress display during each send.
 

@@ -124,6 +124,18 @@ FailedCampaignsOpt = Annotated[int | None, typer.Option(
          "that subscriber (see README).")]
 WaitOpt = Annotated[float, typer.Option(
     help="Seconds to wait for running sends before giving up (exit 75).")]
+UnengagedDaysOpt = Annotated[float | None, typer.Option(
+    help="With --min-sent: also prune subscribers with no click in the last D days...")]
+MinSentOpt = Annotated[int | None, typer.Option(
+    help="...who were sent at least K messages (ledger 'sent', across campaigns).")]
+
+EventFilesArg = Annotated[list[str], typer.Argument(
+    help="NDJSON files of event documents; - for standard input.")]
+EventsHostOpt = Annotated[str, typer.Option(
+    help="Address to bind (run it behind the site's reverse proxy).")]
+AllowOriginOpt = Annotated[list[str] | None, typer.Option(
+    "--allow-origin", help="Answer CORS for this origin, refuse others (repeatable; "
+    "scheme://host[:port], or * for any).")]
 
 WebDirArg = Annotated[Path, typer.Argument(
     help="Folder to write sw.js, subscribe.js, index.html into.")]
