@@ -24,7 +24,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from pushcli import eventloop
+from pushcli.abrun import open_arms, sendable
 from pushcli.campaign import Campaign, Renderer, RenderError
+from pushcli.campaign.variants import Assigner
 from pushcli.due import Gate, audience_matcher, current_time, open_gate, waiting_summary
 from pushcli.encoding import b64_decode
 from pushcli.errors import EXIT_OK, EXIT_PARTIAL, InputError, PushcliError, StoreError
@@ -39,6 +41,7 @@ from pushcli.pushservices import (
     topic_problem,
 )
 from pushcli.store import Lock, Store, StoredSubscription, campaign_lock, is_prune_lock
+from pushcli.tokens import make_token
 from pushcli.workers import Control, run_workers, stop_on_signals
 
 #: How long a send waits for a running prune (prunes are short) before refusing.
@@ -62,6 +65,7 @@ class SendResult:
     duration: float
     interrupted: bool = False
     schedule: dict[str, Any] | None = None  # who waits, what it closed (due.waiting_summary)
+    ab_test: dict[str, Any] | None = None  # holdout, who waits for the winner (abrun.ArmGate)
 
     def run_summary(self) -> dict[str, Any]:
         """This run's figures, the ``run`` section of the report (``build_report(run=...)``)."""
@@ -72,7 +76,8 @@ class SendResult:
                 "vapid_signatures": stats.signatures, "interrupted": self.interrupted,
                 # per push service: latency p50/p95 and the concurrency the limit reached
                 "by_service": stats.per_service(),
-                **({"schedule": self.schedule} if self.schedule else {})}
+                **({"schedule": self.schedule} if self.schedule else {}),
+                **({"ab_test": self.ab_test} if self.ab_test else {})}
 
 
 def _audience(store: Store, campaign: Campaign | None,
@@ -105,14 +110,16 @@ def check_variants(store: Store, campaign: Campaign, renderer: Renderer,
     out, the same as when the attributes change in the middle of a send.
     """
     result = VariantCheck()
+    arms = renderer.arms  # every A/B variant is checked for every subscriber
     if not renderer.placeholders and to is None:
-        # Without placeholders a variant is a locale: render each one the store holds.
+        # Without placeholders a payload is a (variant, locale): render each the store holds.
         seen: set[Any] = set()
         for locale in [None, *store.distinct_locales()]:
-            key = renderer.variant_key(locale, {})
-            if key not in seen:
-                renderer.render(locale, {})
-                seen.add(key)
+            for arm in arms:
+                key = renderer.variant_key(locale, {}, arm)
+                if key not in seen:
+                    renderer.render(locale, {}, arm)
+                    seen.add(key)
         result.variants = len(seen)
         return result
     outcome: dict[Any, InputError | None] = {}  # variant key -> its error, None if it renders
@@ -120,14 +127,16 @@ def check_variants(store: Store, campaign: Campaign, renderer: Renderer,
     for s in _audience(store, campaign, to):
         if s.problem is not None:
             continue  # rejected at send for its stored row, whatever it renders
-        key = renderer.variant_key(s.subscription.locale, s.subscription.attributes)
-        if key not in outcome:
-            try:
-                renderer.render(s.subscription.locale, s.subscription.attributes)
-                outcome[key] = None
-            except InputError as exc:
-                outcome[key] = _for_subscriber(exc, s.id)
-        error = outcome[key]
+        error = None
+        for arm in arms:
+            key = renderer.variant_key(s.subscription.locale, s.subscription.attributes, arm)
+            if key not in outcome:
+                try:
+                    renderer.render(s.subscription.locale, s.subscription.attributes, arm)
+                    outcome[key] = None
+                except InputError as exc:
+                    outcome[key] = _for_subscriber(exc, s.id)
+            error = error or outcome[key]
         if error is not None:
             result.unrenderable += 1
             if first is None:
@@ -212,9 +221,15 @@ class Plan:
     duplicates: Mapping[int, int] = field(default_factory=dict)
     #: the due-zone filter of the store's pending/claim/queued queries (``Gate.where``)
     where: Mapping[str, Any] = field(default_factory=dict)
+    #: A/B variants and holdout (None: one notification for everyone)
+    arms: Assigner | None = None
+    #: signs the engagement token of every payload (``Store.token_secrets()[0]``)
+    token_secret: bytes = field(default=b"", repr=False)
 
     def wanted(self) -> Callable[[StoredSubscription], bool] | None:
-        return audience_matcher(self.campaign, self.to)
+        """Who this run sends: the audience (``--to``), minus the holdout and those
+        waiting for an A/B test's winner."""
+        return sendable(audience_matcher(self.campaign, self.to), self.arms)
 
 
 def _owner() -> str:
@@ -248,10 +263,22 @@ def _batches(store: Store, plan: Plan, control: Control) -> Iterator[list[Stored
 
 def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
               control: Control) -> Iterator[list[Job]]:
-    """Batches of jobs for pending subscribers; refused endpoints are finished as blocked."""
+    """Batches of jobs for pending subscribers; refused endpoints are finished as blocked.
+
+    Every payload gets its subscriber's token (the variant's cached payload, the
+    token spliced in); with A/B variants, each subscriber its variant's payload.
+    """
+    rule, secret, campaign_id = plan.arms, plan.token_secret, plan.campaign_id
+    arm: str | None = None
+    index = 0
     for batch in _batches(store, plan, control):
         jobs: list[Job] = []
         for s in batch:
+            if rule is not None:
+                assigned = rule.assign(s.id)
+                if not assigned.sendable:
+                    continue  # plan.wanted() leaves them out: only a race gets here
+                arm, index = assigned.variant, assigned.index
             sub = s.subscription
             try:
                 ep = check_endpoint(sub.endpoint, plan.allowed_hosts)
@@ -262,7 +289,8 @@ def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
             rejected, fault = _unsendable(s, plan)
             if rejected is None:
                 try:
-                    payload = renderer.render(sub.locale, sub.attributes)
+                    payload = renderer.render(sub.locale, sub.attributes, arm,
+                                              token=make_token(secret, campaign_id, index, s.id))
                 except PushcliError as exc:
                     # its attributes changed since validation: this subscriber's outcome;
                     # the sender's fault (template or data), so prune never counts it
@@ -335,13 +363,17 @@ def send_campaign(
     ledger_failed: StoreError | None = None
     try:
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
+        now = now or current_time()
         gate = Gate() if to is not None else open_gate(
-            store, campaign, info.id, now or current_time(), match=audience_matcher(campaign),
+            store, campaign, info.id, now, match=audience_matcher(campaign),
             allowed_hosts=allowed_hosts, retry_failed=retry_failed)
+        arms = open_arms(store, campaign, info.id, now, match=audience_matcher(campaign, to),
+                         allowed_hosts=allowed_hosts)
         plan = Plan(campaign, info.id, allowed_hosts, options, retry_failed, limit, to,
                     lease=lease if shared else None,
                     duplicates=duplicate_endpoints(store, campaign, to),
-                    where=gate.where())
+                    where=gate.where(), arms=arms.rule,
+                    token_secret=store.token_secrets()[0])
         stats = Stats()
         if shared:
             _enqueue_audience(store, plan)
@@ -369,9 +401,10 @@ def send_campaign(
         unfinished = control.stop or (shared and store.queued(info.id, **plan.where) > 0)
         waits = waiting_summary(store, info.id, gate, match=plan.wanted(),
                                 retry_failed=retry_failed)
-        result = SendResult(info.id, stats, time.monotonic() - started, control.stop, waits)
+        result = SendResult(info.id, stats, time.monotonic() - started, control.stop, waits,
+                            arms.summary())
         status = ("interrupted" if control.stop else "running" if unfinished else
-                  "waiting" if waits and waits["waiting"] else "finished")
+                  "waiting" if (waits and waits["waiting"]) or arms.waiting else "finished")
         store.finish_campaign(info.id, status, result.run_summary())
         return result
     finally:
@@ -418,7 +451,9 @@ def _run_partition(
     """
     from pushcli.engine import Engine  # aiohttp only where messages are sent
 
-    engine = Engine(signer, plan.options, lambda recs: store.record(plan.campaign_id, recs),
+    variant_of = plan.arms.variant_of if plan.arms is not None and plan.arms.names else None
+    engine = Engine(signer, plan.options,
+                    lambda recs: store.record(plan.campaign_id, recs, variant_of=variant_of),
                     on_progress=on_progress, stats=stats, allowed_hosts=plan.allowed_hosts,
                     intent=None if os.environ.get(BENCH_NO_INTENT) else lambda jobs: (
                         store.mark_inflight(plan.campaign_id,
@@ -512,7 +547,8 @@ def count_audience(store: Store, campaign: Campaign | None, allowed_hosts: froze
             continue
         if renderer is not None:
             try:
-                renderer.render(s.subscription.locale, s.subscription.attributes)
+                for arm in renderer.arms:
+                    renderer.render(s.subscription.locale, s.subscription.attributes, arm)
             except PushcliError:
                 counts["rejected"] += 1
                 continue
@@ -599,6 +635,9 @@ class DryRun:
     services: Mapping[str, int]
     variants: int
     sample: bytes | None  # a payload for a subscriber without attributes, if it renders
+    #: A/B variant -> its payload's bytes for a subscriber without attributes (token room
+    #: included), for the variants that render so
+    variant_sizes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def audience(self) -> int:
@@ -627,7 +666,8 @@ class DryRun:
         return {"campaign": self.campaign, "audience": self.audience,
                 "by_service": dict(self.services), "variants": self.variants,
                 "sample_payload": json.loads(sample) if sample else None,
-                "sample_payload_bytes": len(sample) if sample else None}
+                "sample_payload_bytes": len(sample) if sample else None,
+                **({"variant_sizes": dict(self.variant_sizes)} if self.variant_sizes else {})}
 
 
 def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
@@ -640,11 +680,17 @@ def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
     services = count_by_service(store, campaign, allowed_hosts, limit=limit, to=to,
                                 renderer=renderer)
     _refuse_topic(campaign, services)
-    try:  # a subscriber without attributes; templates with defaults still render
-        sample: bytes | None = renderer.render(None, {})
-    except PushcliError:
-        sample = None
-    return DryRun(campaign.name, services, variants, sample)
+    sizes: dict[str, int] = {}
+    sample: bytes | None = None
+    for arm in renderer.arms:  # a subscriber without attributes; defaults still render
+        try:
+            payload = renderer.render(None, {}, arm)
+        except PushcliError:
+            continue
+        sample = sample or payload
+        if arm is not None:
+            sizes[arm] = len(payload)
+    return DryRun(campaign.name, services, variants, sample, sizes)
 
 
 __all__ = [

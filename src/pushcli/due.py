@@ -96,7 +96,7 @@ def _first_run(store: Store, campaign_id: int, campaign: Campaign) -> datetime:
     return datetime.fromtimestamp(created, UTC) if created else datetime.now(UTC)
 
 
-def _service(endpoint: str, allowed_hosts: frozenset[str]) -> str:
+def service_of(endpoint: str, allowed_hosts: frozenset[str]) -> str:
     """The push service a final outcome is filed under (``blocked`` if policy refuses it)."""
     try:
         return check_endpoint(endpoint, allowed_hosts).service
@@ -131,7 +131,7 @@ def open_gate(store: Store, campaign: Campaign, campaign_id: int, now: datetime,
                               zones=gate.zones, default_zone=gate.default_zone,
                               retry_failed=retry_failed)
         records = [DeliveryRecord(s.id, Outcome.CAPPED,
-                                  _service(s.subscription.endpoint, allowed_hosts),
+                                  service_of(s.subscription.endpoint, allowed_hosts),
                                   reason=rule.reason(n))
                    for s, n in over if match is None or match(s)]
         for i in range(0, len(records), 1000):
@@ -149,8 +149,8 @@ def _close_missed(store: Store, campaign_id: int, gate: Gate, match: Match,
     for batch in store.pending(campaign_id, retry_failed=retry_failed, match=match,
                                batch_size=1000):
         store.record(campaign_id, [
-            DeliveryRecord(s.id, Outcome.MISSED, _service(s.subscription.endpoint,
-                                                          allowed_hosts), reason=reason)
+            DeliveryRecord(s.id, Outcome.MISSED, service_of(s.subscription.endpoint,
+                                                            allowed_hosts), reason=reason)
             for s in batch])
         n += len(batch)
     return n
@@ -223,4 +223,4 @@ def preview(store: Store, campaign: Campaign, now: datetime, *,
 
 
 __all__ = ["NOW_ENV", "Gate", "audience_matcher", "current_time", "open_gate", "parse_moment",
-           "preview", "waiting_summary"]
+           "preview", "service_of", "waiting_summary"]

@@ -107,6 +107,9 @@ class Outcome(StrEnum):
     CAPPED = "capped"
     #: Still waiting for its send window when ``schedule.end`` passed. Final, like capped.
     MISSED = "missed"
+    #: In the campaign's ``holdout`` (the A/B control group): never sent. Final: never
+    #: retried by --retry-failed, never counted by prune; reports show the count.
+    HOLDOUT = "holdout"
 
 
 #: Outcomes ``send --retry-failed`` sends again: ``failed`` (temporary trouble,

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from pushcli.campaign import Renderer, load_campaign
 from pushcli.store import Store, deliveries
+from pushcli.tokens import make_token
 
 
 def ledger(db) -> dict[int, str]:
@@ -44,13 +45,18 @@ def test_every_subscriber_receives_exactly_the_rendered_payload(e2e) -> None:
     later = json.loads(e2e.pushcli("report", "e2e", "--json", check=True).stdout)
     assert later["last_run"]["by_service"] == report["run"]["by_service"]
     renderer = Renderer(load_campaign(campaign))
+    with Store.open(e2e.db) as store:
+        ids = {s.subscription.endpoint: s.id for s in store.iter_subscriptions()}
+        secret, campaign_id = store.token_secrets()[0], store.get_campaign("e2e").id  # type: ignore[union-attr]
     for s in subs:
-        [msg] = e2e.emu.messages(s["endpoint"])
-        assert msg == renderer.render(s.get("locale"), s.get("attributes", {}))
+        [msg] = e2e.emu.messages(s["endpoint"])  # the payload, this subscriber's token in it
+        token = make_token(secret, campaign_id, 0, ids[s["endpoint"]])
+        assert msg == renderer.render(s.get("locale"), s.get("attributes", {}), token=token)
     sample = json.loads(e2e.emu.messages(subs[3]["endpoint"])[0])
     assert sample["web_push"] == 8030
     assert sample["notification"]["body"] == "Hello Ana3"
-    assert sample["notification"]["navigate"] == "https://shop.example.com/news"
+    assert sample["notification"]["navigate"] == ("https://shop.example.com/news?utm_source="
+                                                  "pushcli&utm_medium=web_push&utm_campaign=e2e")
     fr = json.loads(e2e.emu.messages(subs[5]["endpoint"])[0])
     assert fr["notification"]["title"] == "Grande nouvelle"
 

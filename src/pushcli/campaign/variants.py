@@ -78,6 +78,11 @@ class Assigner:
                                if campaign.winner is not None else None),
                    winner=winner)
 
+    @property
+    def excludes_some(self) -> bool:
+        """Whether anyone is held out or waits for the winner (else everyone is sent)."""
+        return self.holdout > 0 or (self.test_share is not None and self.winner is None)
+
     def draws(self, subscriber_id: int) -> tuple[float, float, int]:
         """Three independent uniform draws in [0, 1) for (holdout, test group) and one
         integer in [0, 2**64) for the variant: the whole source of randomness."""

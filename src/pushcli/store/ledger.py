@@ -264,8 +264,14 @@ class Ledger(Database):
                          .values(lease_owner=None, lease_until=None))
 
     @retry_deadlocks
-    def record(self, campaign_id: int, records: Sequence[DeliveryRecord]) -> None:
-        """Commit a batch of outcomes in one transaction; mark expired subscribers."""
+    def record(self, campaign_id: int, records: Sequence[DeliveryRecord], *,
+               variant_of: Callable[[int], str | None] | None = None) -> None:
+        """Commit a batch of outcomes in one transaction; mark expired subscribers.
+
+        ``variant_of`` names each subscriber's A/B variant (``deliveries.variant``); it
+        is a pure function of the subscriber id (``campaign.variants.Assigner``), so
+        the engine's records need not carry it.
+        """
         if not records:
             return
         now = time.time()
@@ -281,6 +287,7 @@ class Ledger(Database):
                 "ambiguous": 1 if r.ambiguous else 0,
                 "updated_at": now,
                 "fault": r.fault.value if r.fault is not None else None,
+                "variant": variant_of(r.subscription_id) if variant_of is not None else None,
             }
             for r in records
         ]
@@ -299,6 +306,7 @@ class Ledger(Database):
                 "updated_at": stmt.excluded.updated_at,
                 "service": stmt.excluded.service,
                 "fault": stmt.excluded.fault,
+                "variant": stmt.excluded.variant,
                 # lease_owner stays: a failed row retried in this run is not retried again
                 "lease_until": None,
             },
