@@ -15,10 +15,12 @@ import functools
 import http.server
 import json
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -787,8 +789,7 @@ TOKEN = "tok_" + "A" * 36  # the shape of pushcli.tokens.make_token's output (40
 
 
 class _EventHandler(http.server.BaseHTTPRequestHandler):
-    """POST /events: records (Content-Type, body); answers 202 without CORS headers, so
-    the worker's fetch rejects after delivery, which it must ignore."""
+    """POST /events: records (Content-Type, body) of nginx's copies of the worker's posts."""
 
     received: list[tuple[str, Any]]
 
@@ -804,7 +805,7 @@ class _EventHandler(http.server.BaseHTTPRequestHandler):
 
 
 class EventRecorder:
-    """A stand-in collector on loopback that keeps what the service worker posts."""
+    """Keeps the documents the service worker posted (``events serve`` keeps only rows)."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, Any]] = []
@@ -918,6 +919,9 @@ def _tracked_campaign(ws: Workspace, events_url: str) -> Path:
         "  url: https://shop.example.com/sale?ref=home\n"
         "  actions:\n"
         "    - {action: shop, title: Shop now, url: https://shop.example.com/buy}\n"
+        "variants:\n"
+        "  - {name: a, weight: 50, notification: {title: 'Winter sale: 30% off'}}\n"
+        "  - {name: b, weight: 50, notification: {title: Your winter deals are here}}\n"
         "tracking:\n"
         f"  events_url: {events_url}\n"
         "vapid:\n"
@@ -926,36 +930,79 @@ def _tracked_campaign(ws: Workspace, events_url: str) -> Path:
     return path
 
 
-def _behind_https(work: Path, upstream: str) -> Any:
-    """The collector behind nginx on https, as on a site (events_url must be https)."""
-    return support.nginx_sink(work, {"= /api/push-events": f"proxy_pass {upstream};"})
+def _behind_https(work: Path, collector: str, recorder: EventRecorder) -> Any:
+    """``events serve`` behind nginx on https, as on a site (events_url must be https); nginx
+    also copies each request to ``recorder``, so the test sees the documents themselves."""
+    return support.nginx_sink(work, {
+        "= /api/push-events": f"mirror /copy; proxy_pass {collector};",
+        "= /copy": f"internal; proxy_pass {recorder.url};",
+    })
+
+
+@contextmanager
+def _events_serve(ws: Workspace, origin: str) -> Iterator[str]:
+    """``pushcli events serve --port 0`` for ``ws``'s store; yields its POST URL. Stopped with
+    Ctrl-C (SIGINT), which writes what is still waiting."""
+    proc = ws.start("events", "serve", "--host", "127.0.0.1", "--port", "0",
+                    "--allow-origin", origin)
+    assert proc.stdout is not None
+    try:
+        line = support.read_line(proc.stdout, 30, "pushcli events serve")
+        assert line.startswith("listening on http://"), (line, proc.poll())
+        yield line.split()[-1].rstrip("/") + "/events"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
 
 
 @browser_test
 def test_sent_push_reports_shown_clicked_and_closed(
     clickable: Clickable, site: SiteServer, tmp_path: Path
 ) -> None:
-    """pushcli send's decrypted payload, shown by sw.js in Chromium; real clicks and a close."""
+    """pushcli send's decrypted payload, shown by sw.js in Chromium; real clicks and a close
+    reach a running ``events serve`` and end up in the report."""
     recorder = EventRecorder()
     (tmp_path / "nginx").mkdir()
     try:
-        with support.emulator() as emu, _behind_https(tmp_path / "nginx", recorder.url) as proxy:
-            events_url = proxy.url() + "/api/push-events"
+        with support.emulator() as emu:
             ws = Workspace.create(tmp_path, emu)
             subs = ws.subscribe(1)
             ws.add_subscribers(subs)
-            code, report = ws.send(_tracked_campaign(ws, events_url))
-            assert code == 0 and report["sent"] == 1, report
-            [payload] = emu.messages(subs[0]["endpoint"])
-            n = json.loads(payload)["notification"]
-            token = n["data"]["pushcli_token"]  # signed by pushcli for this subscriber
-            assert 0 < len(token) <= 96 and n["data"]["pushcli_events"] == events_url
-            utm = "utm_source=pushcli&utm_medium=web_push&utm_campaign=tracked"
-            assert n["navigate"] == f"https://shop.example.com/sale?ref=home&{utm}"
-            assert n["actions"][0]["navigate"] == f"https://shop.example.com/buy?{utm}"
-            _click_through(clickable, site, recorder, payload, token)
+            with _events_serve(ws, site.origin) as collector, \
+                    _behind_https(tmp_path / "nginx", collector, recorder) as proxy:
+                events_url = proxy.url() + "/api/push-events"
+                variant = _send_and_click(ws, emu, subs[0]["endpoint"], events_url,
+                                          clickable, site, recorder)
+        report = json.loads(ws.pushcli("report", "tracked", "--json", check=True).stdout)
+        counts = {name: {k: v[k] for k in ("sent", "shown", "clicked", "closed")}
+                  for name, v in report["variants"].items()}
+        once = {"sent": 1, "shown": 1, "clicked": 1, "closed": 1}  # once per subscriber and kind
+        nothing = dict.fromkeys(once, 0)
+        assert counts == {"a": once if variant == "a" else nothing,
+                          "b": once if variant == "b" else nothing}, report
+        assert report["variants"][variant]["click_rate"] == 1.0
     finally:
         recorder.close()
+
+
+def _send_and_click(ws: Workspace, emu: Any, endpoint: str, events_url: str,
+                    clickable: Clickable, site: SiteServer, recorder: EventRecorder) -> str:
+    """``pushcli send`` the tracked campaign to one subscriber, click through its payload;
+    returns the variant it was sent."""
+    code, report = ws.send(_tracked_campaign(ws, events_url))
+    assert code == 0 and report["sent"] == 1, report
+    [payload] = emu.messages(endpoint)
+    n = json.loads(payload)["notification"]
+    token = n["data"]["pushcli_token"]  # signed by pushcli for this subscriber
+    assert 0 < len(token) <= 96 and n["data"]["pushcli_events"] == events_url
+    variant = {"Winter sale: 30% off": "a", "Your winter deals are here": "b"}[n["title"]]
+    utm = f"utm_source=pushcli&utm_medium=web_push&utm_campaign=tracked&utm_content={variant}"
+    assert n["navigate"] == f"https://shop.example.com/sale?ref=home&{utm}"
+    assert n["actions"][0]["navigate"] == f"https://shop.example.com/buy?{utm}"
+    _click_through(clickable, site, recorder, payload, token)
+    return variant
 
 
 def _click_through(clickable: Clickable, site: SiteServer, recorder: EventRecorder,
@@ -968,7 +1015,7 @@ def _click_through(clickable: Clickable, site: SiteServer, recorder: EventRecord
 
     page.push(payload)
     shown = daemon.wait_shown(before + 1)[-1]
-    assert shown.summary == "Winter sale" and shown.body.endswith("30 % off today")
+    assert shown.summary == n["title"] and shown.body.endswith("30 % off today")
     _until(page.page, lambda: recorder.events(), "the shown event")
     assert recorder.received == [("text/plain", {"token": token, "event": "shown"})]
 
