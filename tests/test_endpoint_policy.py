@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import insert, select
@@ -154,6 +155,22 @@ def test_canonical_url_normalizes_escapes_dots_and_default_ports(url: str,
 def test_canonical_endpoint_for_lookups_agrees_with_the_policy(url: str) -> None:
     # canonical_endpoint has a quick path for already-canonical URLs; it must never differ
     assert canonical_endpoint(url) == check_endpoint(url).url
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1:8443/push/a", "http://127.0.0.1:8080/push/a", "http://localhost/x",
+    "https://127.0.0.1:443/push/a", "http://127.0.0.1:80/push/a", "https://h.example:0443/x",
+    "http://h.example:080/x", "https://h.example:4430/x", "http://h.example:8000/a/./b",
+    "https://h.example:65536/x", "https://h.example:99999/x", "http://h.example:1/a?",
+    "https://h.example:8443/a%2d", "http://H.example:8080/x", "https://h.example:443"])
+def test_canonical_endpoint_of_a_url_with_a_port_agrees_with_the_policy(url: str) -> None:
+    # the quick path also takes ports and plain http (loopback sinks, emulators)
+    try:
+        host = urlsplit(url).hostname or ""
+        want = check_endpoint(url, frozenset({host.lower()})).url
+    except (EndpointRefused, ValueError):
+        want = url
+    assert canonical_endpoint(url) == want
 
 
 @pytest.mark.parametrize(("url", "reason"), [

@@ -90,6 +90,24 @@ def test_tags_filter_is_exact_even_with_like_wildcards(st: Store) -> None:
     assert st.count(tags=["a"]) == 0
 
 
+def test_may_hold_hosts_is_false_only_when_no_active_endpoint_is_there(st: Store) -> None:
+    import sqlalchemy as sa
+
+    from pushcli.store import subscriptions
+
+    load(st, subs(3))  # fcm
+    assert not st.may_hold_hosts(["push.apple.com"])
+    assert not st.may_hold_hosts([])
+    with st.engine.begin() as conn:  # a row written by hand, host in capitals
+        conn.execute(sa.insert(subscriptions).values(
+            endpoint="https://WEB.PUSH.APPLE.COM/x", p256dh="k", auth="a", status="active"))
+    assert st.may_hold_hosts(["push.apple.com"])
+    with st.engine.begin() as conn:
+        conn.execute(sa.update(subscriptions).values(status="expired")
+                     .where(subscriptions.c.endpoint.like("%APPLE%")))
+    assert not st.may_hold_hosts(["push.apple.com"])
+
+
 def test_iter_subscriptions_pages_in_id_order(st: Store) -> None:
     load(st, subs(250))
     ids = [s.id for s in st.iter_subscriptions(batch_size=60)]

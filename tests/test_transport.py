@@ -62,8 +62,7 @@ def _post(url: str, *, allowed: frozenset[str] = frozenset({"localhost"}),
     return asyncio.run(go())
 
 
-HEADERS = {"TTL": "60", "Content-Encoding": "aes128gcm",
-           "Content-Type": "application/octet-stream"}
+HEADERS = ["TTL: 60", "Content-Encoding: aes128gcm", "Content-Type: application/octet-stream"]
 
 
 def test_posts_over_http2_with_tls_verified_through_ssl_cert_file(

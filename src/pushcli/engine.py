@@ -63,7 +63,7 @@ class _HostState:
     in-flight limit, learnt pacing, and the jobs waiting for one of its workers."""
 
     __slots__ = ("not_before", "transport_failures", "auth_failures", "stopped", "limit",
-                 "pacer", "waiting", "workers", "resume")
+                 "pacer", "waiting", "workers", "resume", "auth", "headers", "header_lines")
 
     def __init__(self, limit: ConcurrencyLimit, pacer: Pacer) -> None:
         self.not_before = 0.0
@@ -75,6 +75,10 @@ class _HostState:
         self.waiting: deque[Job] = deque()
         self.workers = 0
         self.resume: asyncio.TimerHandle | None = None
+        # the request headers, rebuilt only when the VAPID token changes (hours apart)
+        self.auth = ""
+        self.headers: dict[str, str] = {}
+        self.header_lines: list[str] = []
 
 
 class PrivateAddress(OSError):
@@ -167,6 +171,12 @@ class Engine:
         self._ledger_ok = asyncio.Event()  # cleared while ledger writes fail: start nothing new
         self._ledger_ok.set()
         self._ledger_error: StoreError | None = None
+        self._static_headers = {"TTL": str(options.ttl), "Content-Encoding": "aes128gcm",
+                                "Content-Type": "application/octet-stream"}
+        if options.urgency:
+            self._static_headers["Urgency"] = options.urgency
+        if options.topic:
+            self._static_headers["Topic"] = options.topic
 
     # --- public ---------------------------------------------------------------------
 
@@ -417,16 +427,11 @@ class Engine:
             return
         job.attempts += 1
         body = encrypt(job.payload, job.p256dh, job.auth)
-        headers = {
-            "TTL": str(self.options.ttl),
-            "Content-Encoding": "aes128gcm",
-            "Content-Type": "application/octet-stream",
-            "Authorization": self.signer.header(job.origin),
-        }
-        if self.options.urgency:
-            headers["Urgency"] = self.options.urgency
-        if self.options.topic:
-            headers["Topic"] = self.options.topic
+        auth = self.signer.header(job.origin)  # cached: re-signed only near expiry
+        if auth != host.auth:
+            host.auth = auth
+            host.headers = {**self._static_headers, "Authorization": auth}
+            host.header_lines = [f"{k}: {v}" for k, v in host.headers.items()]
         sent_body = False
         signal = Signal.NONE
         started = host.limit.start()
@@ -436,11 +441,11 @@ class Engine:
             self.stats.concurrency[job.service] = in_flight
         try:
             if job.url.startswith("https:"):  # libcurl: HTTP/2 where ALPN offers it
-                answer = await self._h2.post(job.url, body, headers)
+                answer = await self._h2.post(job.url, body, host.header_lines)
                 sent_body, status, resp_headers = True, answer.status, answer.headers
                 text = b"" if status in (201, 202) else answer.body
             else:  # plain http (emulator, web-push-testing): aiohttp, HTTP/1.1
-                async with self._session.post(job.url, data=body, headers=headers,
+                async with self._session.post(job.url, data=body, headers=host.headers,
                                               allow_redirects=False) as resp:
                     sent_body = True
                     status = resp.status

@@ -431,10 +431,13 @@ def check_endpoint(url: object, allowed_hosts: frozenset[str] = frozenset()) -> 
     return Endpoint(url=canonical, host=host, origin=origin, service=service)
 
 
-#: An https URL already in canonical form: lowercase host, no port, no percent-escape,
-#: no dot segment, no empty query (what FCM, Mozilla and Apple hand out).
+#: A URL already in canonical form: lowercase host, no default port, no percent-escape,
+#: no dot segment, no empty query (what FCM, Mozilla and Apple hand out, and what
+#: loopback emulators and sinks use: http, or a port other than the scheme's own).
 _PLAINLY_CANONICAL = re.compile(
-    r"https://[a-z0-9.-]+(?:/(?!\.\.?(?:[/?]|$))[A-Za-z0-9._~!$&'()*+,;=:@-]*)+"
+    r"(?:https://[a-z0-9.-]+(?::(?!443(?![0-9]))[1-9][0-9]{0,4})?"
+    r"|http://[a-z0-9.-]+(?::(?!80(?![0-9]))[1-9][0-9]{0,4})?)"
+    r"(?:/(?!\.\.?(?:[/?]|$))[A-Za-z0-9._~!$&'()*+,;=:@-]*)+"
     r"(?:\?[A-Za-z0-9._~!$&'()*+,;=:@/?-]+)?")
 
 

@@ -103,15 +103,15 @@ class CurlTransport:
         self._pending: dict[pycurl.Curl, tuple[asyncio.Future[Answer], list[bytes],
                                                 bytearray]] = {}
         self._idle: list[pycurl.Curl] = []
+        self._targets: dict[str, tuple[str, int]] = {}  # origin -> (host, port)
 
     # --- public ---------------------------------------------------------------------
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
-        """POST ``body``; the answer, or ``TransportError`` (``PrivateAddress`` from the guard)."""
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise TransportError(f"not an https URL: {url[:80]}", ambiguous=False)
-        host, port = parts.hostname, parts.port or 443
+    async def post(self, url: str, body: bytes, header_lines: list[str]) -> Answer:
+        """POST ``body`` with ``header_lines`` (``"Name: value"``, libcurl's own form, which the
+        engine builds once per origin); the answer, or ``TransportError`` (``PrivateAddress``
+        from the guard)."""
+        host, port = self._target(url)
         pin = await self._pinned(host, port)
         self._loop = asyncio.get_running_loop()
         curl = self._idle.pop() if self._idle else self._new_handle()
@@ -119,7 +119,7 @@ class CurlTransport:
         text = bytearray()
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.RESOLVE, [pin])
-        curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        curl.setopt(pycurl.HTTPHEADER, header_lines)
         curl.setopt(pycurl.POSTFIELDS, body)
         curl.setopt(pycurl.HEADERFUNCTION, head.append)
         curl.setopt(pycurl.WRITEFUNCTION, lambda chunk: self._keep(text, chunk))
@@ -132,6 +132,23 @@ class CurlTransport:
         except asyncio.CancelledError:
             self._abandon(curl)
             raise
+
+    def _target(self, url: str) -> tuple[str, int]:
+        """Host and port of an https URL, parsed once per origin (a send has a handful)."""
+        cut = url.find("/", 8)
+        origin = url if cut < 0 else url[:cut]
+        target = self._targets.get(origin)
+        if target is None:
+            try:
+                parts = urlsplit(origin)
+                port = parts.port or 443
+            except ValueError:
+                port = 0
+                parts = None
+            if parts is None or parts.scheme != "https" or not parts.hostname or not port:
+                raise TransportError(f"not an https URL: {url[:80]}", ambiguous=False)
+            target = self._targets[origin] = (parts.hostname, port)
+        return target
 
     def close(self) -> None:
         """Drop every transfer and connection."""
