@@ -371,7 +371,7 @@ def _stop(proc: subprocess.Popen[Any], signal_first: Callable[[], None]) -> None
     if proc.poll() is None:
         signal_first()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=60)  # a failure deadline: a loaded CI machine stops slowly
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

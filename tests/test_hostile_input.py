@@ -276,14 +276,14 @@ def _import(tmp_path: Path, name: str, data: bytes, *extra: str) -> Any:
 
 
 def test_json_nested_100k_deep_is_one_line_exit_2(tmp_path: Path) -> None:
-    started = time.monotonic()
+    started = time.process_time()
     result = _import(tmp_path, "deep.json", b"[" * 100_000 + b"]" * 100_000)
     assert result.exit_code == 2 and "nested too deeply" in result.stderr
     deep_attr = (b'[{"endpoint": "https://fcm.googleapis.com/x", "attributes": {"a": '
                  + b"[" * 100_000 + b"]" * 100_000 + b"}}]")
     result = _import(tmp_path, "deep2.json", deep_attr)
     assert result.exit_code == 2
-    assert time.monotonic() - started < 10
+    assert time.process_time() - started < 10
 
 
 def test_ndjson_deep_line_is_one_rejected_line(tmp_path: Path) -> None:
@@ -430,10 +430,10 @@ def test_billion_laughs_is_refused_quickly(where: str) -> None:
                 "  data:\n" + "".join(f"    {line}\n" for line in bomb.splitlines()))
     else:
         text = bomb + "name: *j\n"
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(InputError):
         parse_campaign(text, source="c.yml")
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def test_oversized_and_deep_campaign_files(tmp_path: Path) -> None:
@@ -443,10 +443,10 @@ def test_oversized_and_deep_campaign_files(tmp_path: Path) -> None:
         load_campaign(big)
     deep = tmp_path / "deep.yml"
     deep.write_text(CAMPAIGN + "extra: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(InputError):
         load_campaign(deep)
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
     flow = tmp_path / "flow.yml"
     flow.write_text(CAMPAIGN.replace("  data: {}", "") + "x: " + "{a: " * 10_000 + "1"
                     + "}" * 10_000 + "\n")
@@ -503,12 +503,12 @@ import resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 from pushcli.campaign import Renderer, parse_campaign
 from pushcli.errors import InputError
-started = time.monotonic()
+started = time.process_time()  # CPU seconds: wall time depends on the machine's load
 try:
     Renderer(parse_campaign(sys.argv[1], source="c.yml")).render(None, {})
     print("rendered")
 except InputError as exc:
-    print("refused", time.monotonic() - started, str(exc)[:80])
+    print("refused", time.process_time() - started, str(exc)[:80])
 except MemoryError:
     print("memoryerror")
 """
@@ -525,10 +525,10 @@ def test_template_cpu_and_memory_bombs_fail_fast(template: str) -> None:
     text = _campaign_with(template)
     try:
         proc = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, text], capture_output=True,
-                              text=True, timeout=3, preexec_fn=lambda: resource.setrlimit(
+                              text=True, timeout=120, preexec_fn=lambda: resource.setrlimit(
                                   resource.RLIMIT_CPU, (6, 6)))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"template {template!r} did not finish within 3 s")
+    except subprocess.TimeoutExpired:  # a failure deadline: the CPU limit ends it long before
+        pytest.fail(f"template {template!r} did not finish")
     out = proc.stdout.strip()
     assert out.startswith("refused"), (out, proc.stderr[-500:])
     assert float(out.split()[1]) < 1.0, out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import random
 import re
@@ -26,6 +27,12 @@ from pushcli.defaults import DB_ENV, DEFAULT_DB
 from pushcli.errors import Busy, InputError, PushcliError, StoreError
 
 BUSY_TIMEOUT_MS = 30_000
+
+# psycopg logs "error ignored terminating <psycopg.Pipeline ...>" when the pipeline of a
+# failed write is collected, after the store has already said why in one line
+# (StoreError): without a handler Python would print it on stderr as a second line.
+# Records still reach any handler an embedding application configures.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 def database_url(value: str | os.PathLike[str] | None = None) -> str:
