@@ -207,7 +207,7 @@ def test_prune_unengaged_lists_then_deletes_only_unclicked_heavy_recipients(st: 
     clicked_recently, clicked_long_ago, never, few, expired_elsewhere = add_subscribers(st, 5)
     everyone = [clicked_recently, clicked_long_ago, never, few]
     c1 = sent(st, "c1", everyone)
-    sent(st, "c2", [clicked_recently, clicked_long_ago, never])
+    c2 = sent(st, "c2", [clicked_recently, clicked_long_ago, never])
     c3 = st.start_campaign("c3", {"name": "c3"}).id
     st.record(c3, [DeliveryRecord(i, Outcome.SENT, "fcm", 201)
                    for i in (clicked_recently, clicked_long_ago)]
@@ -216,6 +216,9 @@ def test_prune_unengaged_lists_then_deletes_only_unclicked_heavy_recipients(st: 
         EventRow(c1, clicked_recently, "clicked", 0, None, NOW - 3 * DAY, NOW),
         EventRow(c1, clicked_long_ago, "clicked", 0, None, NOW - 40 * DAY, NOW),
         EventRow(c1, never, "shown", 0, None, NOW - DAY, NOW),  # shown is not engagement
+        # every campaign here was tracked: it reported events
+        EventRow(c2, clicked_recently, "shown", 0, None, NOW - DAY, NOW),
+        EventRow(c3, clicked_recently, "shown", 0, None, NOW - DAY, NOW),
     ])
     rule = pruning.unengaged_rule(30, 2, NOW)
     dry = pruning.prune(st, unengaged=rule, dry_run=True)
@@ -231,9 +234,22 @@ def test_prune_unengaged_lists_then_deletes_only_unclicked_heavy_recipients(st: 
     assert left == {clicked_recently, few, expired_elsewhere}
 
 
+def test_prune_unengaged_counts_only_campaigns_that_reported_events(st: Store) -> None:
+    """Without tracking nobody can click: untracked sends never make anyone unengaged."""
+    heavy, other = add_subscribers(st, 2)
+    for i in range(4):
+        sent(st, f"untracked-{i}", [heavy, other])
+    rule = pruning.unengaged_rule(30, 2, NOW)
+    assert pruning.prune(st, unengaged=rule, dry_run=True).ids == []
+    tracked = [sent(st, f"tracked-{i}", [heavy, other]) for i in range(2)]
+    st.record_events([EventRow(c, other, "clicked", 0, None, NOW - DAY, NOW) for c in tracked])
+    assert pruning.prune(st, unengaged=rule, dry_run=True).ids == [heavy]
+
+
 def test_prune_unengaged_spares_a_click_that_arrives_after_selection(st: Store) -> None:
     a, b = add_subscribers(st, 2)
     c = sent(st, "c1", [a, b])
+    st.record_events([EventRow(c, a, "shown", 0, None, NOW - DAY, NOW)])  # a tracked campaign
     rule = pruning.unengaged_rule(30, 1, NOW)
     selected = st.prune_candidates(unengaged=rule)
     assert [x.id for x in selected] == [a, b]

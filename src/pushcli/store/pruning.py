@@ -125,12 +125,16 @@ class Pruning(Database):
             yield PruneCandidate(last[0][0], last[0][6], last[0][7])
 
     def _unengaged(self, conn: Connection, rule: Unengaged) -> Iterator[PruneCandidate]:
-        """Active subscribers with ``min_sent`` ``sent`` ledger rows and no recent click:
+        """Active subscribers with ``min_sent`` ``sent`` ledger rows (in campaigns that
+        reported events) and no recent click:
         one query (a grouped count joined to the subscribers, an anti-join on the
         events' (subscriber, kind, at) index), so nothing is filtered in Python."""
         d, s = deliveries, subscriptions
+        # Only campaigns that reported any event count: a campaign sent without tracking
+        # (or before it) cannot show a click, and must not make everyone look unengaged.
+        tracked = select(events.c.campaign_id).distinct()
         sent = (select(d.c.subscription_id, func.count().label("n"))
-                .where(d.c.outcome == Outcome.SENT.value)
+                .where(d.c.outcome == Outcome.SENT.value, d.c.campaign_id.in_(tracked))
                 .group_by(d.c.subscription_id)
                 .having(func.count() >= rule.min_sent)
                 .subquery())
