@@ -210,6 +210,16 @@ def test_variant_over_locale_and_token_spliced() -> None:
         r.render(None, {}, "zzz")
 
 
+def test_token_goes_into_data_even_when_an_attribute_spells_the_sentinel() -> None:
+    # a subscriber's attribute (their name, from the site) is rendered into the title
+    # before data.pushcli_token: the token must not land in the title instead
+    r = Renderer(parse_campaign(HEAD))
+    token = make_token(b"s" * 32, 7, 0, 42)
+    doc = _doc(r.render(None, {"first": TOKEN_SENTINEL}, token=token))
+    assert doc["title"] == "Hi " + TOKEN_SENTINEL
+    assert doc["data"]["pushcli_token"] == token
+
+
 def test_utm_off() -> None:
     r = Renderer(parse_campaign(AB + "tracking: {utm: false}\n"))
     doc = _doc(r.render(None, {}, "a", token="t"))

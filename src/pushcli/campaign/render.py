@@ -301,7 +301,10 @@ class Renderer:
             if len(variant.cache) < _CACHE_LIMIT:
                 variant.cache[key] = payload
         if token is not None:
-            return payload.replace(_SENTINEL, token.encode("ascii"), 1)
+            # the last occurrence: data.pushcli_token comes after title, body and URL, the
+            # only fields a subscriber's attributes reach, which may spell the sentinel too
+            head, _, tail = payload.rpartition(_SENTINEL)
+            return b"".join((head, token.encode("ascii"), tail))
         return payload
 
     def _error(self, message: str, where: str) -> RenderError:
