@@ -110,6 +110,19 @@ def test_decode_event_refuses_bad_bytes_and_json(store: Store) -> None:
     assert decode_event(body, secrets, NOW).subscription_id == 2
 
 
+def test_decode_event_refuses_absurd_numbers_in_one_line(store: Store) -> None:
+    secrets = store.token_secrets()
+    tok = token(store, 1, 2)
+    with pytest.raises(EventProblem, match="at: must be a positive number"):
+        decode_event(b'{"token": "%s", "event": "shown", "at": 1%s}' % (
+            tok.encode(), b"0" * 400), secrets, NOW)  # an int no float can hold
+    with pytest.raises(EventProblem, match="at: must be a positive number"):
+        decode_event(b'{"token": "%s", "event": "shown", "at": -1%s}' % (
+            tok.encode(), b"0" * 400), secrets, NOW)
+    with pytest.raises(EventProblem, match="invalid JSON: a number with too many digits"):
+        decode_event(b'{"event": "shown", "at": ' + b"1" * 5000 + b"}", secrets, NOW)
+
+
 # --- the store ---------------------------------------------------------------------------
 
 

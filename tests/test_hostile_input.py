@@ -295,6 +295,17 @@ def test_ndjson_deep_line_is_one_rejected_line(tmp_path: Path) -> None:
     assert len(result.stderr.splitlines()) == 2
 
 
+def test_number_with_too_many_digits_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # Python refuses to read an int of over 4300 digits with a plain ValueError
+    long = b'{"endpoint": "https://fcm.googleapis.com/x", "expirationTime": ' + b"1" * 5000 + b"}"
+    good = json.dumps(POOL[4]).encode()
+    result = _import(tmp_path, "long.ndjson", good + b"\n" + long + b"\n", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["added"] == 1
+    assert "long.ndjson:2: invalid JSON: a number with too many digits" in result.stderr
+    result = _import(tmp_path, "long.json", b"[" + long + b"]")
+    assert result.exit_code == 2 and "a number with too many digits" in result.stderr
+
+
 def test_json_record_over_the_limit_is_refused_without_holding_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pushcli.store import EventRow, Rejection, Store
-from pushcli.subscriptions import Rejected, ndjson_records, open_sources
+from pushcli.subscriptions import (
+    JSON_ERRORS,
+    Rejected,
+    json_problem,
+    ndjson_records,
+    open_sources,
+)
 from pushcli.tokens import read_token
 
 __all__ = [
@@ -66,7 +72,10 @@ def _at(value: object, now: float) -> float:
         return now
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise EventProblem("at: must be a number (Unix seconds)")
-    at = float(value)
+    try:
+        at = float(value)
+    except OverflowError:  # an integer beyond any float: as absurd as infinity
+        at = math.inf if value > 0 else -math.inf
     if not math.isfinite(at) or at <= 0:
         raise EventProblem("at: must be a positive number of Unix seconds")
     if at > now + FUTURE_SLACK:
@@ -105,9 +114,8 @@ def decode_event(body: bytes, secrets: Sequence[bytes], now: float) -> EventRow:
         doc = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise EventProblem("not valid UTF-8") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise EventProblem(f"invalid JSON: {msg}") from None
+    except JSON_ERRORS as exc:
+        raise EventProblem(json_problem(exc)) from None
     return parse_event(doc, secrets, now)
 
 

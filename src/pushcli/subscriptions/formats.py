@@ -40,6 +40,22 @@ CSV_RESERVED = {"endpoint", "p256dh", "auth", "tags", "locale", "user_id", "id",
 
 # --- parsers ---------------------------------------------------------------------------
 
+#: What ``json`` raises for text it will not read: JSONDecodeError, RecursionError for
+#: deep nesting, and a plain ValueError for an integer of more digits than
+#: ``sys.get_int_max_str_digits()`` (4300: Python's guard against quadratic parsing).
+JSON_ERRORS = (ValueError, RecursionError)
+
+
+def json_problem(exc: BaseException) -> str:
+    """One line saying why text did not parse as JSON (an exception of ``JSON_ERRORS``),
+    with no part of the text itself in it."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON: {exc.msg}"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return "invalid JSON: a number with too many digits"
+
+
 ParsedRecord = tuple[str, Subscription | Rejected]
 
 
@@ -223,9 +239,8 @@ def ndjson_records(stream: IO[bytes], source: str, *,
             continue
         try:
             yield loc, json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-            yield loc, Rejected(loc, f"invalid JSON: {msg}")
+        except JSON_ERRORS as exc:
+            yield loc, Rejected(loc, json_problem(exc))
 
 
 _BAD_ENCODING = "\x00pushcli-bad-encoding\x00"
@@ -421,8 +436,8 @@ class _JsonCursor:
                 if not (cut and self._grow(where)):
                     raise self.error(f"invalid JSON: {exc.msg}", exc.pos) from None
                 continue
-            except RecursionError:
-                raise self.error("invalid JSON: nested too deeply") from None
+            except JSON_ERRORS as exc:  # too deep, or a number too long to read
+                raise self.error(json_problem(exc)) from None
             if end == len(self.buf) and self._grow(where):
                 continue  # a number or literal may go on in the next chunk
             self.last_size = end - self.pos
@@ -539,7 +554,7 @@ def _json_array(cur: _JsonCursor, prefix: str) -> Iterator[tuple[str, Any]]:
         pos = skip(buf, cur.pos).end()
         try:
             obj, end = scan(buf, pos)
-        except (StopIteration, json.JSONDecodeError, RecursionError):
+        except (StopIteration, *JSON_ERRORS):
             obj = _NOTHING
         if obj is not _NOTHING and end - pos <= MAX_RECORD_BYTES:
             after = skip(buf, end).end()
