@@ -389,7 +389,13 @@ def test_check_origins_refuses_what_is_not_an_origin() -> None:
     from pushcli.collector import check_origins
 
     assert check_origins(["https://Shop.example.com/", "*"]) == {"https://shop.example.com", "*"}
-    for bad in ("shop.example.com", "https://shop.example.com/path", "ftp://x"):
+    # a browser never spells the default port: "https://shop.example.com:443" would
+    # refuse the very site it names
+    assert check_origins(["https://shop.example.com:443", "http://localhost:80",
+                          "https://shop.example.com:8443"]) == {
+        "https://shop.example.com", "http://localhost", "https://shop.example.com:8443"}
+    for bad in ("shop.example.com", "https://shop.example.com/path", "ftp://x",
+                "https://shop.example.com:99999", "https://shop.example.com:https"):
         with pytest.raises(InputError, match="not an origin"):
             check_origins([bad])
 

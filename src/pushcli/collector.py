@@ -62,12 +62,20 @@ def check_origins(origins: Iterable[str]) -> frozenset[str]:
         if origin == "*":
             out.add(origin)
             continue
-        parts = urlsplit(origin)
+        parts = urlsplit(origin.lower())
+        try:
+            port = parts.port  # ValueError: not a number, or out of range
+        except ValueError:
+            port = -1
         if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path
-                or parts.query or parts.fragment or parts.username or parts.password):
+                or parts.query or parts.fragment or parts.username or parts.password
+                or port == -1):
             raise InputError(f"{raw!r} is not an origin (scheme://host[:port], e.g. "
                              "https://shop.example.com)", field="--allow-origin")
-        out.add(origin.lower())
+        # a browser's Origin never spells the scheme's default port
+        default = {"http": 80, "https": 443}[parts.scheme]
+        netloc = parts.netloc.rsplit(":", 1)[0] if port == default else parts.netloc
+        out.add(f"{parts.scheme}://{netloc}")
     return frozenset(out)
 
 
