@@ -259,9 +259,10 @@ def send(
     75 when another run of this campaign holds its lock (SQLite; on PostgreSQL
     several senders share the campaign), 130 on Ctrl-C.
     """
+    from pushcli.audience import dry_run as check_send
+    from pushcli.audience import preflight
     from pushcli.campaign import load_campaign
-    from pushcli.delivery import check_run, options_for, preflight, send_campaign
-    from pushcli.delivery import dry_run as check_send
+    from pushcli.delivery import check_run, options_for, send_campaign
     from pushcli.due import preview
     from pushcli.keys import resolve_vapid
     from pushcli.report import build_report, exit_code_for, write_report_files

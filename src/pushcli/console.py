@@ -321,7 +321,7 @@ EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign
 
 def print_dry_run(found: Any, quiet: bool, *, as_json: bool = False,
                   timing: Mapping[str, Any] | None = None) -> None:
-    """``send --dry-run`` (a ``delivery.DryRun``): the audience per service and a sample
+    """``send --dry-run`` (an ``audience.DryRun``): the audience per service and a sample
     payload on stdout (unless -q; ``--json``: the document instead), then what a send
     would not contact; ``timing`` (``due.preview``) says who the schedule makes due then."""
     if as_json:

@@ -107,7 +107,7 @@ def run_doctor(
         opened: Store = store
 
         def check_services() -> str:
-            from pushcli.delivery import count_audience
+            from pushcli.audience import count_audience
 
             count = count_audience(opened, None, allowed_hosts)
             problems = []
@@ -135,7 +135,7 @@ def run_doctor(
             chosen: Campaign = campaign
 
             def check_payloads() -> str:
-                from pushcli.delivery import check_variants
+                from pushcli.audience import check_variants
 
                 found = check_variants(opened, chosen, Renderer(chosen))
                 if found.unrenderable:

@@ -305,7 +305,7 @@ class Subscribers(Database):
 
         A superset test (the host text anywhere in the endpoint, any case), so
         False is certain: a send skips a whole-audience scan that only matters
-        for those hosts (``delivery.preflight``). One indexed-free scan in SQL,
+        for those hosts (``audience.preflight``). One indexed-free scan in SQL,
         far cheaper than decoding every row in Python.
         """
         patterns = [f"%{h.lower()}%" for h in hosts]
