@@ -104,6 +104,7 @@ class CurlTransport:
                                                 bytearray]] = {}
         self._idle: list[pycurl.Curl] = []
         self._targets: dict[str, tuple[str, int]] = {}  # origin -> (host, port)
+        self._watching: dict[int, int] = {}  # fd -> the POLL_* the loop waits for
 
     # --- public ---------------------------------------------------------------------
 
@@ -203,8 +204,16 @@ class CurlTransport:
     # --- libcurl <-> asyncio -----------------------------------------------------------
 
     def _on_socket(self, what: int, fd: int, _multi: object, _data: object) -> None:
+        """libcurl says what to wait for on ``fd``; the loop's registration changes only when
+        that differs from last time (an HTTP/2 connection asks again for every stream)."""
         loop = self._loop
         assert loop is not None
+        if what == pycurl.POLL_REMOVE:
+            self._watching.pop(fd, None)
+        elif self._watching.get(fd) == what:
+            return
+        else:
+            self._watching[fd] = what
         loop.remove_reader(fd)
         loop.remove_writer(fd)
         if what in (pycurl.POLL_IN, pycurl.POLL_INOUT):
