@@ -259,6 +259,20 @@ def test_prune_unengaged_counts_only_campaigns_that_reported_events(st: Store) -
     assert pruning.prune(st, unengaged=rule, dry_run=True).ids == [heavy]
 
 
+def test_prune_unengaged_never_counts_sends_to_apple(st: Store) -> None:
+    """Safari 18.4+ shows Declarative Web Push itself, with no service worker: an Apple
+    subscriber can never report a click, so tracked sends to one prove nothing."""
+    safari, chrome, clicker = add_subscribers(st, 3)
+    for i in range(3):
+        c = st.start_campaign(f"tracked-{i}", {"name": f"tracked-{i}"}).id
+        st.record(c, [DeliveryRecord(safari, Outcome.SENT, "apple", 201),
+                      DeliveryRecord(chrome, Outcome.SENT, "fcm", 201),
+                      DeliveryRecord(clicker, Outcome.SENT, "fcm", 201)])
+        st.record_events([EventRow(c, clicker, "clicked", 0, None, NOW - DAY, NOW)])
+    rule = pruning.unengaged_rule(30, 2, NOW)
+    assert pruning.prune(st, unengaged=rule, dry_run=True).ids == [chrome]
+
+
 def test_prune_unengaged_spares_a_click_that_arrives_after_selection(st: Store) -> None:
     a, b = add_subscribers(st, 2)
     c = sent(st, "c1", [a, b])

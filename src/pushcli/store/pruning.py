@@ -16,6 +16,9 @@ from pushcli.pushservices import Fault, Outcome
 from pushcli.store.database import Database
 from pushcli.store.schema import COUNTABLE, PENDING, deliveries, events, subscriptions
 
+#: Push services whose browsers show pushcli's payloads without running a service
+#: worker (Safari's Declarative Web Push), so they never post engagement events.
+NO_SERVICE_WORKER = ("apple",)
 #: Stands in for a NULL ``updated_at`` in prune's re-check.
 _NO_TIME = -1.0
 
@@ -132,9 +135,12 @@ class Pruning(Database):
         d, s = deliveries, subscriptions
         # Only campaigns that reported any event count: a campaign sent without tracking
         # (or before it) cannot show a click, and must not make everyone look unengaged.
+        # Nor do sends through Apple: Safari 18.4+ shows Declarative Web Push itself, no
+        # service worker runs, and its subscribers can never report a click.
         tracked = select(events.c.campaign_id).distinct()
         sent = (select(d.c.subscription_id, func.count().label("n"))
-                .where(d.c.outcome == Outcome.SENT.value, d.c.campaign_id.in_(tracked))
+                .where(d.c.outcome == Outcome.SENT.value, d.c.campaign_id.in_(tracked),
+                       d.c.service.not_in(NO_SERVICE_WORKER))
                 .group_by(d.c.subscription_id)
                 .having(func.count() >= rule.min_sent)
                 .subquery())
