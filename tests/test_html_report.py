@@ -22,7 +22,7 @@ from pushcli.htmlreport import render, render_campaign
 from pushcli.messages import DeliveryRecord
 from pushcli.pushservices import Outcome
 from pushcli.report import build_report
-from pushcli.store import Store, Timeline, deliveries, events
+from pushcli.store import Store, Timeline, campaign_runs, deliveries, events
 from pushcli.store.charts import MAX_BUCKETS
 from pushcli.subscriptions import make_subscription
 from tests.support import Workspace, emulator, fresh_database, invoke, real_subscription
@@ -97,7 +97,8 @@ def n(text: str) -> int:
 def make_ledger(path: Path | str, name: str = "spring") -> Store:
     """A store whose campaign ``name`` ended with every kind of outcome, over five
     minutes with a two-minute pause (minutes 2 and 3 are empty); an A/B test of
-    variants "short" and "long" (alternating), 3 clicks, "short" the recorded winner."""
+    variants "short" and "long" (alternating), 3 clicks, "short" the recorded winner;
+    a run history of three scheduled runs (``RUNS``)."""
     store = Store.open(path)
     store.import_subscriptions(("f", make_subscription(real_subscription()))
                                for _ in range(len(LEDGER) + 2))
@@ -119,7 +120,16 @@ def make_ledger(path: Path | str, name: str = "spring") -> Store:
                      "not significant at 95 %")
     store.finish_campaign(info.id, "done", {"duration_s": 300.0, "rate_per_s": 0.1,
                                             "retries": 3})
+    with store.engine.begin() as conn:
+        conn.execute(campaign_runs.insert(), [{"campaign_id": info.id, **r} for r in RUNS])
     return store
+
+
+#: Three cron runs of a scheduled send (``campaign_runs`` rows): who was due, sent, waiting.
+RUNS = [{"run": i + 1, "at": BASE + 3600 * i, "status": status, "scheduled": 1, "due": due,
+         "attempted": due, "sent": sent, "waiting": waiting, "capped": capped, "missed": 0}
+        for i, (status, due, sent, waiting, capped) in enumerate([
+            ("waiting", 0, 0, 18, 0), ("waiting", 9, 8, 9, 1), ("done", 9, 0, 0, 0)])]
 
 
 def check_page_against(page: str, doc: dict[str, Any]) -> Tables:
@@ -149,6 +159,15 @@ def check_page_against(page: str, doc: dict[str, Any]) -> Tables:
         assert [n(c) for c in row[1:8]] == [want[k] for k in (
             "sent", "expired", "rejected", "failed", "shown", "clicked", "closed")]
         assert row[8].startswith(f"{want['click_rate']:.2%} (")
+    # the send-window chart's table: one row per run of the history
+    history = doc.get("run_history") or []
+    if any(r["scheduled"] for r in history):
+        assert [[n(c) for c in (r[0], *r[3:])] for r in t.tables["runs"]] == [
+            [r["run"], *(r[k] for k in ("due", "sent", "waiting", "capped", "missed"))]
+            for r in history]
+        assert [r[2] for r in t.tables["runs"]] == [r["status"] for r in history]
+    else:
+        assert "runs" not in t.tables
     return t
 
 
@@ -268,12 +287,82 @@ def test_send_report_html_matches_its_json(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(page).st_mode) == 0o600
 
 
+def test_scheduled_campaign_page_draws_each_run(tmp_path: Path) -> None:
+    """Four cron runs of a send window (PUSHCLI_NOW): the run history in ``report --json``
+    says who was due, sent, waiting and missed at each, and the page shows those numbers."""
+    from datetime import datetime
+
+    schedule = ('schedule:\n  start: 2026-12-01T00:00:00Z\n  end: 2026-12-02T12:00:00Z\n'
+                '  local_time: "09:00"\n  window: 1h\n  timezone: Europe/Paris\n')
+    moments = ["2026-12-01T03:00:00Z",  # Kolkata 08:30: nobody due
+               "2026-12-01T03:45:00Z",  # Kolkata 09:15
+               "2026-12-01T08:20:00Z",  # Paris 09:20
+               "2026-12-02T12:00:00Z"]  # the schedule ends: Pago Pago missed
+    with emulator(seed=5) as emu:
+        ws = Workspace.create(tmp_path, emu)
+        ws.add_subscribers([*ws.subscribe(2, timezone="Asia/Kolkata"),
+                            *ws.subscribe(3, timezone="Europe/Paris"),
+                            *ws.subscribe(2, timezone="Pacific/Pago_Pago")])
+        campaign = ws.campaign("windows", extra=schedule)
+        for moment in moments:
+            code, _ = ws.send(campaign, PUSHCLI_NOW=moment)
+            assert code == 0
+        page_path = tmp_path / "windows.html"
+        proc = ws.pushcli("report", "windows", "--json", "--html", str(page_path))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    history = doc["run_history"]
+    assert [(r["run"], r["due"], r["sent"], r["waiting"], r["capped"], r["missed"], r["status"])
+            for r in history] == [(1, 0, 0, 7, 0, 0, "waiting"), (2, 2, 2, 5, 0, 0, "waiting"),
+                                  (3, 3, 3, 2, 0, 0, "waiting"), (4, 0, 0, 0, 0, 2, "finished")]
+    assert [r["at"] for r in history] == [
+        datetime.fromisoformat(m).timestamp() for m in moments]
+    assert all(r["scheduled"] for r in history)
+    assert doc["sent"] == 5 and doc["missed"] == 2
+    page = page_path.read_text()
+    t = check_page_against(page, doc)
+    assert [r[1] for r in t.tables["runs"]] == ["2026-12-01 03:00", "2026-12-01 03:45",
+                                                "2026-12-01 08:20", "2026-12-02 12:00"]
+    assert "Send windows over 4 runs from 2026-12-01 03:00:00 UTC" in page
+
+
+def test_run_history_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the newest MAX_RUN_HISTORY runs are kept (here 3, patched)."""
+    from pushcli.store import ledger
+
+    monkeypatch.setattr(ledger, "MAX_RUN_HISTORY", 3)
+    with Store.open(tmp_path / "s.db") as store:
+        for i in range(5):
+            info = store.start_campaign("c", {"name": "c"})
+            store.finish_campaign(info.id, "waiting", {}, {
+                "at": BASE + i, "status": "waiting", "scheduled": True, "due": i,
+                "attempted": i, "sent": i, "waiting": 10 - i, "capped": 0, "missed": 0})
+        doc = build_report(store, "c")
+    assert [r["run"] for r in doc["run_history"]] == [3, 4, 5]
+    assert [r["waiting"] for r in doc["run_history"]] == [8, 7, 6]
+
+
 def test_campaigns_list_html(tmp_path: Path) -> None:
-    out, rows = html_and_json(tmp_path, "campaigns", "list")
+    db = tmp_path / "s.db"
+    make_ledger(db).close()
+    with Store.open(db) as store:  # a second campaign no event came back from
+        quiet = store.start_campaign("quiet", {"name": "quiet"})
+        store.record(quiet.id, [DeliveryRecord(1, Outcome.SENT, "fcm.googleapis.com", 201, "")])
+        store.finish_campaign(quiet.id, "finished")
+    out = tmp_path / "list.html"
+    result = invoke("campaigns", "list", "--json", "--html", str(out), db=db)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
     t = Tables(out.read_text())
-    (row,) = t.tables["campaigns"]
-    assert row[0] == "spring" and n(row[5]) == rows[0]["sent"] and n(row[6]) == rows[0]["expired"]
-    assert row[7] == f"{100 * rows[0]['expired'] / rows[0]['total']:.1f} %"
+    spring, quiet_row = t.tables["campaigns"]
+    assert spring[0] == "spring" and n(spring[5]) == rows[0]["sent"] == 8
+    assert n(spring[6]) == rows[0]["expired"]
+    assert spring[7] == f"{100 * rows[0]['expired'] / rows[0]['total']:.1f} %"
+    # click rate: 3 of the 8 sent clicked; "quiet" has no events, so no rate (not 0 %)
+    assert rows[0]["clicked"] == 3 and rows[0]["click_rate"] == 0.375
+    assert spring[9:] == ["3", "37.50%"]
+    assert rows[1]["click_rate"] is None and quiet_row[9:] == ["0", "–"]
+    assert "Click rate (clicked / sent) per campaign: spring 37.50 %" in out.read_text()
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
 
 
@@ -347,8 +436,9 @@ def test_chromium_opens_the_page_offline(tmp_path: Path) -> None:
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(url, wait_until="load")
                 assert page.locator("h1").inner_text() == "Campaign spring"
-                # with the send-window and the variants charts
-                assert page.locator("svg").count() == 6
+                # with the send-window (now and over the runs) and the variants charts
+                assert page.locator("svg").count() == 7
+                assert page.locator("#runs tbody tr").count() == len(RUNS)
                 box = page.locator("svg").first.bounding_box()
                 assert box is not None and box["width"] > 300 and box["height"] > 50
                 background = page.evaluate("getComputedStyle(document.body).backgroundColor")

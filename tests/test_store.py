@@ -386,7 +386,7 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
                 for c in table.columns
                 if c.name not in ("lease_owner", "lease_until", "fault", "last_run", "timezone",
                                   "winner", "variant")]
-        if table.name != "events":  # v6
+        if table.name not in ("events", "campaign_runs"):  # v6, v7
             sa.Table(table.name, v1, *cols)
     with engine.begin() as conn:
         v1.create_all(conn)
@@ -402,7 +402,7 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
             ambiguous=0, updated_at=1.0, reason="not sent: fcm answered 401/403 to 20 requests"))
     engine.dispose()
     with Store.open(backend) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 6
+        assert st.schema_version() == SCHEMA_VERSION == 7
         assert len(st.token_secrets()) == 1  # v6: a secret for engagement tokens
         assert st.outcome_counts(st.get_campaign("old").id) == {"fcm": {"sent": 1, "failed": 1}}
         with st.engine.connect() as conn:
@@ -425,6 +425,15 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
         # v6: the variant column and the events table
         with st.engine.connect() as conn:
             assert conn.execute(sa.select(deliveries.c.variant)).scalars().all() == [None] * 6
+        # v7: the run history, kept for the old campaign too
+        old_id = st.get_campaign("old").id
+        assert st.run_history(old_id) == []
+        st.finish_campaign(old_id, "finished", {}, {
+            "at": 5.0, "status": "finished", "scheduled": True, "due": 3, "attempted": 3,
+            "sent": 2, "waiting": 1, "capped": 0, "missed": 0})
+        assert st.run_history(old_id) == [{
+            "run": 1, "at": 5.0, "status": "finished", "scheduled": True, "due": 3,
+            "attempted": 3, "sent": 2, "waiting": 1, "capped": 0, "missed": 0}]
 
 
 def test_the_token_secret_is_made_once_and_rotation_keeps_the_previous_one(

@@ -36,11 +36,12 @@ _CSS = """
 :root{--bg:#fff;--fg:#1b1f24;--muted:#57606a;--line:#d0d7de;--panel:#f6f8fa;
 --sent:#1a7f37;--expired:#9a6700;--rejected:#cf222e;--auth:#8250df;--blocked:#bc4c00;
 --failed:#a40e26;--uncertain:#6e7781;--capped:#0969da;--missed:#4d2d00;--other:#57606a;
---holdout:#8c959f;--click:#0550ae}
+--holdout:#8c959f;--click:#0550ae;--due:#1b7c83;--waiting:#bf8700}
 @media (prefers-color-scheme:dark){:root{--bg:#0d1117;--fg:#e6edf3;--muted:#8d96a0;
 --line:#30363d;--panel:#161b22;--sent:#3fb950;--expired:#d29922;--rejected:#f85149;
 --auth:#a371f7;--blocked:#db6d28;--failed:#ff7b72;--uncertain:#8b949e;--capped:#58a6ff;
---missed:#e3b341;--other:#8b949e;--holdout:#6e7681;--click:#79c0ff}}
+--missed:#e3b341;--other:#8b949e;--holdout:#6e7681;--click:#79c0ff;--due:#39c5cf;
+--waiting:#f0b72f}}
 *{box-sizing:border-box}
 body{margin:0 auto;max-width:60rem;padding:1.5rem;background:var(--bg);color:var(--fg);
 font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
@@ -65,6 +66,11 @@ svg text{fill:var(--fg);font-size:12px}svg .axis{stroke:var(--line)}
 .o-uncertain{fill:var(--uncertain)}.o-capped{fill:var(--capped)}.o-missed{fill:var(--missed)}
 .o-other{fill:var(--other)}.o-holdout{fill:var(--holdout)}.o-click{fill:var(--click)}
 svg .ci{stroke:var(--fg);stroke-width:1.5}
+svg polyline[class]{fill:none;stroke-width:2}
+.s-due{stroke:var(--due);fill:var(--due)}.s-sent{stroke:var(--sent);fill:var(--sent)}
+.s-waiting{stroke:var(--waiting);fill:var(--waiting)}
+.s-capped{stroke:var(--capped);fill:var(--capped)}.s-missed{stroke:var(--missed);fill:var(--missed)}
+.k-due{background:var(--due)}.k-waiting{background:var(--waiting)}
 .key{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border-radius:2px}
 .k-sent{background:var(--sent)}.k-expired{background:var(--expired)}
 .k-rejected{background:var(--rejected)}.k-auth{background:var(--auth)}
@@ -179,7 +185,7 @@ def rate_bars(ident: str, title: str, items: Sequence[tuple[str, float, float, f
     """One bar per (label, rate, low, high) with its interval drawn as a whisker; the scale
     runs to the highest upper bound, so every interval fits."""
     width, label_w, row = 720, 190, 24
-    span = width - label_w - 150
+    span = width - label_w - 190  # room for "12.34% (12.34%–12.34%)" right of the whisker
     top = max((hi for *_, hi in items), default=0.0) or 1.0
     body: list[str] = []
     for i, (label, rate, lo, hi) in enumerate(items):
@@ -193,6 +199,36 @@ def rate_bars(ident: str, title: str, items: Sequence[tuple[str, float, float, f
                     f'<line class="ci" x1="{x1}" y1="{y + 7}" x2="{x1}" y2="{y + 17}"/>'
                     f'<text x="{x1 + 6}" y="{y + 16}">{rate:.2%} ({lo:.2%}–{hi:.2%})</text>')
     return _svg(ident, title, width, max(row, row * len(items)), body)
+
+
+def run_lines(ident: str, title: str, runs: Sequence[dict[str, Any]],
+              series: Sequence[str]) -> str:
+    """One line per series (``due``, ``waiting``...) over the runs, placed at each run's
+    moment (``at``): cron runs hours apart stay hours apart. A dot marks each run while
+    there are few enough to tell apart."""
+    width, height, left, bottom = 720, 220, 48, 22
+    plot_w, plot_h = width - left - 10, height - bottom - 6
+    first, last = runs[0]["at"], runs[-1]["at"]
+    span = (last - first) or 1.0
+    top = max((int(r[k]) for r in runs for k in series), default=0) or 1
+    xs = [left + 5 + (plot_w * (r["at"] - first) / span if last > first
+                      else plot_w * i / max(len(runs) - 1, 1)) for i, r in enumerate(runs)]
+    body = [f'<line class="axis" x1="{left}" y1="{plot_h + 6}" x2="{width}" '
+            f'y2="{plot_h + 6}"/>',
+            f'<text x="0" y="14">{num(top)}</text>',
+            f'<text x="0" y="{plot_h + 6}">0</text>']
+    for k in series:
+        pts = [(round(x, 1), round(plot_h + 6 - plot_h * int(r[k]) / top, 1))
+               for x, r in zip(xs, runs, strict=True)]
+        body.append(f'<polyline class="s-{k}" points="'
+                    + " ".join(f"{x},{y}" for x, y in pts) + '"/>')
+        if len(runs) <= 60:
+            body += [f'<circle class="s-{k}" cx="{x}" cy="{y}" r="3"/>' for x, y in pts]
+    ends = [(0, "start"), (len(runs) - 1, "end")] if len(runs) > 1 else [(0, "start")]
+    for i, anchor in ends:
+        body.append(f'<text x="{round(xs[i], 1)}" y="{height - 4}" text-anchor="{anchor}">'
+                    f'{when(runs[i]["at"])[:16]}</text>')
+    return _svg(ident, title, width, height, body)
 
 
 def table(ident: str, head: Sequence[str], rows: Sequence[Sequence[Any]], *,
@@ -308,20 +344,52 @@ def render(doc: dict[str, Any], timeline: Timeline, reasons: Sequence[dict[str, 
 
     body += engagement_section(doc)
 
-    # send windows
+    body += schedule_section(doc)
+    return _page(f"pushcli: {doc['campaign']}", body)
+
+
+#: The send-window chart's lines, in the order of its legend and table.
+RUN_SERIES = ("due", "sent", "waiting", "capped", "missed")
+
+
+def schedule_section(doc: dict[str, Any]) -> list[str]:
+    """Send windows: who waits now (by reason), capped and missed, and, from
+    ``run_history``, due, sent, waiting, capped and missed at each run of a campaign with a
+    schedule (or frequency cap)."""
     by_reason = doc.get("waiting_by_reason") or {}
-    if doc.get("waiting") or doc.get("capped") or doc.get("missed") or any(by_reason.values()):
+    runs = doc.get("run_history") or []
+    over_time = any(r.get("scheduled") for r in runs)
+    now = bool(doc.get("waiting") or doc.get("capped") or doc.get("missed")
+               or any(by_reason.values()))
+    if not (now or over_time):
+        return []
+    out = ["<h2>Send windows</h2>"]
+    if now:
         sched = [(f"waiting: {r}", int(by_reason.get(r, 0)), "capped")
                  for r in (*WAITING_REASONS, *(k for k in by_reason if k not in WAITING_REASONS))]
         sched += [("capped", int(doc.get("capped", 0)), "capped"),
                   ("missed", int(doc.get("missed", 0)), "missed")]
-        body += ["<h2>Send windows</h2>",
-                 f'<p>waiting <b>{num(int(doc.get("waiting", 0)))}</b>; next due '
-                 f'{when(doc.get("next_due_at"))}</p>',
-                 hbars("schedule-t", "Send windows: " + ", ".join(
-                     f"{k} {num(v)}" for k, v, _ in sched), sched),
-                 table("schedule", ["state", "subscribers"], [(k, v) for k, v, _ in sched])]
-    return _page(f"pushcli: {doc['campaign']}", body)
+        out += [f'<p>waiting <b>{num(int(doc.get("waiting", 0)))}</b>; next due '
+                f'{when(doc.get("next_due_at"))}</p>',
+                hbars("schedule-t", "Send windows: " + ", ".join(
+                    f"{k} {num(v)}" for k, v, _ in sched), sched),
+                table("schedule", ["state", "subscribers"], [(k, v) for k, v, _ in sched])]
+    if over_time:
+        peak = {k: max(int(r[k]) for r in runs) for k in RUN_SERIES}
+        out += [f'<p class="muted">Each run (cron) of the campaign, {len(runs)} shown: who was '
+                "due and sent, who still waited after it, and whom it capped or closed as "
+                "missed.</p>",
+                run_lines("runs-t", f"Send windows over {len(runs)} runs from "
+                          f"{when(runs[0]['at'])} to {when(runs[-1]['at'])}; peaks: "
+                          + ", ".join(f"{k} {num(v)}" for k, v in peak.items()),
+                          runs, RUN_SERIES),
+                " ".join(f'<span class="key k-{k}"></span>{e(k)}' for k in RUN_SERIES),
+                '<div class="scroll">',
+                table("runs", ["run", "time (UTC)", "status", *RUN_SERIES],
+                      [(str(r["run"]), when(r["at"])[:16], r["status"],
+                        *(int(r[k]) for k in RUN_SERIES)) for r in runs]),
+                "</div>"]
+    return out
 
 
 #: Variants drawn on the page: ``variants:`` allows 8, this bounds the page whatever the ledger.
@@ -379,39 +447,52 @@ def render_campaign(store: Store, doc: dict[str, Any], *, now: float | None = No
 
 def render_campaigns(rows: Sequence[dict[str, Any]], *, generated_at: float | None = None) -> str:
     """``campaigns list --html``: recent campaigns side by side (``report.campaign_rows``),
-    so a growing expired share is visible at a glance."""
+    so a growing expired share or a falling click rate is visible at a glance."""
     stamp = time.time() if generated_at is None else generated_at
     body = ["<h1>Campaigns</h1>", f'<p class="muted">pushcli, generated {when(stamp)}.</p>']
     if rows:
         shares = [(r["campaign"], round(100 * r["expired"] / r["total"], 1) if r["total"] else 0.0)
                   for r in rows]
+        # a campaign no event came back from has no click rate (null), not 0 %
+        clicks = [(r["campaign"], 100 * r["click_rate"]) for r in rows
+                  if r.get("click_rate") is not None]
         body += ["<h2>Sent</h2>",
                  hbars("sent-t", "Sent per campaign: " + ", ".join(
                      f"{r['campaign']} {num(r['sent'])}" for r in rows),
                      [(r["campaign"], int(r["sent"]), "sent") for r in rows]),
                  "<h2>Expired share</h2>",
-                 _share_bars(shares),
+                 _share_bars("expired-t", "Expired share", "expired", shares, 1),
+                 "<h2>Click rate</h2>",
+                 # scaled to the best campaign: rates of a few percent stay comparable
+                 _share_bars("clicks-t", "Click rate (clicked / sent)", "click", clicks, 2,
+                             full=max(p for _, p in clicks) or 1.0)
+                 if clicks else '<p class="muted">No notification events yet.</p>',
                  table("campaigns", ["campaign", "status", "runs", "started", "total", "sent",
-                                     "expired", "expired share", "failed"],
+                                     "expired", "expired share", "failed", "clicked",
+                                     "click rate"],
                        [(r["campaign"], r["status"], int(r["runs"]), when(r["started_at"]),
                          int(r["total"]), int(r["sent"]), int(r["expired"]), f"{s:.1f} %",
-                         int(r["failed"])) for r, (_, s) in zip(rows, shares, strict=True)])]
+                         int(r["failed"]), int(r.get("clicked") or 0),
+                         "–" if r.get("click_rate") is None else f"{r['click_rate']:.2%}")
+                        for r, (_, s) in zip(rows, shares, strict=True)])]
     else:
         body.append('<p class="muted">No campaigns yet.</p>')
     return _page("pushcli: campaigns", body)
 
 
-def _share_bars(shares: Sequence[tuple[str, float]]) -> str:
+def _share_bars(ident: str, what: str, cls: str, shares: Sequence[tuple[str, float]],
+                digits: int, *, full: float = 100.0) -> str:
+    """One bar per (campaign, percent); a bar of ``full`` percent spans the chart."""
     width, label_w, row = 720, 190, 24
     body: list[str] = []
     for i, (label, pct) in enumerate(shares):
-        y, w = i * row, round((width - label_w - 70) * pct / 100, 1)
+        y, w = i * row, round((width - label_w - 70) * pct / full, 1)
         body.append(f'<text x="0" y="{y + 16}">{e(label[:30])}</text>'
-                    f'<rect class="o-expired" x="{label_w}" y="{y + 4}" width="{w}" '
+                    f'<rect class="o-{cls}" x="{label_w}" y="{y + 4}" width="{w}" '
                     f'height="{row - 8}"/><text x="{label_w + w + 6}" y="{y + 16}">'
-                    f"{pct:.1f} %</text>")
-    return _svg("expired-t", "Expired share per campaign: " + ", ".join(
-        f"{c} {s:.1f} %" for c, s in shares), width, max(row, row * len(shares)), body)
+                    f"{pct:.{digits}f} %</text>")
+    return _svg(ident, f"{what} per campaign: " + ", ".join(
+        f"{c} {s:.{digits}f} %" for c, s in shares), width, max(row, row * len(shares)), body)
 
 
 def write_html(path: str | os.PathLike[str], page: str) -> Path:

@@ -68,6 +68,9 @@ def build_report(store: Store, name: str, *, run: dict[str, Any] | None = None) 
         "retried_after_ambiguous": sum(ambiguous.values()),  # the older name, kept
         "by_service": by_service,
         **engagement_fields(store, info.id, info.spec),
+        # one entry per run, oldest first (the newest MAX_RUN_HISTORY): the send-window
+        # chart's due, sent, waiting, capped and missed over time
+        "run_history": store.run_history(info.id),
     }
     if run:
         report["run"] = run
@@ -136,9 +139,14 @@ CAMPAIGN_ROW_KEYS = ("campaign", "status", "runs", "started_at", "finished_at", 
 
 
 def campaign_rows(store: Store) -> list[dict[str, Any]]:
-    """One row per campaign in the store (``campaigns list``), from its report."""
-    return [{k: doc[k] for k in CAMPAIGN_ROW_KEYS}
-            for doc in (build_report(store, c.name) for c in store.list_campaigns())]
+    """One row per campaign in the store (``campaigns list``), from its report, with
+    ``clicked`` and ``click_rate`` of its ``engagement`` (the report already counts them;
+    ``click_rate`` is null while no event came back: untracked is not "nobody clicked")."""
+    return [{**{k: doc[k] for k in CAMPAIGN_ROW_KEYS}, "clicked": eng["clicked"],
+             "click_rate": eng["click_rate"] if any(
+                 eng[k] for k in ("shown", "clicked", "closed")) else None}
+            for doc in (build_report(store, c.name) for c in store.list_campaigns())
+            for eng in (doc["engagement"],)]
 
 
 def pending_count(store: Store, campaign_id: int, spec: dict[str, Any] | None) -> int:

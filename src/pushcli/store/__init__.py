@@ -44,10 +44,13 @@ from pushcli.store.pruning import PruneCandidate, Pruning, Unengaged
 from pushcli.store.rows import CampaignInfo, StoredSubscription
 from pushcli.store.schema import (
     INFLIGHT,
+    MAX_RUN_HISTORY,
     MIGRATION_LOCK_KEY,
     MIGRATIONS,
     PENDING,
+    RUN_COUNTS,
     SCHEMA_VERSION,
+    campaign_runs,
     campaigns,
     deliveries,
     events,
@@ -60,11 +63,11 @@ from pushcli.store.subscribers import IMPORT_BATCH, ImportResult, Rejection, Sub
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "DB_ENV", "DEFAULT_DB", "IMPORT_BATCH", "INFLIGHT", "LOCK_STALE_AFTER",
-    "MIGRATIONS", "PENDING", "PRUNE_LOCK", "SCHEMA_VERSION", "CampaignInfo", "DeliveryRecord",
-    "EventRow", "Unengaged",
+    "MAX_RUN_HISTORY", "MIGRATIONS", "PENDING", "PRUNE_LOCK", "RUN_COUNTS", "SCHEMA_VERSION",
+    "CampaignInfo", "DeliveryRecord", "EventRow", "Unengaged",
     "ImportResult", "Lock", "PruneCandidate", "Rejection", "Store", "StoredSubscription",
-    "Timeline", "campaign_lock", "campaigns", "database_url", "deliveries", "events",
-    "is_campaign_lock",
+    "Timeline", "campaign_lock", "campaign_runs", "campaigns", "database_url", "deliveries",
+    "events", "is_campaign_lock",
     "is_prune_lock", "locks", "metadata", "store_error", "subscriptions",
 ]
 

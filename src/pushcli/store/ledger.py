@@ -25,9 +25,12 @@ from pushcli.store.rows import (
 )
 from pushcli.store.schema import (
     INFLIGHT,
+    MAX_RUN_HISTORY,
     PENDING,
     RETRY,
+    RUN_COUNTS,
     UNFINAL,
+    campaign_runs,
     campaigns,
     deliveries,
     subscriptions,
@@ -65,12 +68,53 @@ class Ledger(Database):
 
     @retry_deadlocks
     def finish_campaign(self, campaign_id: int, status: str,
-                        run: Mapping[str, Any] | None = None) -> None:
-        """Mark a run's end; ``run`` (its figures) is kept for later reports."""
+                        run: Mapping[str, Any] | None = None,
+                        history: Mapping[str, Any] | None = None) -> None:
+        """Mark a run's end; ``run`` (its figures) is kept for later reports.
+
+        ``history`` (``campaign_runs`` columns but the keys) adds this run to the campaign's
+        run history, numbered by ``campaigns.runs``; the history keeps the newest
+        ``MAX_RUN_HISTORY`` runs. Shared senders that ended the same run number add up.
+        """
         extra = {} if run is None else {"last_run": dumps(dict(run))}
         with self._write() as conn:
             conn.execute(update(campaigns).where(campaigns.c.id == campaign_id).values(
                 status=status, finished_at=time.time(), **extra))
+            if history is not None:
+                self._add_run(conn, campaign_id, history)
+
+    def _add_run(self, conn: Connection, campaign_id: int, history: Mapping[str, Any]) -> None:
+        runs = int(conn.execute(select(campaigns.c.runs)
+                                .where(campaigns.c.id == campaign_id)).scalar_one())
+        r = campaign_runs
+        values = {k: history[k] for k in RUN_COUNTS + ("at", "status")}
+        values["scheduled"] = int(bool(history.get("scheduled")))
+        stmt = dialect_insert(self.engine)(r).values(campaign_id=campaign_id, run=runs,
+                                                     **values)
+        # each shared sender counts its own messages; due and waiting are the whole run's
+        added = {k: getattr(r.c, k) + getattr(stmt.excluded, k)
+                 for k in ("attempted", "sent", "capped", "missed")}
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=[r.c.campaign_id, r.c.run],
+            set_={**added, **{k: getattr(stmt.excluded, k)
+                              for k in ("at", "status", "scheduled", "due", "waiting")}}))
+        conn.execute(r.delete().where(r.c.campaign_id == campaign_id,
+                                      r.c.run <= runs - MAX_RUN_HISTORY))
+
+    def run_history(self, campaign_id: int, *,
+                    limit: int = MAX_RUN_HISTORY) -> list[dict[str, Any]]:
+        """The campaign's newest ``limit`` runs, oldest first: ``run``, ``at``, ``status``,
+        ``scheduled`` and the ``RUN_COUNTS`` (what the results page draws over time)."""
+        r = campaign_runs
+        with self._read() as conn:
+            rows = conn.execute(select(r.c.run, r.c.at, r.c.status, r.c.scheduled,
+                                       *(getattr(r.c, k) for k in RUN_COUNTS))
+                                .where(r.c.campaign_id == campaign_id)
+                                .order_by(r.c.run.desc()).limit(limit)).all()
+        return [{"run": int(run), "at": float(at), "status": status,
+                 "scheduled": bool(scheduled),
+                 **{k: int(v) for k, v in zip(RUN_COUNTS, counts, strict=True)}}
+                for run, at, status, scheduled, *counts in reversed(rows)]
 
     def get_campaign(self, name: str) -> CampaignInfo | None:
         with self._read() as conn:

@@ -10,7 +10,7 @@ from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, T
 
 from pushcli.pushservices import RETRY_OUTCOMES, Outcome
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: PostgreSQL advisory lock key serializing schema creation/migration ("pushcli").
 MIGRATION_LOCK_KEY = 0x70757368636C69
 
@@ -92,6 +92,29 @@ Index("ix_deliveries_queue", deliveries.c.campaign_id, deliveries.c.outcome,
       deliveries.c.subscription_id)
 Index("ix_deliveries_subscription", deliveries.c.subscription_id)
 
+#: v7: one row per run of a campaign (``Ledger.finish_campaign``), the results page's
+#: send-window chart: who was due, sent, still waiting, capped and missed at each cron run.
+#: ``campaigns.last_run`` keeps only the last run; the ledger has no ``waiting`` at all.
+#: Bounded: the newest ``MAX_RUN_HISTORY`` runs per campaign are kept.
+campaign_runs = Table(
+    "campaign_runs",
+    metadata,
+    Column("campaign_id", Integer, primary_key=True),
+    Column("run", Integer, primary_key=True),  # campaigns.runs when the run ended
+    Column("at", Float, nullable=False),  # the run's moment (its ``now``: PUSHCLI_NOW in tests)
+    Column("status", String(16), nullable=False),  # what the run left: waiting, finished...
+    Column("scheduled", Integer, nullable=False, server_default="0"),  # schedule or cap applied
+    Column("due", Integer, nullable=False, server_default="0"),  # pending and due at its start
+    Column("attempted", Integer, nullable=False, server_default="0"),
+    Column("sent", Integer, nullable=False, server_default="0"),
+    Column("waiting", Integer, nullable=False, server_default="0"),  # left for a later run
+    Column("capped", Integer, nullable=False, server_default="0"),  # closed by this run
+    Column("missed", Integer, nullable=False, server_default="0"),  # closed by this run
+)
+MAX_RUN_HISTORY = 500
+#: The counts of a ``campaign_runs`` row, in the order the run history lists them.
+RUN_COUNTS = ("due", "attempted", "sent", "waiting", "capped", "missed")
+
 #: v6: notification events posted back by service workers (``events``): one row per
 #: (campaign, subscriber, kind), so a duplicate post or a re-imported file counts once.
 events = Table(
@@ -142,6 +165,7 @@ MIGRATIONS: dict[int, list[str]] = {
     # the events table and its index come from create_all (it runs before these steps)
     6: ["ALTER TABLE campaigns ADD COLUMN winner TEXT",
         "ALTER TABLE deliveries ADD COLUMN variant VARCHAR(64)"],
+    7: [],  # the campaign_runs table comes from create_all
 }
 
 #: Ledger outcome of queued, not yet final, work in a shared send.
