@@ -342,6 +342,20 @@ def test_run_history_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert [r["waiting"] for r in doc["run_history"]] == [8, 7, 6]
 
 
+def test_shared_senders_of_one_run_add_up(backend: str) -> None:
+    """Two senders ending the same run number: their sends add up, due and waiting are the
+    run's (each sender sees the whole queue), status is the last one's."""
+    with Store.open(backend) as store:
+        info = store.start_campaign("c", {"name": "c"})
+        for sent, status in ((3, "running"), (4, "waiting")):
+            store.finish_campaign(info.id, status, {}, {
+                "at": BASE, "status": status, "scheduled": True, "due": 9, "attempted": sent,
+                "sent": sent, "waiting": 5, "capped": 1, "missed": 0})
+        (run,) = store.run_history(info.id)
+    assert (run["due"], run["sent"], run["attempted"], run["waiting"], run["capped"],
+            run["status"]) == (9, 7, 7, 5, 2, "waiting")
+
+
 def test_campaigns_list_html(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     make_ledger(db).close()
