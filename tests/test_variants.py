@@ -240,3 +240,33 @@ def test_size_check_reserves_the_token_and_names_the_variant() -> None:
         r.render(None, {}, "b")
     assert "campaign sale (variant b): payload is 3994 bytes" in str(info.value)
     assert "shorten variants[1].notification.body" in str(info.value)
+
+
+def test_a_variant_too_large_for_everyone_refuses_a_personalised_campaign(tmp_path) -> None:
+    # with a placeholder every subscriber's payloads are checked; a variant that fits
+    # nobody (with the token's room reserved) must stop the send before the first
+    # message, not reject half the audience one subscriber at a time
+    from pushcli.keys import generate_keys
+    from pushcli.store import Store
+    from pushcli.subscriptions import make_subscription
+    from tests.support import invoke, pushcli_env, real_subscription
+
+    generate_keys(tmp_path)
+    db = tmp_path / "s.db"
+    with Store.open(db) as store:
+        store.import_subscriptions(("f", make_subscription(real_subscription()))
+                                   for _ in range(4))
+    base = len(Renderer(parse_campaign(AB)).render(None, {}, "b"))
+    fill = 3993 - base + len("Base body") + 1
+    path = tmp_path / "c.yml"
+    path.write_text(AB.replace("{name: b, weight: 30}",
+                               f"{{name: b, weight: 30, notification: {{body: {'x' * fill}}}}}")
+                    + "vapid: {subject: 'mailto:ops@shop.example.com'}\n")
+    env = pushcli_env(db=db, key=tmp_path / "vapid_private.pem")
+    for extra in ((), ("--dry-run",)):
+        result = invoke("send", str(path), *extra, env=env)
+        assert result.exit_code == 2, result.output
+        assert "campaign sale (variant b): payload is 3994 bytes" in result.stderr
+    with Store.open(db) as store:
+        assert store.get_campaign("sale") is None or store.variant_results(
+            store.get_campaign("sale").id) == {}

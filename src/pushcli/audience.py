@@ -53,7 +53,7 @@ def check_variants(store: Store, campaign: Campaign, renderer: Renderer,
 
     The campaign is refused (the RenderError is raised) only when the fault
     is the template's: a template without placeholders that fails, or one
-    that renders for nobody in the audience. Otherwise a subscriber whose own
+    (or one A/B variant) that renders for nobody in the audience. Otherwise a subscriber whose own
     attributes do not render is that subscriber's outcome: counted here, for
     dry-run and doctor, and recorded ``rejected`` at send while the rest goes
     out, the same as when the attributes change in the middle of a send.
@@ -92,8 +92,17 @@ def check_variants(store: Store, campaign: Campaign, renderer: Renderer,
                 first = error
                 result.example = str(error)
     result.variants = sum(1 for e in outcome.values() if e is None)
-    if result.variants == 0 and first is not None:
-        raise first
+    # per A/B variant: one that renders for nobody (too large once the token's room is
+    # reserved, say) would otherwise reject its whole share one subscriber at a time
+    renders: dict[Any, bool] = {}
+    dead: dict[Any, InputError] = {}  # arm -> its first error
+    for (arm, *_), error in outcome.items():
+        renders[arm] = renders.get(arm, False) or error is None
+        if error is not None:
+            dead.setdefault(arm, error)
+    for arm in arms:
+        if arm in dead and not renders[arm]:
+            raise dead[arm]
     return result
 
 
