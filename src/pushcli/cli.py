@@ -23,7 +23,7 @@ import typer
 from pushcli import __version__, console
 from pushcli import options as opt
 from pushcli.console import render
-from pushcli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError
+from pushcli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError, listening
 
 if TYPE_CHECKING:
     from pushcli.store import Store
@@ -282,15 +282,11 @@ def send(
             console.print_dry_run(found, quiet, as_json=as_json, timing=timing)
             raise typer.Exit(found.exit_code)
         preflight(store, campaign, allowed, limit=limit, to=to)
-        progress = console.Progress(quiet, campaign.name)
-        try:
+        with console.Progress(quiet, campaign.name) as progress:
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
                                    options=options, retry_failed=retry_failed, limit=limit,
                                    to=to, workers=workers, lease=lease,
-                                   on_progress=progress.update, handle_signals=True,
-                                   now=now)
-        finally:
-            progress.close()
+                                   on_progress=progress.update, handle_signals=True, now=now)
         doc = build_report(store, campaign.name, run=result.run_summary())
         write_report_files(store, doc, report or ())
     console.print_run(doc, result, quiet=quiet, as_json=as_json)
@@ -374,8 +370,7 @@ def events_import(files: opt.EventFilesArg, as_json: opt.JsonOpt = False,
     rejected = console.RejectionLines(describe_rejection)
     with open_store(create=False) as store:
         result = import_events(store, files, time.time(), on_reject=rejected.show)
-    doc = {**result.to_json(), "errors": [rejected.describe(r) for r in result.rejections]}
-    render(as_json, doc, lambda: console.print_event_import(result, quiet))
+    console.print_event_import(result, rejected, as_json=as_json, quiet=quiet)
     if result.rejected:
         raise typer.Exit(EXIT_PARTIAL)
 
@@ -385,20 +380,12 @@ def events_serve(host: opt.EventsHostOpt = "127.0.0.1", port: opt.PortOpt = 8091
                  allow_origin: opt.AllowOriginOpt = None) -> None:
     """Collect events posted by the service worker (POST /events) until Ctrl-C."""
     from pushcli.collector import check_origins, serve_forever
-    from pushcli.errors import InputError
 
     origins = check_origins(allow_origin or ())
-    if not 0 <= port <= 65535:
-        raise InputError(f"{port} is not a port number (0-65535; 0 = any free port)",
-                         field="--port")
-    with open_store(create=False) as store:
-        try:
-            stats = serve_forever(store, host, port, allow_origins=origins,
-                                  on_ready=console.announce_collector,
-                                  on_problem=console.print_error)
-        except OSError as exc:  # the port is taken, or the address is not on this machine
-            raise PushcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                               ) from None
+    opt.check_port(port)
+    with open_store(create=False) as store, listening(host, port):
+        stats = serve_forever(store, host, port, allow_origins=origins,
+                              on_ready=console.announce_collector, on_problem=console.print_error)
     console.print_collector_stats(stats)
 
 
@@ -407,8 +394,7 @@ def events_rotate_secret() -> None:
     """Replace the token secret; tokens from before the previous rotation stop verifying."""
     with open_store(create=False) as store:
         store.rotate_token_secret()
-    print("rotated the token secret: tokens signed with the one it replaced still verify; "
-          "tokens from before the previous rotation no longer do (their events are refused)")
+    console.print_secret_rotated()
 
 
 # --- web and testing -----------------------------------------------------------------------
@@ -439,10 +425,8 @@ def testing_serve(
     from pushcli.testing import serve_forever
 
     opt.serve_address(host, port)
-    try:
+    with listening(host, port):
         serve_forever(host=host, port=port, on_ready=console.announce_emulator)
-    except OSError as exc:  # the port is taken, or the address is not on this machine
-        raise PushcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @app.command("doctor")
@@ -459,10 +443,8 @@ def doctor(
 
     checks = run_doctor(state.db, key_path=key, subject=subject, campaign_path=campaign_file,
                         allowed_hosts=opt.allowed_hosts(allow_host))
-    ok = all(c.ok for c in checks)
-    render(as_json, {"ok": ok, "checks": [c.to_json() for c in checks]},
-           lambda: console.print_checks(checks, quiet))
-    if not ok:
+    console.print_checks(checks, quiet, as_json=as_json)
+    if not all(c.ok for c in checks):
         raise typer.Exit(EXIT_PARTIAL)
 
 
@@ -476,12 +458,9 @@ def demo(
     """Run the whole flow offline: keys, emulator, import, two sends, expiry, prune."""
     from pushcli.demo import run_demo
 
-    display = console.DemoDisplay(plain=as_json)
-    try:
+    with console.DemoDisplay(plain=as_json) as display:
         result = run_demo(directory, subscribers=subscribers, expire_share=expire_share,
                           on_step=display.step, on_progress=display.progress)
-    finally:
-        display.close()
     render(as_json, result.to_json(), lambda: console.print_demo(result))
 
 

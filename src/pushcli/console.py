@@ -130,6 +130,12 @@ class Progress:
         if self.bar is not None:
             self.bar.stop()
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds + 0.5)
@@ -367,8 +373,12 @@ def print_prune(result: Any, dry_run: bool, quiet: bool) -> None:
               else f"deleted {result.deleted} subscribers")
 
 
-def print_checks(checks: Sequence[Any], quiet: bool) -> None:
-    """Doctor's checks, one line each (only the failed ones with -q)."""
+def print_checks(checks: Sequence[Any], quiet: bool, *, as_json: bool = False) -> None:
+    """Doctor's checks, one line each (only the failed ones with -q), or with ``--json``
+    ``{ok, checks}``."""
+    if as_json:
+        emit_json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]})
+        return
     for c in checks:
         if c.ok and quiet:
             continue
@@ -390,6 +400,12 @@ def announce_collector(url: str) -> None:
     print(f"event collector: POST {url}/events (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
 
+def print_secret_rotated() -> None:
+    """``events rotate-secret``: what the rotation means for tokens already sent."""
+    print("rotated the token secret: tokens signed with the one it replaced still verify; "
+          "tokens from before the previous rotation no longer do (their events are refused)")
+
+
 def print_collector_stats(stats: Any) -> None:
     """What ``events serve`` did, on stderr once it stopped."""
     print(f"stopped: {stats.accepted} events accepted, {stats.stored} stored, "
@@ -397,9 +413,14 @@ def print_collector_stats(stats: Any) -> None:
           f"{stats.refused} requests refused", file=sys.stderr, flush=True)
 
 
-def print_event_import(result: Any, quiet: bool) -> None:
-    """``events import``: the counts on one line (-q: only when a line was refused)."""
-    if not quiet or result.rejected:
+def print_event_import(result: Any, rejected: RejectionLines, *, as_json: bool,
+                       quiet: bool) -> None:
+    """``events import``: the counts on one line (-q: only when a line was refused), or
+    with ``--json`` the result and every refused line (as ``print_import``)."""
+    if as_json:
+        emit_json({**result.to_json(), "errors": [rejected.describe(r)
+                                                  for r in result.rejections]})
+    elif not quiet or result.rejected:
         print(f"events: {result.read} read, {result.added} added, {result.duplicates} "
               f"duplicates, {result.rejected} rejected")
 
@@ -430,6 +451,12 @@ class DemoDisplay:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def __enter__(self) -> DemoDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def print_demo(result: Any) -> None:

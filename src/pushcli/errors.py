@@ -6,6 +6,9 @@ into one line on stderr and the documented exit code.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # some subscribers failed / some records rejected / doctor found a problem
 EXIT_INPUT = 2  # invalid input: usage, file, campaign, key
@@ -57,6 +60,16 @@ class KeyFileError(InputError):
 
 class PayloadTooLarge(InputError):
     """A rendered notification does not fit one aes128gcm record."""
+
+
+@contextlib.contextmanager
+def listening(host: str, port: int) -> Iterator[None]:
+    """A server that cannot bind (the port is taken, the address is not on this
+    machine) fails as one line naming the address, exit 1, for every server command."""
+    try:
+        yield
+    except OSError as exc:
+        raise PushcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 class StoreError(PushcliError):

@@ -188,5 +188,13 @@ def serve_address(host: str, port: int) -> None:
         check_loopback(host)
     except ValueError as exc:
         raise InputError(f"--host: {exc}") from None
+    check_port(port)
+
+
+def check_port(port: int) -> None:
+    """Refuse a ``--port`` out of range (``testing serve``, ``events serve``)."""
+    from pushcli.errors import InputError
+
     if not 0 <= port <= 65535:
-        raise InputError(f"--port: {port} is not a port number (0-65535; 0 = any free port)")
+        raise InputError(f"{port} is not a port number (0-65535; 0 = any free port)",
+                         field="--port")
