@@ -200,3 +200,27 @@ def test_a_graceful_stop_releases_intent_of_what_never_went_out(tmp_path: Path) 
         # every subscriber marked in flight ended recorded or released: none left uncertain
         assert marked == recorded | set(released)
         assert not recorded & set(released)
+
+
+def test_a_stop_arriving_as_the_flush_wakes_still_ends_the_flush_loop() -> None:
+    """Python 3.11's wait_for swallowed a cancel landing in the loop turn its event was set:
+    the engine's flusher then ran on and a send of all-blocked subscribers never ended."""
+    from pushcli.eventloop import wait_event
+
+    async def scenario() -> bool:
+        wake = asyncio.Event()
+
+        async def periodic_writer() -> None:
+            while True:
+                await wait_event(wake, 10)
+                wake.clear()
+
+        task = asyncio.create_task(periodic_writer())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the writer is waiting
+        wake.set()  # the last outcomes fill the buffer ...
+        task.cancel()  # ... in the turn the run stops its flusher
+        done, _ = await asyncio.wait({task}, timeout=5)
+        return task in done and task.cancelled()
+
+    assert asyncio.run(scenario())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from pushcli.errors import InputError, PushcliError, StoreError
+from pushcli.eventloop import wait_event
 from pushcli.events import EventProblem, decode_event
 from pushcli.store import EventRow, Store
 
@@ -200,8 +200,7 @@ class Collector:
     async def run(self) -> None:
         """Write batches until cancelled: every ``FLUSH_EVERY`` s, or when ``FLUSH_AT`` wait."""
         while True:
-            with contextlib.suppress(TimeoutError):  # the timer ran out: write anyway
-                await asyncio.wait_for(self._full.wait(), FLUSH_EVERY)
+            await wait_event(self._full, FLUSH_EVERY)  # full, or the timer ran out: write
             try:
                 await self.flush()
                 if time.monotonic() - self._secrets_at >= SECRETS_EVERY:

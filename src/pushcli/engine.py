@@ -8,7 +8,6 @@ Store-agnostic: it takes rendered, policy-checked jobs; ``delivery`` feeds it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
 import ssl
@@ -25,6 +24,7 @@ from aiohttp.resolver import ThreadedResolver
 # encrypt: RFC 8291 aes128gcm with a fresh ephemeral key and salt per message.
 from pushcli.ece import encrypt
 from pushcli.errors import StoreError
+from pushcli.eventloop import wait_event
 from pushcli.keys import VapidSigner
 from pushcli.limiter import INITIAL_LIMIT, ConcurrencyLimit, Pacer, Signal
 from pushcli.messages import DeliveryOptions, DeliveryRecord, Job, Stats, service_rate_limits
@@ -594,8 +594,7 @@ class Engine:
 
     async def _flush_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.options.flush_interval)
+            await wait_event(self._flush_now, self.options.flush_interval)
             self._flush_now.clear()
             try:
                 await self._flush()

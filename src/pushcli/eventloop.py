@@ -32,6 +32,22 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; whether it was set.
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: on Python 3.11 that swallows a
+    cancel arriving in the loop turn the event is set, so a periodic writer told
+    to stop at that moment (the engine's flush loop, the events collector) ran on
+    and the send never ended. ``asyncio.timeout`` lets the cancel through.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the loop that :func:`loop_factory` picks."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
