@@ -216,6 +216,17 @@ def test_unengaged_rule_needs_both_options() -> None:
     assert pruning.unengaged_rule(2, 3, NOW).since == NOW - 2 * DAY
 
 
+def test_prune_rules_check_every_option_before_the_store_is_opened() -> None:
+    assert pruning.rules(None, None, None, NOW) == {"failed_campaigns": None, "unengaged": None}
+    rules = pruning.rules(2, 30, 3, NOW)
+    assert rules["failed_campaigns"] == 2 and rules["unengaged"] is not None
+    assert rules["unengaged"].since == NOW - 30 * DAY and rules["unengaged"].min_sent == 3
+    with pytest.raises(InputError, match="--failed-campaigns"):
+        pruning.rules(0, None, None, NOW)
+    with pytest.raises(InputError, match="go together"):
+        pruning.rules(None, 30, None, NOW)
+
+
 def test_prune_unengaged_lists_then_deletes_only_unclicked_heavy_recipients(st: Store) -> None:
     clicked_recently, clicked_long_ago, never, few, expired_elsewhere = add_subscribers(st, 5)
     everyone = [clicked_recently, clicked_long_ago, never, few]

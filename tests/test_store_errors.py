@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from pushcli import cli, store
 from pushcli.cli import app
+from pushcli.errors import Busy
 from pushcli.store import Store
 from tests.support import fresh_database, real_subscription
 
@@ -225,6 +226,18 @@ def test_main_turns_a_stray_database_error_into_one_line(monkeypatch, capsys) ->
         cli.main()
     assert exited.value.code == 74
     assert "full" in assert_one_clean_line(capsys.readouterr().err, [sub])
+
+
+def test_known_error_keeps_ours_translates_database_errors_and_leaves_bugs() -> None:
+    """What the CLI may print as one line: ours as is, a stray driver error as the
+    store's error (74 here), anything else None so that a bug shows itself."""
+    ours = Busy("locked")
+    assert store.known_error(ours) is ours
+    stray = sa.exc.OperationalError("SELECT 1", (), sqlite3.OperationalError("disk I/O error"))
+    error = store.known_error(stray)
+    assert error is not None and error.exit_code == 74 and "disk I/O error" in str(error)
+    assert store.known_error(ValueError("a bug")) is None
+    assert store.known_error(KeyError("endpoint")) is None
 
 
 def test_a_postgresql_deadlock_is_a_deadlock_error_that_a_store_method_runs_again(

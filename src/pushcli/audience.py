@@ -14,10 +14,11 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pushcli.campaign import Campaign, Renderer
-from pushcli.due import audience_matcher
+from pushcli.due import audience_matcher, preview
 from pushcli.errors import EXIT_OK, EXIT_PARTIAL, InputError, PushcliError
 from pushcli.pushservices import (
     KNOWN_SERVICES,
@@ -261,6 +262,9 @@ class DryRun:
     #: A/B variant -> its payload's bytes for a subscriber without attributes (token room
     #: included), for the variants that render so
     variant_sizes: Mapping[str, int] = field(default_factory=dict)
+    #: for a scheduled campaign, who the schedule makes due at the moment asked
+    #: (``due.preview``: at, due, waiting, waiting_by_reason, next_due_at, ...)
+    timing: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def audience(self) -> int:
@@ -290,13 +294,16 @@ class DryRun:
                 "by_service": dict(self.services), "variants": self.variants,
                 "sample_payload": json.loads(sample) if sample else None,
                 "sample_payload_bytes": len(sample) if sample else None,
-                **({"variant_sizes": dict(self.variant_sizes)} if self.variant_sizes else {})}
+                **({"variant_sizes": dict(self.variant_sizes)} if self.variant_sizes else {}),
+                **self.timing}
 
 
 def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
-            limit: int | None = None, to: str | None = None) -> DryRun:
+            limit: int | None = None, to: str | None = None,
+            now: datetime | None = None) -> DryRun:
     """Validate, count, render and size-check a send without sending: it refuses what
-    the send would refuse (``--to``, variants that render for nobody, the topic)."""
+    the send would refuse (``--to``, variants that render for nobody, the topic). Given
+    ``now`` (the moment the dry run plans for), a scheduled campaign's ``due.preview``."""
     _check_to(store, to)
     renderer = Renderer(campaign)
     variants = validate_variants(store, campaign, renderer, to=to)
@@ -313,7 +320,8 @@ def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
         sample = sample or payload
         if arm is not None:
             sizes[arm] = len(payload)
-    return DryRun(campaign.name, services, variants, sample, sizes)
+    timing = preview(store, campaign, now, to=to) if campaign.schedule and now is not None else {}
+    return DryRun(campaign.name, services, variants, sample, sizes, timing)
 
 __all__ = [
     "AudienceCount",

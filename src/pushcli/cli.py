@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -75,30 +76,16 @@ class _State:
 state = _State()
 
 
-def _known_error(exc: BaseException) -> PushcliError | None:
-    """Our own errors, and a database error that escaped the store boundary as the
-    store's one-line error; None for anything else (a bug: let it show).
-
-    SQLAlchemy is loaded only once a command opened the store, so there is
-    nothing to recognise before that (and no reason to import it here).
-    """
-    if isinstance(exc, PushcliError):
-        return exc
-    sa_exc = sys.modules.get("sqlalchemy.exc")
-    if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError):
-        return None
-    from pushcli.store import store_error
-
-    return store_error(exc, None)
-
-
 def _exit_code(exc: BaseException) -> int:
     """The documented exit code for ``exc``, after its one line on stderr; a bug
-    (anything not ours) is re-raised to show itself."""
+    (anything not ours) is re-raised to show itself. A database error can only have
+    escaped once a command loaded the store: before that there is nothing to ask it."""
     if isinstance(exc, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    error = _known_error(exc)
+    store = sys.modules.get("pushcli.store")
+    error = (store.known_error(exc) if store is not None
+             else exc if isinstance(exc, PushcliError) else None)
     if error is None:
         raise exc
     console.print_error(str(error))
@@ -194,16 +181,12 @@ def subscribers_import(
     with open_store() as store:
         result = store.import_subscriptions(records, strict=strict, on_reject=rejected.show)
     console.print_import(result, rejected, as_json=as_json, quiet=quiet)
-    if result.rejected:
-        raise typer.Exit(EXIT_PARTIAL)
+    raise typer.Exit(EXIT_PARTIAL if result.rejected else EXIT_OK)
 
 
 @subs_app.command("count")
-def subscribers_count(
-    tag: opt.CountTagOpt = None,
-    status: opt.StatusOpt = "active",
-    as_json: opt.JsonOpt = False,
-) -> None:
+def subscribers_count(tag: opt.CountTagOpt = None, status: opt.StatusOpt = "active",
+                      as_json: opt.JsonOpt = False) -> None:
     """Count subscribers (active ones by default)."""
     with open_store(create=False) as store:
         n = store.count(status=status, tags=tag or ())
@@ -211,11 +194,8 @@ def subscribers_count(
 
 
 @subs_app.command("export")
-def subscribers_export(
-    fmt: opt.ExportFormatOpt = "ndjson",
-    status: opt.StatusOpt = "active",
-    output: opt.OutputOpt = None,
-) -> None:
+def subscribers_export(fmt: opt.ExportFormatOpt = "ndjson", status: opt.StatusOpt = "active",
+                       output: opt.OutputOpt = None) -> None:
     """Export subscribers in the import format (round-trips with import)."""
     from pushcli.subscriptions import detect_format, export_file
 
@@ -225,8 +205,7 @@ def subscribers_export(
         n = export_file(store.iter_subscriptions(status=status), f, output, skipped.show)
     if output is not None:
         print(f"exported {n} subscribers to {output}", file=sys.stderr)
-    if skipped.count:
-        raise typer.Exit(EXIT_PARTIAL)
+    raise typer.Exit(EXIT_PARTIAL if skipped.count else EXIT_OK)
 
 
 # --- send ----------------------------------------------------------------------------------
@@ -259,13 +238,11 @@ def send(
     75 when another run of this campaign holds its lock (SQLite; on PostgreSQL
     several senders share the campaign), 130 on Ctrl-C.
     """
-    from pushcli.audience import dry_run as check_send
-    from pushcli.audience import preflight
+    from pushcli import audience
     from pushcli.campaign import load_campaign
     from pushcli.delivery import check_run, options_for, send_campaign
-    from pushcli.due import preview
     from pushcli.keys import resolve_vapid
-    from pushcli.report import build_report, exit_code_for, write_report_files
+    from pushcli.report import build_and_write, exit_code_for
 
     check_run(limit=limit, workers=workers, lease=lease)
     now = opt.send_moment(at, dry_run)
@@ -277,18 +254,16 @@ def send(
     signer = resolve_vapid(campaign, key, subject)
     with open_store() as store:
         if dry_run:
-            found = check_send(store, campaign, allowed, limit=limit, to=to)
-            timing = preview(store, campaign, now, to=to) if campaign.schedule else {}
-            console.print_dry_run(found, quiet, as_json=as_json, timing=timing)
+            found = audience.dry_run(store, campaign, allowed, limit=limit, to=to, now=now)
+            console.print_dry_run(found, quiet, as_json=as_json)
             raise typer.Exit(found.exit_code)
-        preflight(store, campaign, allowed, limit=limit, to=to)
+        audience.preflight(store, campaign, allowed, limit=limit, to=to)
         with console.Progress(quiet, campaign.name) as progress:
             result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
                                    options=options, retry_failed=retry_failed, limit=limit,
                                    to=to, workers=workers, lease=lease,
                                    on_progress=progress.update, handle_signals=True, now=now)
-        doc = build_report(store, campaign.name, run=result.run_summary())
-        write_report_files(store, doc, report or ())
+        doc = build_and_write(store, campaign.name, report or (), run=result.run_summary())
     console.print_run(doc, result, quiet=quiet, as_json=as_json)
     raise typer.Exit(EXIT_INTERRUPTED if result.interrupted else exit_code_for(doc))
 
@@ -303,14 +278,10 @@ def report_cmd(
     html: opt.HtmlOpt = None,
 ) -> None:
     """Re-print a campaign's report from the ledger."""
-    from pushcli.htmlreport import render_campaign, write_html
-    from pushcli.report import build_report, write_report_files
+    from pushcli.report import build_and_write
 
     with open_store(create=False) as store:
-        doc = build_report(store, name)
-        write_report_files(store, doc, report or ())
-        if html:
-            write_html(html, render_campaign(store, doc))
+        doc = build_and_write(store, name, report or (), html=html)
     render(as_json, doc, lambda: console.print_summary(doc))
 
 
@@ -341,15 +312,11 @@ def prune(
 
     Waits up to --wait seconds while a send is running, then exits 75.
     """
-    import time
-
     from pushcli import prune as pruning
 
-    pruning.check_failed_campaigns(failed_campaigns)
-    unengaged = pruning.unengaged_rule(unengaged_days, min_sent, time.time())
+    rules = pruning.rules(failed_campaigns, unengaged_days, min_sent, time.time())
     with open_store(create=False) as store:
-        result = pruning.prune(store, failed_campaigns=failed_campaigns, unengaged=unengaged,
-                               dry_run=dry_run, wait=wait)
+        result = pruning.prune(store, **rules, dry_run=dry_run, wait=wait)
     render(as_json, result.to_json(), lambda: console.print_prune(result, dry_run, quiet))
 
 
@@ -362,8 +329,6 @@ def events_import(files: opt.EventFilesArg, as_json: opt.JsonOpt = False,
 
     Each (campaign, subscriber, kind) counts once: importing a file again adds nothing.
     """
-    import time
-
     from pushcli.events import import_events
     from pushcli.subscriptions import describe_rejection
 
@@ -371,8 +336,7 @@ def events_import(files: opt.EventFilesArg, as_json: opt.JsonOpt = False,
     with open_store(create=False) as store:
         result = import_events(store, files, time.time(), on_reject=rejected.show)
     console.print_event_import(result, rejected, as_json=as_json, quiet=quiet)
-    if result.rejected:
-        raise typer.Exit(EXIT_PARTIAL)
+    raise typer.Exit(EXIT_PARTIAL if result.rejected else EXIT_OK)
 
 
 @events_app.command("serve")
@@ -417,10 +381,7 @@ def web_init(
 
 
 @testing_app.command("serve")
-def testing_serve(
-    host: opt.HostOpt = "127.0.0.1",
-    port: opt.PortOpt = 8090,
-) -> None:
+def testing_serve(host: opt.HostOpt = "127.0.0.1", port: opt.PortOpt = 8090) -> None:
     """Run the push-service emulator on loopback until Ctrl-C (JSON API in README)."""
     from pushcli.testing import serve_forever
 
@@ -444,8 +405,7 @@ def doctor(
     checks = run_doctor(state.db, key_path=key, subject=subject, campaign_path=campaign_file,
                         allowed_hosts=opt.allowed_hosts(allow_host))
     console.print_checks(checks, quiet, as_json=as_json)
-    if not all(c.ok for c in checks):
-        raise typer.Exit(EXIT_PARTIAL)
+    raise typer.Exit(EXIT_OK if all(c.ok for c in checks) else EXIT_PARTIAL)
 
 
 @app.command("demo")

@@ -325,13 +325,13 @@ EMPTY_AUDIENCE = ("audience is empty: no active subscriber matches this campaign
                   "(nothing sent; exit 0)")
 
 
-def print_dry_run(found: Any, quiet: bool, *, as_json: bool = False,
-                  timing: Mapping[str, Any] | None = None) -> None:
+def print_dry_run(found: Any, quiet: bool, *, as_json: bool = False) -> None:
     """``send --dry-run`` (an ``audience.DryRun``): the audience per service and a sample
     payload on stdout (unless -q; ``--json``: the document instead), then what a send
-    would not contact; ``timing`` (``due.preview``) says who the schedule makes due then."""
+    would not contact; its ``timing`` says who the schedule makes due then."""
+    timing = found.timing
     if as_json:
-        emit_json({**found.to_json(), **(timing or {})})
+        emit_json(found.to_json())
     elif not quiet:
         out.print(f"Campaign [bold]{escape(found.campaign)}[/bold]: valid; "
                   f"{found.audience:,} subscribers, {found.variants} distinct payloads")

@@ -12,7 +12,7 @@ query; this module decides when it may run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from pushcli.errors import InputError
 from pushcli.store import PRUNE_LOCK, Store, Unengaged, is_campaign_lock
@@ -60,6 +60,22 @@ def unengaged_rule(unengaged_days: float | None, min_sent: int | None,
     return Unengaged(since=now - unengaged_days * _DAY, min_sent=min_sent)
 
 
+class Rules(TypedDict):
+    """Who ``prune`` takes beyond the expired: its keyword arguments of that name."""
+
+    failed_campaigns: int | None
+    unengaged: Unengaged | None
+
+
+def rules(failed_campaigns: int | None, unengaged_days: float | None, min_sent: int | None,
+          now: float) -> Rules:
+    """``pushcli prune``'s options as its rules, checked before the store is opened
+    (``now`` ends the unengaged window)."""
+    check_failed_campaigns(failed_campaigns)
+    return Rules(failed_campaigns=failed_campaigns,
+                 unengaged=unengaged_rule(unengaged_days, min_sent, now))
+
+
 def prune(store: Store, *, failed_campaigns: int | None = None,
           unengaged: Unengaged | None = None, dry_run: bool = False,
           wait: float = DEFAULT_WAIT) -> PruneResult:
@@ -82,4 +98,5 @@ def prune(store: Store, *, failed_campaigns: int | None = None,
     return PruneResult(False, [c.id for c in candidates], deleted)
 
 
-__all__ = ["DEFAULT_WAIT", "PruneResult", "check_failed_campaigns", "prune", "unengaged_rule"]
+__all__ = ["DEFAULT_WAIT", "PruneResult", "Rules", "check_failed_campaigns", "prune", "rules",
+           "unengaged_rule"]

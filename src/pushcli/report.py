@@ -177,6 +177,18 @@ def exit_code_for(report: dict[str, Any]) -> int:
     return 1 if bad else 0
 
 
+def build_and_write(store: Store, name: str, paths: Iterable[str | os.PathLike[str]], *,
+                    html: str | os.PathLike[str] | None = None,
+                    run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``name``'s report, with its ``--report`` files and ``--html`` page written from that
+    one document: ``send`` (``run``: this run's summary) and ``report`` show the same."""
+    doc = build_report(store, name, run=run)
+    write_report_files(store, doc, paths)
+    if html is not None:  # any name: --html says what it is, unlike --report's suffix
+        htmlreport.write_html(html, htmlreport.render_campaign(store, doc))
+    return doc
+
+
 def write_report_files(store: Store, report: dict[str, Any],
                        paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Write ``--report`` files: ``.json`` gets the report, ``.csv`` one row per subscriber,

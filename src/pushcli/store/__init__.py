@@ -25,6 +25,7 @@ from pushcli.store.database import (
     DEFAULT_DB,
     Database,
     database_url,
+    known_error,
     open_engine,
     store_error,
 )
@@ -67,7 +68,7 @@ __all__ = [
     "CampaignInfo", "DeliveryRecord", "EventRow", "Unengaged",
     "ImportResult", "Lock", "PruneCandidate", "Rejection", "Store", "StoredSubscription",
     "Timeline", "campaign_lock", "campaign_runs", "campaigns", "database_url", "deliveries",
-    "events", "is_campaign_lock",
+    "events", "is_campaign_lock", "known_error",
     "is_prune_lock", "locks", "metadata", "store_error", "subscriptions",
 ]
 

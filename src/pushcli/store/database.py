@@ -194,6 +194,17 @@ def store_error(exc: DBAPIError, where: str | None, *, action: str = "write") ->
     return StoreError(f"cannot {action} {store}: {_reason(orig)}")
 
 
+def known_error(exc: BaseException) -> PushcliError | None:
+    """``exc`` as one of ours: itself if it is, the store's one-line error if it is a
+    database error that escaped the store boundary, else None (a bug: let it show).
+
+    The CLI asks this only once a command loaded the store (and so SQLAlchemy).
+    """
+    if isinstance(exc, PushcliError):
+        return exc
+    return store_error(exc, None) if isinstance(exc, DBAPIError) else None
+
+
 def _open_error(exc: DBAPIError, where: str) -> PushcliError:
     """A failure to connect: the store's fault (74/75) or a wrong ``--db`` (2)."""
     orig = exc.orig if exc.orig is not None else exc
