@@ -19,7 +19,6 @@ import io
 import json
 import os
 import secrets
-import select
 import shutil
 import socket
 import subprocess
@@ -105,11 +104,19 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "a c
 
 
 def read_line(stream: IO[str], timeout: float, what: str) -> str:
-    """One line from a child's pipe, or AssertionError after ``timeout`` s."""
-    ready, _, _ = select.select([stream], [], [], timeout)
-    if not ready:
-        raise AssertionError(f"{what} printed nothing within {timeout} s")
-    return stream.readline()
+    """One line from a child's pipe, or AssertionError after ``timeout`` s.
+
+    Read in a thread, not after ``select()``: the first ``readline`` may pull the
+    next lines into the stream's buffer too, and ``select()`` on the pipe then
+    waits for bytes already read (web-push-testing prints two lines at once).
+    """
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not got:
+        raise AssertionError(f"{what} printed nothing within {timeout:.0f} s")
+    return got[0]
 
 
 # --- pushcli -----------------------------------------------------------------------------

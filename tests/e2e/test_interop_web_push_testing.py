@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from pushcli.campaign import Renderer, load_campaign
+from pushcli.store import Store
+from pushcli.tokens import make_token
 from tests import support
 from tests.support import WebPushTesting, Workspace
 
@@ -93,9 +95,14 @@ def test_web_push_testing_decrypts_exactly_our_payload_and_expiry_is_pruned(
     assert report["total"] == report["sent"] == N, report
     assert report["by_service"]["localhost"]["sent"] == N, report
     renderer = Renderer(load_campaign(first))
+    with Store.open(cli.db) as store:  # every payload carries its subscriber's signed token
+        secret = store.token_secrets()[0]
+        campaign_id = store.get_campaign("interop-one").id
+        ids = {sub.subscription.endpoint: sub.id for sub in store.iter_subscriptions()}
     for s in subs:
         rec = s["record"]
-        expected = renderer.render(rec.get("locale"), rec.get("attributes", {}))
+        token = make_token(secret, campaign_id, 0, ids[rec["endpoint"]])
+        expected = renderer.render(rec.get("locale"), rec.get("attributes", {}), token=token)
         got = web_push_testing.messages(s["hash"])
         assert len(got) == 1, f"{s['hash']}: {len(got)} messages"
         assert json.loads(got[0]) == json.loads(expected)
@@ -112,11 +119,14 @@ def test_web_push_testing_decrypts_exactly_our_payload_and_expiry_is_pruned(
     count = _json(cli, "subscribers", "count", "--status", "expired")
     assert count["count"] == EXPIRED
     renderer = Renderer(load_campaign(second))
+    with Store.open(cli.db) as store:
+        campaign_id = store.get_campaign("interop-two").id
     for s in subs[EXPIRED:]:
         rec = s["record"]
         got = web_push_testing.messages(s["hash"])
         assert len(got) == 2
+        token = make_token(secret, campaign_id, 0, ids[rec["endpoint"]])
         assert got[1].encode("utf-8") == renderer.render(rec.get("locale"),
-                                                          rec.get("attributes", {}))
+                                                          rec.get("attributes", {}), token=token)
     for s in subs[:EXPIRED]:
         assert len(web_push_testing.messages(s["hash"])) == 1
