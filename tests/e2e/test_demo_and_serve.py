@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.support import emulator_server, pushcli_env, run_pushcli
+from tests.support import emulator_server, pushcli_env, read_line, run_pushcli
 
 
 def test_demo_report_is_consistent_with_what_the_emulator_was_told(tmp_path: Path) -> None:
@@ -58,3 +61,22 @@ def test_testing_serve_is_usable_from_another_process(tmp_path: Path) -> None:
             [message] = got["data"]["messages"]
             assert json.loads(message)["notification"]["title"] == "Hi"
     assert server.proc.returncode == 0
+
+
+def test_testing_serve_stops_on_sigterm_and_on_sigint_even_when_started_ignoring_it(
+        tmp_path: Path) -> None:
+    """A script's background job starts with SIGINT ignored; service managers send SIGTERM."""
+    env = pushcli_env(db=tmp_path / "p.db")
+    serve = ("import signal, runpy, sys; "
+             "signal.signal(signal.SIGINT, signal.SIG_IGN) if sys.argv[1] == 'ignore' else None; "
+             "sys.argv = ['pushcli', 'testing', 'serve', '--port', '0']; "
+             "runpy.run_module('pushcli', run_name='__main__')")
+    for sig, start in ((signal.SIGTERM, "plain"), (signal.SIGINT, "ignore")):
+        # as `pushcli testing serve &` from a shell script (SIGINT ignored), or a service
+        proc = subprocess.Popen([sys.executable, "-c", serve, start], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert read_line(proc.stdout, 30, "testing serve").startswith("listening on ")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (sig, err)

@@ -18,6 +18,7 @@ import json
 import random
 import re
 import secrets
+import signal
 import ssl
 import threading
 import time
@@ -965,18 +966,31 @@ async def serve(
     seed: int | None = 0,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Run an emulator on the current loop until cancelled (``pushcli testing serve``).
+    """Run an emulator on the current loop until cancelled, SIGINT or SIGTERM
+    (``pushcli testing serve``).
 
     ``on_ready`` receives the base URL once the socket is bound, so a caller
-    using port 0 learns the real port.
+    using port 0 learns the real port. The signals are handled on the loop (in
+    the main thread), not left to KeyboardInterrupt: a server started in the
+    background by a script inherits SIGINT ignored, and SIGTERM is what
+    service managers send.
     """
     emu = PushServiceEmulator(host, port, ssl_cert, ssl_key, seed)
     await emu.astart()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
     try:
         if on_ready is not None:
             on_ready(emu.url)
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
         await emu.astop()
 
 
