@@ -173,6 +173,36 @@ def test_canonical_endpoint_of_a_url_with_a_port_agrees_with_the_policy(url: str
     assert canonical_endpoint(url) == want
 
 
+PORT_URLS = [
+    "https://127.0.0.1:8443/push/a", "http://127.0.0.1:8080/push/a", "http://localhost/x",
+    "https://127.0.0.1:443/push/a", "http://127.0.0.1:80/push/a", "https://h.example:0443/x",
+    "http://h.example:080/x", "https://h.example:4430/x", "http://h.example:8000/a/./b",
+    "https://h.example:65536/x", "https://h.example:99999/x", "http://h.example:1/a?",
+    "https://h.example:8443/a%2d", "http://H.example:8080/x", "https://h.example:443"]
+
+
+@pytest.mark.parametrize("url", [u for u, *_ in ACCEPTED] + REFUSED + SIX_SPELLINGS + PORT_URLS
+                         + ["https://fcm.googleapis.com./x", "https://a..b.push.apple.com/x",
+                            "https://fcm.googleapis.com:8443/x", "http://fcm.googleapis.com/x"])
+@pytest.mark.parametrize("allowed", [frozenset(), frozenset({"127.0.0.1", "localhost",
+                                                             "h.example"})])
+def test_the_quick_path_for_canonical_urls_judges_exactly_as_the_full_policy(
+        url: str, allowed: frozenset[str]) -> None:
+    """check_endpoint judges an already-canonical URL by its (cached) origin; the verdict
+    and the refusal text must be the full policy's."""
+    from pushcli.pushservices import _check_endpoint
+
+    try:
+        want: object = _check_endpoint(url, allowed)
+    except EndpointRefused as exc:
+        want = str(exc)
+    try:
+        got: object = check_endpoint(url, allowed)
+    except EndpointRefused as exc:
+        got = str(exc)
+    assert got == want
+
+
 @pytest.mark.parametrize(("url", "reason"), [
     ("https://fcm.googleapis.com/fcm/send/a\udc80", "lone surrogate"),
     ("https://fcm.googleapis.com/fcm/send/a%zz", "malformed percent-escape"),
