@@ -194,10 +194,11 @@ class Engine:
 
     async def run(self, batches: Iterator[list[Job]]) -> Stats:
         """Send every job from ``batches`` (pulled lazily, in a thread) and flush."""
+        guard = GuardedResolver(self.allowed_hosts)  # one DNS guard for both transports
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=self.options.concurrency,  # the per-origin ceiling
             ssl=make_ssl_context(),
-            resolver=GuardedResolver(self.allowed_hosts),
+            resolver=guard,
             ttl_dns_cache=300,
             enable_cleanup_closed=True,
         )
@@ -208,7 +209,7 @@ class Engine:
             skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
         ) as session:
             self._session = session
-            self._h2 = self._curl_transport()
+            self._h2 = self._curl_transport(guard)
             flusher = asyncio.create_task(self._flush_loop())
             try:
                 await self._feed(batches)
@@ -395,11 +396,10 @@ class Engine:
                 if delay > 0:
                     await asyncio.sleep(delay)
 
-    def _curl_transport(self) -> CurlTransport:
+    def _curl_transport(self, guard: GuardedResolver) -> CurlTransport:
         """The https transport: libcurl multiplexing HTTP/2 streams (fewer connections and
         less CPU per message than aiohttp, see bench/http_clients.py), resolving through
-        the same DNS guard, with the same timeouts."""
-        guard = GuardedResolver(self.allowed_hosts)
+        aiohttp's DNS guard, with the same timeouts."""
 
         async def addresses(host: str, port: int) -> list[str]:
             return [r["host"] for r in await guard.resolve(host, port, socket.AF_UNSPEC)]
