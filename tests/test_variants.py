@@ -270,3 +270,50 @@ def test_a_variant_too_large_for_everyone_refuses_a_personalised_campaign(tmp_pa
     with Store.open(db) as store:
         assert store.get_campaign("sale") is None or store.variant_results(
             store.get_campaign("sale").id) == {}
+
+
+@pytest.mark.parametrize("limit", [None, 37])
+def test_the_send_path_draws_each_arm_once_and_sends_what_it_did_before(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, limit: int | None) -> None:
+    """The store's filter (holdout, waiting for the winner) and the job builder share one
+    draw per subscriber; who is sent, in which order, with which variant's token, is what
+    the rule says (``--limit`` counting only sendable subscribers, as before)."""
+    from pushcli.delivery import Plan, iter_jobs
+    from pushcli.messages import DeliveryOptions
+    from pushcli.store import Store
+    from pushcli.subscriptions import make_subscription
+    from pushcli.workers import Control
+    from tests.support import real_subscription
+
+    c = parse_campaign(AB + "holdout: 10%\nwinner: {test_share: 50%, decide_after: 2h}\n")
+    rule = Assigner.for_campaign(c)
+    assert rule is not None and rule.excludes_some
+    with Store.open(tmp_path / "s.db") as store:
+        store.import_subscriptions(("f", make_subscription(real_subscription()))
+                                   for _ in range(300))
+        info = store.start_campaign(c.name, c.model_dump(mode="json"))
+        secret = store.token_secrets()[0]
+        ids = sorted(s.id for s in store.iter_subscriptions(status="all"))
+        want = [(i, rule.assign(i).index) for i in ids if rule.assign(i).sendable][:limit]
+        assert 0 < len(want) < len(ids) - 30  # holdout and waiting really left out
+
+        calls: list[int] = []
+        original = Assigner.assign
+
+        def counted(self: Assigner, subscriber_id: int) -> Arm:
+            calls.append(subscriber_id)
+            return original(self, subscriber_id)
+        monkeypatch.setattr(Assigner, "assign", counted)
+        plan = Plan(c, info.id, frozenset(), DeliveryOptions(), limit=limit, arms=rule,
+                    token_secret=secret)
+        jobs = [j for batch in iter_jobs(store, plan, Renderer(c), Control()) for j in batch]
+
+    got = []
+    for job in jobs:
+        claims = read_token((secret,), json.loads(job.payload)["notification"]["data"]
+                            ["pushcli_token"])
+        assert claims is not None and claims.subscriber_id == job.subscription_id
+        got.append((job.subscription_id, claims.variant))
+    assert got == want
+    assert len(calls) == len(set(calls))  # nobody drawn twice
+    assert set(calls) >= {i for i, _ in want}

@@ -25,7 +25,7 @@ from pushcli import eventloop
 from pushcli.abrun import open_arms, sendable
 from pushcli.audience import duplicate_endpoints, validate_variants
 from pushcli.campaign import Campaign, Renderer, RenderError
-from pushcli.campaign.variants import Assigner
+from pushcli.campaign.variants import Arm, Assigner
 from pushcli.due import Gate, audience_matcher, current_time, open_gate, waiting_summary
 from pushcli.encoding import b64_decode
 from pushcli.errors import InputError, PushcliError, StoreError
@@ -38,7 +38,7 @@ from pushcli.pushservices import (
     check_endpoint,
 )
 from pushcli.store import Lock, Store, StoredSubscription, campaign_lock, is_prune_lock
-from pushcli.tokens import make_token
+from pushcli.tokens import TokenSigner
 from pushcli.workers import Control, run_workers, stop_on_signals
 
 #: How long a send waits for a running prune (prunes are short) before refusing.
@@ -114,18 +114,21 @@ class Plan:
     #: signs the engagement token of every payload (``Store.token_secrets()[0]``)
     token_secret: bytes = field(default=b"", repr=False)
 
-    def wanted(self) -> Callable[[StoredSubscription], bool] | None:
+    def wanted(self, keep: dict[int, Arm] | None = None
+               ) -> Callable[[StoredSubscription], bool] | None:
         """Who this run sends: the audience (``--to``), minus the holdout and those
-        waiting for an A/B test's winner."""
-        return sendable(audience_matcher(self.campaign, self.to), self.arms)
+        waiting for an A/B test's winner (their arms into ``keep``: ``abrun.sendable``)."""
+        return sendable(audience_matcher(self.campaign, self.to), self.arms, keep)
 
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _batches(store: Store, plan: Plan, control: Control) -> Iterator[list[StoredSubscription]]:
-    """This sender's work: its id partition, or batches claimed from the shared queue.
+def _batches(store: Store, plan: Plan, control: Control,
+             keep: dict[int, Arm]) -> Iterator[list[StoredSubscription]]:
+    """This sender's work: its id partition, or batches claimed from the shared queue
+    (``keep``: the arms the partition's filter drew, ``Plan.wanted``).
 
     In shared mode a sender that finds nothing to claim keeps polling while
     others still hold leases: if one of them dies, its work returns to the
@@ -133,7 +136,7 @@ def _batches(store: Store, plan: Plan, control: Control) -> Iterator[list[Stored
     """
     if plan.lease is None:
         yield from store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
-                                 match=plan.wanted(), limit=plan.limit,
+                                 match=plan.wanted(keep), limit=plan.limit,
                                  partition=plan.partition, **plan.where)
         return
     owner = _owner()
@@ -156,14 +159,16 @@ def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
     Every payload gets its subscriber's token (the variant's cached payload, the
     token spliced in); with A/B variants, each subscriber its variant's payload.
     """
-    rule, secret, campaign_id = plan.arms, plan.token_secret, plan.campaign_id
+    rule, campaign_id = plan.arms, plan.campaign_id
+    signer = TokenSigner(plan.token_secret)
     arm: str | None = None
     index = 0
-    for batch in _batches(store, plan, control):
+    kept: dict[int, Arm] = {}  # drawn by the store's filter, taken here once each
+    for batch in _batches(store, plan, control, kept):
         jobs: list[Job] = []
         for s in batch:
             if rule is not None:
-                assigned = rule.assign(s.id)
+                assigned = kept.pop(s.id, None) or rule.assign(s.id)
                 if not assigned.sendable:
                     continue  # plan.wanted() leaves them out: only a race gets here
                 arm, index = assigned.variant, assigned.index
@@ -178,7 +183,7 @@ def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
             if rejected is None:
                 try:
                     payload = renderer.render(sub.locale, sub.attributes, arm,
-                                              token=make_token(secret, campaign_id, index, s.id))
+                                              token=signer.token(campaign_id, index, s.id))
                 except PushcliError as exc:
                     # its attributes changed since validation: this subscriber's outcome;
                     # the sender's fault (template or data), so prune never counts it
