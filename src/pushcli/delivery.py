@@ -113,6 +113,8 @@ class Plan:
     arms: Assigner | None = None
     #: signs the engagement token of every payload (``Store.token_secrets()[0]``)
     token_secret: bytes = field(default=b"", repr=False)
+    #: ``Store.clock_offset`` of the run (worker processes open their own store)
+    clock_offset: float = 0.0
 
     def wanted(self, keep: dict[int, Arm] | None = None
                ) -> Callable[[StoredSubscription], bool] | None:
@@ -255,8 +257,10 @@ def send_campaign(
     lock = store.acquire_lock(lock_name, wait=PRUNE_WAIT, blocked_by=is_prune_lock)
     ledger_failed: StoreError | None = None
     try:
-        info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
         now = now or current_time()
+        # the run's clock stamps what it records (the frequency cap counts by those stamps)
+        plan_clock = store.clock_offset = now.timestamp() - time.time()
+        info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
         gate = Gate() if to is not None else open_gate(
             store, campaign, info.id, now, match=audience_matcher(campaign),
             allowed_hosts=allowed_hosts, retry_failed=retry_failed)
@@ -266,7 +270,7 @@ def send_campaign(
                     lease=lease if shared else None,
                     duplicates=duplicate_endpoints(store, campaign, to),
                     where=gate.where(), arms=arms.rule,
-                    token_secret=store.token_secrets()[0])
+                    token_secret=store.token_secrets()[0], clock_offset=plan_clock)
         stats = Stats()
         if shared:
             _enqueue_audience(store, plan)
@@ -345,6 +349,7 @@ def _run_partition(
     """
     from pushcli.engine import Engine  # aiohttp only where messages are sent
 
+    store.clock_offset = plan.clock_offset  # a worker's store stamps on the run's clock
     variant_of = plan.arms.variant_of if plan.arms is not None and plan.arms.names else None
     engine = Engine(signer, plan.options,
                     lambda recs: store.record(plan.campaign_id, recs, variant_of=variant_of),

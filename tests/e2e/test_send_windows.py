@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 
@@ -108,7 +109,7 @@ def test_frequency_cap_counts_messages_of_other_campaigns(e2e: Workspace) -> Non
     later = e2e.subscribe(3)
     e2e.import_subs(later)
     capped = e2e.campaign("tuesday", extra="audience:\n  frequency_cap: {max: 1, within: 7d}\n")
-    # the cap counts the ledger's sent rows, stamped with the real clock: no PUSHCLI_NOW
+    # a run on the real clock (no PUSHCLI_NOW): the cap counts the ledger's sent rows
     proc = e2e.pushcli("send", str(capped), "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -141,3 +142,21 @@ def test_postgresql_shared_send_claims_only_due_subscribers(e2e: Workspace, pg_a
     assert (doc["sent"], doc["waiting"], doc["status"]) == (50, 0, "finished")
     assert _received(e2e, by_zone["America/New_York"]) == Counter(
         {s["endpoint"]: 1 for s in by_zone["America/New_York"]})
+
+
+def test_frequency_cap_window_follows_the_runs_clock(e2e: Workspace) -> None:
+    """Simulated runs years from the real clock: the cap counts what earlier runs sent by
+    their own moments (the ledger stamps outcomes on the run's clock), not the real one."""
+    subs = e2e.subscribe(4)
+    e2e.import_subs(subs)
+    assert _run(e2e, e2e.campaign("jan-7"), "2030-01-07T10:00:00Z")["sent"] == 4
+    cap = "audience:\n  frequency_cap: {max: 1, within: 7d}\n"
+    inside = _run(e2e, e2e.campaign("jan-10", extra=cap), "2030-01-10T10:00:00Z")
+    assert (inside["sent"], inside["capped"]) == (0, 4)  # 3 days after jan-7's message
+    after = _run(e2e, e2e.campaign("jan-15", extra=cap), "2030-01-15T10:00:00Z")
+    assert (after["sent"], after["capped"]) == (4, 0)  # 8 days after: the cap lets it go
+    with Store.open(e2e.db) as store:
+        rows = list(store.delivery_rows(store.get_campaign("jan-15").id))
+    assert {r["updated_at"] // 86400 for r in rows} == {
+        datetime(2030, 1, 15, tzinfo=UTC).timestamp() // 86400}
+    assert _received(e2e, subs) == Counter({s["endpoint"]: 2 for s in subs})

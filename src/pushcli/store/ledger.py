@@ -46,10 +46,22 @@ _SQLITE_MARK_INFLIGHT = (
 class Ledger(Database):
     """The campaign and delivery-ledger queries of ``Store``."""
 
+    #: Seconds the current run's clock is ahead of the real one. A send at an injected
+    #: ``now`` (tests simulating cron runs: PUSHCLI_NOW) sets it, so the outcomes it
+    #: records are stamped at that moment and a later run's frequency cap, which counts
+    #: ``sent`` rows by ``updated_at``, sees them where that run's ``now`` expects them.
+    #: Leases and locks keep the real clock: they coordinate live processes.
+    clock_offset: float = 0.0
+
+    def run_clock(self) -> float:
+        """Now on the current run's clock (Unix time): what campaign and outcome rows
+        are stamped with."""
+        return time.time() + self.clock_offset
+
     @retry_deadlocks
     def start_campaign(self, name: str, spec: Mapping[str, Any]) -> CampaignInfo:
         """Create the campaign on its first run, or mark a re-run; returns its row."""
-        now = time.time()
+        now = self.run_clock()
         with self._write() as conn:
             row = conn.execute(select(campaigns.c.id).where(campaigns.c.name == name)).first()
             if row is None:
@@ -79,7 +91,7 @@ class Ledger(Database):
         extra = {} if run is None else {"last_run": dumps(dict(run))}
         with self._write() as conn:
             conn.execute(update(campaigns).where(campaigns.c.id == campaign_id).values(
-                status=status, finished_at=time.time(), **extra))
+                status=status, finished_at=self.run_clock(), **extra))
             if history is not None:
                 self._add_run(conn, campaign_id, history)
 
@@ -318,7 +330,7 @@ class Ledger(Database):
         """
         if not records:
             return
-        now = time.time()
+        now = self.run_clock()
         rows = [
             {
                 "campaign_id": campaign_id,
