@@ -8,18 +8,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
 from pushcli import htmlreport
 from pushcli.abtest import wilson_interval
+from pushcli.due import service_of
 from pushcli.errors import InputError
 from pushcli.files import neutralize_cell, private_file
 from pushcli.messages import VariantResult
-from pushcli.pushservices import Outcome
+from pushcli.pushservices import Outcome, allowed_hosts_from_env
 from pushcli.schedule import WAITING_REASONS
-from pushcli.store import Store
+from pushcli.store import Store, StoredSubscription
 
 OUTCOME_KEYS = tuple(o.value for o in Outcome)
 
@@ -149,26 +150,35 @@ def campaign_rows(store: Store) -> list[dict[str, Any]]:
             for eng in (doc["engagement"],)]
 
 
-def pending_count(store: Store, campaign_id: int, spec: dict[str, Any] | None) -> int:
-    """Active subscribers in the campaign's audience with no outcome yet in its ledger.
-
-    The audience comes from the spec stored at the campaign's last run, so the
-    count is the one a re-run (without --retry-failed) would start from.
-    """
+def _stored_audience(spec: dict[str, Any] | None
+                     ) -> Callable[[StoredSubscription], bool] | None:
+    """Who is in the audience of the spec stored at the campaign's last run (None:
+    everyone, so callers can count in SQL)."""
     from pushcli.campaign import Audience
 
     audience: Audience | None = None
     if spec and spec.get("audience"):
         try:
             audience = Audience.model_validate_json(json.dumps(spec["audience"]))
-        except ValueError:  # a spec from an older pushcli: count the whole store
+        except ValueError:  # a spec from an older pushcli: the whole store
             audience = None
     if audience is None or not (audience.tags or audience.exclude_tags or audience.where):
-        return store.count_pending(campaign_id)
+        return None
     aud = audience
-    return sum(len(batch) for batch in store.pending(
-        campaign_id, batch_size=5000,
-        match=lambda s: aud.matches(s.subscription.tags, s.subscription.attributes)))
+    return lambda s: aud.matches(s.subscription.tags, s.subscription.attributes)
+
+
+def pending_count(store: Store, campaign_id: int, spec: dict[str, Any] | None) -> int:
+    """Active subscribers in the campaign's audience with no outcome yet in its ledger.
+
+    The audience comes from the spec stored at the campaign's last run, so the
+    count is the one a re-run (without --retry-failed) would start from.
+    """
+    match = _stored_audience(spec)
+    if match is None:
+        return store.count_pending(campaign_id)
+    return sum(len(batch) for batch in store.pending(campaign_id, batch_size=5000,
+                                                     match=match))
 
 
 def exit_code_for(report: dict[str, Any]) -> int:
@@ -210,14 +220,20 @@ def write_report_files(store: Store, report: dict[str, Any],
                 else:
                     info = store.get_campaign(report["campaign"])
                     assert info is not None
-                    write_csv_rows(store, info.id, fh)
+                    write_csv_rows(store, info.id, fh, waiting_in=(
+                        info.spec or {} if report["status"] == "waiting" else None))
         except OSError as exc:
             raise InputError(f"cannot write report: {exc.strerror}", file=str(path)) from None
         written.append(path)
     return written
 
 
-def write_csv_rows(store: Store, campaign_id: int, out: IO[str]) -> int:
+def write_csv_rows(store: Store, campaign_id: int, out: IO[str], *,
+                   waiting_in: dict[str, Any] | None = None) -> int:
+    """One row per subscriber with an outcome; with ``waiting_in`` (the stored spec of a
+    campaign whose status is ``waiting``) also one ``waiting`` row per audience member
+    still without one. Both are streamed in keyset-paged batches (never the whole
+    audience in memory); returns how many rows were written."""
     # \r\n makes the csv module quote any cell holding a bare \r, which a spreadsheet
     # would otherwise read as a new row starting with the rest (a formula).
     writer = csv.writer(out, lineterminator="\r\n")
@@ -231,4 +247,19 @@ def write_csv_rows(store: Store, campaign_id: int, out: IO[str]) -> int:
             row["reason"] or "", row["attempts"], row["ambiguous"],
         )])
         n += 1
+    if waiting_in is not None:
+        schedule = waiting_in.get("schedule") or {}
+        default_zone = schedule.get("timezone") or "UTC"
+        allowed = allowed_hosts_from_env()
+        for batch in store.pending(campaign_id, batch_size=2000,
+                                   match=_stored_audience(waiting_in)):
+            for s in batch:
+                sub = s.subscription
+                # a schedule waits per time zone; without one, only for an A/B winner
+                why = (f"time zone {sub.timezone or default_zone}" if schedule
+                       else "the A/B test's winner")
+                writer.writerow([neutralize_cell(v) for v in (
+                    s.id, sub.endpoint, service_of(sub.endpoint, allowed),
+                    "waiting", "", f"waiting for {why}", 0, 0)])
+                n += 1
     return n

@@ -4,6 +4,7 @@ campaigns; the end of a schedule closes who still waits as missed."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -160,3 +161,31 @@ def test_frequency_cap_window_follows_the_runs_clock(e2e: Workspace) -> None:
     assert {r["updated_at"] // 86400 for r in rows} == {
         datetime(2030, 1, 15, tzinfo=UTC).timestamp() // 86400}
     assert _received(e2e, subs) == Counter({s["endpoint"]: 2 for s in subs})
+
+
+def test_report_csv_has_a_waiting_row_per_subscriber_still_waiting(e2e: Workspace) -> None:
+    zones = _subscribers(e2e)
+    campaign = e2e.campaign("csv-windows", extra=SCHEDULE)
+    _run(e2e, campaign, "2026-12-01T03:45:00Z")  # only Kolkata's 09:15
+    for command in (["report", "csv-windows"], ["send", str(campaign)]):
+        out = e2e.dir / f"{command[0]}.csv"
+        proc = e2e.pushcli(*command, "--report", str(out), PUSHCLI_NOW="2026-12-01T04:10:00Z")
+        assert proc.returncode == 0, proc.stderr
+        with out.open(newline="") as fh:
+            rows = {r["endpoint"]: r for r in csv.DictReader(fh)}
+        assert len(rows) == 13, command
+        for zone, subs in zones.items():
+            for s in subs:
+                row = rows[s["endpoint"]]
+                if zone == "Asia/Kolkata":
+                    assert row["outcome"] == "sent"
+                else:
+                    assert (row["outcome"], row["reason"]) == (
+                        "waiting", f"waiting for time zone {zone or 'Europe/Paris'}")
+                    assert row["attempts"] == "0" and row["service"]
+    _run(e2e, campaign, "2026-12-02T12:00:00Z")  # the end: everyone left is missed
+    out = e2e.dir / "final.csv"
+    assert e2e.pushcli("report", "csv-windows", "--report", str(out)).returncode == 0
+    with out.open(newline="") as fh:
+        outcomes = Counter(r["outcome"] for r in csv.DictReader(fh))
+    assert outcomes == {"sent": 3, "missed": 10}
