@@ -386,7 +386,7 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
                 for c in table.columns
                 if c.name not in ("lease_owner", "lease_until", "fault", "last_run", "timezone",
                                   "winner", "variant")]
-        if table.name not in ("events", "campaign_runs"):  # v6, v7
+        if table.name not in ("events", "campaign_runs", "intents"):  # v6, v7, v8
             sa.Table(table.name, v1, *cols)
     with engine.begin() as conn:
         v1.create_all(conn)
@@ -402,7 +402,11 @@ def test_a_version_1_store_is_migrated_in_place(backend: str) -> None:
             ambiguous=0, updated_at=1.0, reason="not sent: fcm answered 401/403 to 20 requests"))
     engine.dispose()
     with Store.open(backend) as st:
-        assert st.schema_version() == SCHEMA_VERSION == 7
+        assert st.schema_version() == SCHEMA_VERSION == 9
+        if st.is_sqlite:  # v9: ids never reused (tests/test_subscriber_ids.py)
+            with st.engine.connect() as conn:
+                assert "AUTOINCREMENT" in conn.exec_driver_sql(
+                    "SELECT sql FROM sqlite_master WHERE name = 'subscriptions'").scalar_one()
         assert len(st.token_secrets()) == 1  # v6: a secret for engagement tokens
         assert st.outcome_counts(st.get_campaign("old").id) == {"fcm": {"sent": 1, "failed": 1}}
         with st.engine.connect() as conn:

@@ -119,7 +119,10 @@ class Store(Subscribers, Ledger, Charts, Pruning, Engagement, EventLog, Locks, D
                 version = int(row[0])
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for ddl in MIGRATIONS[step]:
-                        conn.exec_driver_sql(ddl)
+                        if callable(ddl):
+                            ddl(conn)
+                        else:
+                            conn.exec_driver_sql(ddl)
                 if version < SCHEMA_VERSION:
                     conn.execute(update(meta_table).where(meta_table.c.key == "schema_version")
                                  .values(value=str(SCHEMA_VERSION)))

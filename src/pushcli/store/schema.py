@@ -6,11 +6,26 @@ One definition of the schema: ``create_all`` makes a new store current, and
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+from collections.abc import Callable
 
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection
+
+from pushcli.errors import StoreError
 from pushcli.pushservices import RETRY_OUTCOMES, Outcome
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 9
 #: PostgreSQL advisory lock key serializing schema creation/migration ("pushcli").
 MIGRATION_LOCK_KEY = 0x70757368636C69
 
@@ -41,6 +56,10 @@ subscriptions = Table(
     Column("updated_at", Float),
     # v5: IANA zone for send windows (``schedule``); NULL means the campaign's default
     Column("timezone", String(64)),
+    # v9: ids are never handed out twice. The ledger and the events keep a deleted
+    # subscriber's history by id; SQLite's plain INTEGER PRIMARY KEY would give the next
+    # import max(id)+1, i.e. a pruned newest subscriber's id and history (MIGRATIONS[9]).
+    sqlite_autoincrement=True,
 )
 Index("ix_subscriptions_status_id", subscriptions.c.status, subscriptions.c.id)
 # v5: a send window groups the pending audience by zone and reads the due zones' rows
@@ -142,8 +161,76 @@ locks = Table(
 )
 
 
-#: DDL that takes a store from version N-1 to N (create_all makes new stores current).
-MIGRATIONS: dict[int, list[str]] = {
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def rebuild_subscriptions_autoincrement(conn: Connection) -> None:
+    """v9: rebuild SQLite's ``subscriptions`` with AUTOINCREMENT, keeping every row.
+
+    Without it SQLite gives a new row max(id)+1: once the newest subscriber is deleted
+    (prune), the next import gets its id and with it the ledger rows and events still
+    kept under that id (misattributed reports, its failures counted by ``prune
+    --failed-campaigns``, its sends by frequency caps). SQLite's own procedure for
+    schema changes ALTER TABLE cannot make (lang_altertable.html#otheralter), inside
+    the migration's one transaction so a failure leaves the store as it was: copy
+    into a new table declared as before (columns, types, defaults, UNIQUE) plus
+    AUTOINCREMENT, drop the old one, rename, re-create its indexes and every trigger
+    and view by their saved SQL. pushcli never enables foreign keys and no table
+    declares one, so nothing cascades. The high-water mark (``sqlite_sequence``) is
+    the largest subscriber id any table still mentions, so an id deleted before this
+    migration is not given out either. PostgreSQL: a sequence never goes back.
+    """
+    if conn.dialect.name != "sqlite":
+        return
+    master = "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscriptions'"
+    if "AUTOINCREMENT" not in conn.exec_driver_sql(master).scalar_one().upper():
+        columns, pk = [], []
+        for _cid, name, type_, notnull, default, in_pk in conn.exec_driver_sql(
+                "PRAGMA table_info(subscriptions)"):
+            column = f"{_quoted(name)} {type_}" + (" NOT NULL" if notnull else "")
+            if default is not None:  # the expression as written, parentheses stripped
+                column += f" DEFAULT ({default})"
+            pk += [(name, type_)] if in_pk else []
+            columns.append((name, column))
+        if pk != [("id", "INTEGER")]:
+            raise StoreError("cannot migrate the store: subscriptions.id is not its "
+                             "INTEGER PRIMARY KEY")
+        defs = [c + " PRIMARY KEY AUTOINCREMENT" if n == "id" else c for n, c in columns]
+        for _seq, index, unique, origin, _partial in conn.exec_driver_sql(
+                "PRAGMA index_list(subscriptions)").all():
+            if unique and origin == "u":
+                cols = [r[2] for r in conn.exec_driver_sql(
+                    f"PRAGMA index_info({_quoted(index)})")]
+                defs.append(f"UNIQUE ({', '.join(map(_quoted, cols))})")
+        # explicit indexes go with the table; triggers and views anywhere may name it
+        saved = conn.exec_driver_sql(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND "
+            "(type IN ('trigger', 'view') OR (type = 'index' AND tbl_name = 'subscriptions'))"
+        ).all()
+        for kind, name, _sql in saved:
+            if kind != "index":
+                conn.exec_driver_sql(f"DROP {kind.upper()} {_quoted(name)}")
+        names = ", ".join(_quoted(n) for n, _c in columns)
+        conn.exec_driver_sql(f"CREATE TABLE subscriptions_v9 ({', '.join(defs)})")
+        conn.exec_driver_sql(f"INSERT INTO subscriptions_v9 ({names}) "
+                             f"SELECT {names} FROM subscriptions")
+        conn.exec_driver_sql("DROP TABLE subscriptions")
+        conn.exec_driver_sql("ALTER TABLE subscriptions_v9 RENAME TO subscriptions")
+        for kind in ("index", "trigger", "view"):
+            for _kind, _name, sql in (row for row in saved if row[0] == kind):
+                conn.exec_driver_sql(sql)
+    highest = max([conn.execute(select(func.max(subscriptions.c.id))).scalar() or 0] + [
+        conn.execute(select(func.max(t.c.subscription_id))).scalar() or 0
+        for t in metadata.sorted_tables if "subscription_id" in t.c])
+    conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'subscriptions'")
+    conn.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES ('subscriptions', ?)",
+                         (highest,))
+
+
+#: DDL that takes a store from version N-1 to N (create_all makes new stores current),
+#: or a function of the migration's connection for what plain DDL cannot say.
+MIGRATIONS: dict[int, list[str | Callable[[Connection], None]]] = {
     2: [
         "ALTER TABLE deliveries ADD COLUMN lease_owner VARCHAR(255)",
         "ALTER TABLE deliveries ADD COLUMN lease_until FLOAT",
@@ -166,6 +253,8 @@ MIGRATIONS: dict[int, list[str]] = {
     6: ["ALTER TABLE campaigns ADD COLUMN winner TEXT",
         "ALTER TABLE deliveries ADD COLUMN variant VARCHAR(64)"],
     7: [],  # the campaign_runs table comes from create_all
+    8: [],  # the intents table comes from create_all
+    9: [rebuild_subscriptions_autoincrement],  # SQLite: subscriber ids never reused
 }
 
 #: Ledger outcome of queued, not yet final, work in a shared send.
