@@ -231,3 +231,36 @@ def test_engine_sends_https_over_http2_with_the_guard_and_no_redirects(
     assert by_id[32].status_code == 301 and by_id[32].outcome is not Outcome.SENT
     assert by_id[33].outcome is Outcome.BLOCKED and by_id[33].status_code is None
     assert "non-public" in by_id[33].reason
+
+
+def test_a_reused_handle_sends_each_request_as_given_and_answers_only_its_own(
+        sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One handle carries every request here (one at a time): a header list changed in
+    place, a new list, the same list again, bodies of every size, and answers whose
+    headers and bodies differ; nothing of one transfer shows in the next."""
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    lines = list(HEADERS)
+    bodies = [b"a" * 300, b"b", bytes(range(256)) * 4, b"c" * 40]
+
+    async def go() -> list[Answer]:
+        t = _transport()
+        try:
+            answers = [await t.post(f"{base}/echo/1", bodies[0], lines)]
+            lines[0] = "TTL: 30"  # the same list object, changed
+            answers.append(await t.post(f"{base}/echo/2", bodies[1], lines))
+            answers.append(await t.post(f"{base}/push/3", bodies[2], lines))
+            answers.append(await t.post(f"{base}/echo/4", bodies[3], ["TTL: 5"] + HEADERS[1:]))
+            answers.append(await t.post(f"{base}/gone/5", b"x", HEADERS))
+            assert len(t._idle) == 1  # the one handle, reused every time
+            return answers
+        finally:
+            t.close()
+
+    first, second, pushed, fourth, gone = asyncio.run(go())
+    assert first.body == f"60 aes128gcm {len(bodies[0])}:".encode() + bodies[0]
+    assert second.body == f"30 aes128gcm {len(bodies[1])}:".encode() + bodies[1]
+    assert (pushed.status, pushed.headers["location"]) == (201, "/m/1")
+    assert fourth.body == f"5 aes128gcm {len(bodies[3])}:".encode() + bodies[3]
+    assert "location" not in fourth.headers and "location" not in gone.headers
+    assert (gone.status, gone.body) == (410, b"gone for good")
