@@ -164,7 +164,7 @@ def test_payload_too_large_for_one_subscriber_variant(setup: Workspace) -> None:
 def test_missing_store_is_reported_and_not_created(setup: Workspace) -> None:
     for db in (setup.dir / "missing.db", setup.dir / "nope" / "missing.db"):
         proc = doctor(setup, db=db)
-        assert proc.returncode == 1, proc.stderr
+        assert proc.returncode == 2, proc.stderr  # pointed at no store: bad input
         problems = failing(proc)
         assert list(problems) == ["store"]
         assert "no such database" in problems["store"] or "does not exist" in problems["store"]
@@ -174,7 +174,7 @@ def test_missing_store_is_reported_and_not_created(setup: Workspace) -> None:
 
 def test_bad_database_url_is_a_failed_check(setup: Workspace) -> None:
     proc = doctor(setup, PUSHCLI_DB="postgresql+nosuchdriver://u@127.0.0.1:1/db")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # a wrong --db, as for every other command
     assert list(failing(proc)) == ["store"]
 
 
@@ -182,7 +182,7 @@ def test_missing_default_store_in_the_working_directory(tmp_path: Path) -> None:
     s = make_setup(tmp_path)  # no subscribers imported: no pushcli.db
     proc = run_pushcli("doctor", "--json", "--subject", SUBJECT, cwd=tmp_path,
                        env=pushcli_env(allow_hosts=None))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert list(failing(proc)) == ["store"]
     assert not s.db.exists()
 

@@ -99,6 +99,21 @@ def test_a_bad_db_url_is_one_line_naming_db_and_exit_2(tmp_path: Path, name: str
     assert not (tmp_path / "store.db").exists()  # a typo never silently makes a store
 
 
+READING_COMMANDS = [["subscribers", "count"], ["subscribers", "export"], ["report", "x"],
+                    ["campaigns", "list"], ["prune"], ["doctor"]]
+
+
+@pytest.mark.parametrize("argv", READING_COMMANDS, ids=" ".join)
+def test_reading_commands_exit_2_on_a_missing_store_and_create_none(tmp_path: Path,
+                                                                     argv: list[str]) -> None:
+    for db in (tmp_path / "missing.db", None):  # --db, and the default ./pushcli.db
+        proc = pushcli(tmp_path, *(["--db", str(db)] if db else []), *argv)
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+        assert "no such database" in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], "made a store"
+
+
 # --- a store that cannot be written: exit 74 -----------------------------------------------
 
 

@@ -400,12 +400,12 @@ def doctor(
     quiet: opt.DoctorQuietOpt = False,
 ) -> None:
     """Check the store, key, subject, push services and (given) a campaign; exit 1 on problems."""
-    from pushcli.doctor import run_doctor
+    from pushcli.doctor import exit_code, run_doctor
 
     checks = run_doctor(state.db, key_path=key, subject=subject, campaign_path=campaign_file,
                         allowed_hosts=opt.allowed_hosts(allow_host))
     console.print_checks(checks, quiet, as_json=as_json)
-    raise typer.Exit(EXIT_OK if all(c.ok for c in checks) else EXIT_PARTIAL)
+    raise typer.Exit(exit_code(checks))
 
 
 @app.command("demo")

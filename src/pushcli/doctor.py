@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pushcli.ece import MAX_PLAINTEXT
-from pushcli.errors import PushcliError
+from pushcli.errors import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, InputError, PushcliError
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: failed on bad input (InputError): for the store, --db names no store (exit 2)
+    bad_input: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {"check": self.name, "ok": self.ok, "detail": self.detail}
@@ -29,9 +31,20 @@ def _run(name: str, fn: Callable[[], str]) -> Check:
     try:
         return Check(name, True, fn())
     except PushcliError as exc:
-        return Check(name, False, str(exc))
+        return Check(name, False, str(exc), bad_input=isinstance(exc, InputError))
     except OSError as exc:
         return Check(name, False, f"{exc.strerror or exc}")
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0 when every check passed; 2 when the store check failed because ``--db`` names no
+    store (a missing file, a bad URL), as for every other command that only reads a
+    store; else 1. The whole checklist is printed either way."""
+    if all(c.ok for c in checks):
+        return EXIT_OK
+    if any(c.name == "store" and c.bad_input for c in checks):
+        return EXIT_INPUT
+    return EXIT_PARTIAL
 
 
 def check_private_mode(path: Path) -> str:
