@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -183,6 +184,16 @@ def test_report_csv_has_a_waiting_row_per_subscriber_still_waiting(e2e: Workspac
                     assert (row["outcome"], row["reason"]) == (
                         "waiting", f"waiting for time zone {zone or 'Europe/Paris'}")
                     assert row["attempts"] == "0" and row["service"]
+    # campaigns list: how many wait and when the next is due (Paris' 09:00 = 08:00Z)
+    listed = json.loads(e2e.pushcli("campaigns", "list", "--json").stdout)[0]
+    paris_9 = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    assert (listed["status"], listed["waiting"], listed["next_due_at"]) == (
+        "waiting", 10, round(paris_9.timestamp()))
+    lines = e2e.pushcli("campaigns", "list").stdout.splitlines()
+    header, row = lines[0].split("\t"), lines[1].split("\t")
+    assert row[header.index("waiting")] == "10"
+    assert row[header.index("next due")] == time.strftime(
+        "%Y-%m-%d %H:%M", time.localtime(paris_9.timestamp()))
     _run(e2e, campaign, "2026-12-02T12:00:00Z")  # the end: everyone left is missed
     out = e2e.dir / "final.csv"
     assert e2e.pushcli("report", "csv-windows", "--report", str(out)).returncode == 0
