@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from pushcli.campaign import load_campaign
 from pushcli.store import Store, deliveries, subscriptions
 from tests.support import Workspace, wait_for_group_exit
 
@@ -90,7 +91,9 @@ def crash_cycle(e2e: Workspace, subs: list[dict[str, Any]], campaign: Any, kill_
         by_id = {s.id: s.subscription.endpoint for s in store.iter_subscriptions()}
     at_kill = _ledger(e2e.db)
     recorded_ids = {sid for sid, o in at_kill.items() if o == "sent"}
-    in_flight = {sid for sid, o in at_kill.items() if o == "inflight"}
+    with Store.open(e2e.db) as store:  # the intent log: who may have it, unrecorded
+        info = store.get_campaign(load_campaign(campaign).name)
+        in_flight = store.in_flight(info.id) if info is not None else set()
     counts_at_kill = {s["endpoint"]: len(e2e.emu.messages(s["endpoint"])) for s in subs}
     e2e.emu.clear_faults()
     started = time.monotonic()

@@ -9,6 +9,7 @@ subscriber is committed as in flight (intent), so a crash leaves a record.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -152,39 +153,66 @@ def test_no_request_starts_while_the_ledger_cannot_be_written(tmp_path: Path) ->
         assert all(len(emu.messages(e)) == 1 for e in endpoints.values())
 
 
+class _Intents:
+    """The intent log as the store keeps it (chunk -> ids), checking the engine's calls:
+    a chunk is opened before any of its requests, closed only once its outcomes are
+    committed."""
+
+    def __init__(self, reached: Callable[[int], bool], committed: set[int]) -> None:
+        self.rows: dict[int, list[int]] = {}
+        self.opened: set[int] = set()
+        self.early: list[int] = []
+        self.closed_too_soon: list[int] = []
+        self._reached = reached
+        self._committed = committed
+
+    def _forget(self, closed: Sequence[int]) -> None:
+        for c in closed:
+            self.closed_too_soon += [i for i in self.rows.pop(c)
+                                     if self._reached(i) and i not in self._committed]
+
+    def open(self, chunk: int, ids: Sequence[int], closed: Sequence[int]) -> None:
+        self._forget(closed)
+        self.early += [i for i in ids if self._reached(i)]
+        self.opened.update(ids)
+        self.rows[chunk] = list(ids)
+
+    def close(self, closed: Sequence[int], keep: Mapping[int, Sequence[int]]) -> None:
+        self._forget(closed)
+        for c, ids in keep.items():
+            self.rows[c] = list(ids)
+
+    def left(self) -> set[int]:
+        return {i for ids in self.rows.values() for i in ids}
+
+
 def test_intent_is_committed_before_any_request_of_its_chunk(tmp_path: Path) -> None:
     signer, key = _signer(tmp_path)
     with PushServiceEmulator(port=0, seed=1) as emu:
         jobs, endpoints = _http_jobs(emu, key, 200)
-        marked: list[int] = []
-        early: list[int] = []
-        recorded: list[int] = []
-
-        def intent(chunk: list[Job]) -> None:
-            early.extend(j.subscription_id for j in chunk
-                         if emu.messages(endpoints[j.subscription_id]))
-            marked.extend(j.subscription_id for j in chunk)
+        recorded: set[int] = set()
+        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
 
         def sink(recs: list[DeliveryRecord]) -> None:
-            assert {r.subscription_id for r in recs} <= set(marked)
-            recorded.extend(r.subscription_id for r in recs)
+            assert {r.subscription_id for r in recs} <= log.opened
+            recorded.update(r.subscription_id for r in recs)
 
         options = DeliveryOptions(concurrency=8)
-        engine = Engine(signer, options, sink, allowed_hosts=ALLOWED, intent=intent)
+        engine = Engine(signer, options, sink, allowed_hosts=ALLOWED, intents=log)
         asyncio.run(engine.run(iter([jobs[i:i + 100] for i in range(0, 200, 100)])))
-        assert early == []
-        assert sorted(marked) == sorted(recorded) == list(range(1, 201))
+        assert log.early == [] and log.closed_too_soon == []
+        assert log.opened == recorded == set(range(1, 201))
+        assert log.rows == {}  # every chunk closed: nothing left for a later run
 
 
-def test_a_graceful_stop_releases_intent_of_what_never_went_out(tmp_path: Path) -> None:
+def test_a_graceful_stop_leaves_no_intent_for_what_never_went_out(tmp_path: Path) -> None:
     """Else ``on_uncertain: skip`` would never send them after a Ctrl-C."""
     signer, key = _signer(tmp_path)
     with PushServiceEmulator(port=0, seed=1) as emu:
         emu.add_fault("slow", rate=1.0, delay=0.02)
         jobs, endpoints = _http_jobs(emu, key, 300)
-        marked: set[int] = set()
         recorded: set[int] = set()
-        released: list[int] = []
+        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
         engine: Engine
 
         def sink(recs: list[DeliveryRecord]) -> None:
@@ -192,14 +220,39 @@ def test_a_graceful_stop_releases_intent_of_what_never_went_out(tmp_path: Path) 
             engine.stop()  # Ctrl-C as soon as something is recorded
 
         engine = Engine(signer, DeliveryOptions(concurrency=4, flush_size=2), sink,
-                        allowed_hosts=ALLOWED, intent=lambda c: marked.update(
-                            j.subscription_id for j in c), release=released.extend)
+                        allowed_hosts=ALLOWED, intents=log)
         asyncio.run(engine.run(iter([jobs[i:i + 100] for i in range(0, 300, 100)])))
-        assert released, "nothing was left to release"
-        assert all(not emu.messages(endpoints[i]) for i in released)
-        # every subscriber marked in flight ended recorded or released: none left uncertain
-        assert marked == recorded | set(released)
-        assert not recorded & set(released)
+        unsent = log.opened - recorded
+        assert unsent, "the stop came after everything was sent"
+        assert all(not emu.messages(endpoints[i]) for i in unsent)
+        # in-flight requests finished and were recorded: none left uncertain
+        assert log.left() == set() and log.closed_too_soon == []
+
+
+def test_an_abort_keeps_in_flight_what_may_have_arrived(tmp_path: Path) -> None:
+    """A second Ctrl-C cancels requests mid-flight: their chunk stays in the intent log
+    (each of them may have arrived), and only those jobs, not the ones never posted."""
+    signer, key = _signer(tmp_path)
+    with PushServiceEmulator(port=0, seed=1) as emu:
+        emu.add_fault("slow", rate=1.0, delay=0.5)
+        jobs, endpoints = _http_jobs(emu, key, 64)
+        recorded: set[int] = set()
+        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        engine = Engine(signer, DeliveryOptions(concurrency=4, flush_size=2),
+                        lambda recs: recorded.update(r.subscription_id for r in recs),
+                        allowed_hosts=ALLOWED, intents=log)
+
+        async def abort_soon() -> None:
+            run = asyncio.ensure_future(engine.run(iter([jobs])))
+            await asyncio.sleep(0.2)  # requests are in flight (0.5 s each): abort them
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+        asyncio.run(abort_soon())
+        left = log.left()
+        assert left and not left & recorded
+        assert len(left) <= 4 < len(log.opened)  # what was posted, not the whole chunk
 
 
 def test_a_stop_arriving_as_the_flush_wakes_still_ends_the_flush_loop() -> None:

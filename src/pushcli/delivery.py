@@ -261,6 +261,8 @@ def send_campaign(
         # the run's clock stamps what it records (the frequency cap counts by those stamps)
         plan_clock = store.clock_offset = now.timestamp() - time.time()
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
+        if not shared:  # holding the campaign's lock: what a dead run left in flight
+            store.adopt_intents(info.id, everything=True)
         gate = Gate() if to is not None else open_gate(
             store, campaign, info.id, now, match=audience_matcher(campaign),
             allowed_hosts=allowed_hosts, retry_failed=retry_failed)
@@ -354,10 +356,8 @@ def _run_partition(
     engine = Engine(signer, plan.options,
                     lambda recs: store.record(plan.campaign_id, recs, variant_of=variant_of),
                     on_progress=on_progress, stats=stats, allowed_hosts=plan.allowed_hosts,
-                    intent=None if os.environ.get(BENCH_NO_INTENT) else lambda jobs: (
-                        store.mark_inflight(plan.campaign_id,
-                                            [(j.subscription_id, j.service) for j in jobs])),
-                    release=lambda ids: store.release_inflight(plan.campaign_id, ids))
+                    intents=None if os.environ.get(BENCH_NO_INTENT) else store.intent_log(
+                        plan.campaign_id, _owner(), plan.lease))
     jobs = iter_jobs(store, plan, renderer, control)
     beat = 15.0 if plan.lease is None else min(15.0, plan.lease / 3)
     owner = _owner()

@@ -13,9 +13,9 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -81,6 +81,17 @@ class _HostState:
         self.header_lines: list[str] = []
 
 
+class IntentLog(Protocol):
+    """Where the engine commits chunks of jobs as in flight (``Store.intent_log``)."""
+
+    def open(self, chunk: int, ids: Sequence[int], closed: Sequence[int]) -> None:
+        """Commit chunk ``chunk``'s subscriber ids as in flight before any is posted, and
+        forget the ``closed`` chunks (all settled, their outcomes committed)."""
+
+    def close(self, closed: Sequence[int], keep: Mapping[int, Sequence[int]]) -> None:
+        """The run's end: forget ``closed``; shrink each ``keep`` chunk to those ids."""
+
+
 class PrivateAddress(OSError):
     """A push-service host name resolved only to non-public addresses (DNS rebinding)."""
 
@@ -134,18 +145,16 @@ class Engine:
         stats: Stats | None = None,
         rng: random.Random | None = None,
         allowed_hosts: frozenset[str] = frozenset(),
-        intent: Callable[[list[Job]], None] | None = None,
-        release: Callable[[list[int]], None] | None = None,
+        intents: IntentLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """``intent`` commits a chunk of jobs as in flight before any of them is posted;
-        ``release`` returns in-flight ids whose request never started (graceful stop).
+        """``intents`` commits each chunk of jobs as in flight before any of them is posted
+        and forgets it once all of them are settled (see ``_settle``).
         ``clock``/``sleep`` pace the ledger-write retries and time origin pauses and
         latencies (tests pass fakes)."""
         self.signer = signer
-        self.intent = intent
-        self.release = release
+        self.intents = intents
         self._clock = clock
         self._sleep = sleep
         self.allowed_hosts = allowed_hosts
@@ -167,7 +176,12 @@ class Engine:
         self._delayed: dict[asyncio.TimerHandle, Job] = {}
         self._flush_lock = asyncio.Lock()
         self._flush_now = asyncio.Event()
-        self._unsent: list[int] = []  # in flight in the ledger, never posted: released at the end
+        # the intent log: chunk -> its jobs not yet settled; chunks all settled whose
+        # outcomes may still be in the buffer (closing), then committed (closed)
+        self._chunks = 0
+        self._open: dict[int, set[int]] = {}
+        self._closing: list[int] = []
+        self._closed: list[int] = []
         self._ledger_ok = asyncio.Event()  # cleared while ledger writes fail: start nothing new
         self._ledger_ok.set()
         self._ledger_error: StoreError | None = None
@@ -285,9 +299,9 @@ class Engine:
                         return
                     part = ready[i:i + chunk]
                     i += chunk
-                    if self.intent is not None:
+                    if self.intents is not None:
                         try:
-                            await self._ledger_write(self.intent, part)
+                            await self._commit_intent(part)
                         except StoreError as exc:
                             self._give_up(exc)
                             return
@@ -300,6 +314,30 @@ class Engine:
                         self._enqueue(job)
         finally:
             upcoming.cancel()  # a batch loaded ahead and not fed is simply not sent
+
+    async def _commit_intent(self, part: list[Job]) -> None:
+        """One write: this chunk in flight, and the chunks closed since the last one gone."""
+        assert self.intents is not None
+        log = self.intents
+        number = self._chunks
+        self._chunks += 1
+        ids = [job.subscription_id for job in part]
+        closed = list(self._closed)
+        await self._ledger_write(lambda _: log.open(number, ids, closed), None)
+        del self._closed[:len(closed)]  # only appended to meanwhile
+        self._open[number] = set(ids)
+        for job in part:
+            job.chunk = number
+
+    def _settle(self, job: Job) -> None:
+        """This job's message has its outcome buffered, or certainly never went out: once
+        every job of its chunk is settled, the chunk closes (after the next flush)."""
+        members = self._open.get(job.chunk)
+        if members is not None:
+            members.discard(job.subscription_id)
+            if not members:
+                del self._open[job.chunk]
+                self._closing.append(job.chunk)
 
     def _chunk(self) -> int:
         """Jobs committed as in flight per intent write, and queued ahead of the workers:
@@ -584,6 +622,7 @@ class Engine:
             fault=fault, moved=moved,
         ))
         self.stats.outcomes[outcome.value] += 1
+        self._settle(job)
         if len(self._buffer) >= self.options.flush_size:
             self._flush_now.set()  # bound what a crash can lose, whatever the send rate
         self._outstanding -= 1
@@ -608,40 +647,50 @@ class Engine:
 
     async def _flush(self, *, once: bool = False) -> None:
         async with self._flush_lock:
+            closing, self._closing = self._closing, []  # their outcomes are in this batch
             if self._buffer:
                 batch, self._buffer = self._buffer, []
                 receipt: list[bool] = []
                 try:
                     await self._ledger_write(self.sink, batch, once=once, receipt=receipt)
                 except BaseException:  # failed, or cancelled while retrying (shutdown)
-                    if not receipt:
+                    if receipt:  # written after all (cancelled while awaiting it)
+                        self._closed.extend(closing)
+                    else:
                         # never drop outcomes: back in front of those that finished meanwhile
                         self._buffer[:0] = batch
+                        self._closing[:0] = closing
                     raise
+            self._closed.extend(closing)
             if self.on_progress is not None:
                 self.on_progress(self.stats)
 
     async def _final_writes(self) -> None:
-        """At shutdown: the last outcomes, then release what never went out.
+        """At shutdown: the last outcomes, then the intent log's last word: closed chunks
+        go, and each open one keeps only the jobs whose request may have arrived
+        (ambiguous, or cut short by an abort); a job that never went out is not kept.
 
         After the ledger has already failed for the whole budget, one attempt each.
         """
         once = self._ledger_error is not None
         try:
             await self._flush(once=once)
-            if self._unsent and self.release is not None:
-                ids, self._unsent = self._unsent, []
-                await self._ledger_write(self.release, ids, once=once)
+            log = self.intents
+            if log is not None and (self._closed or self._open):
+                closed = list(self._closed)
+                keep = {c: sorted(m) for c, m in self._open.items()}
+                await self._ledger_write(lambda _: log.close(closed, keep), None, once=once)
+                self._closed.clear()
         except StoreError as exc:
             if self._ledger_error is None:
                 self._ledger_error = exc
 
     def _note_unsent(self, job: Job) -> None:
-        """A job marked in flight whose message certainly did not go out (never posted,
-        or answered without delivery): released at the end so no later run counts it.
-        An ambiguous one (a request may have arrived) stays in flight on purpose."""
-        if self.intent is not None and not job.ambiguous:
-            self._unsent.append(job.subscription_id)
+        """A job committed in flight whose message certainly did not go out (never posted,
+        or answered without delivery): settled, so no later run counts it. An ambiguous
+        one (a request may have arrived) stays in flight on purpose."""
+        if not job.ambiguous:
+            self._settle(job)
 
     def _give_up(self, exc: StoreError) -> None:
         """The ledger stayed unwritable: stop; in-flight requests finish, a last flush follows."""

@@ -89,6 +89,7 @@ class Job:
     #: wrong-path 404 (resent once; the store keeps the form that worked).
     moved_from: str | None = None
     uncertain: bool = False  # marked in flight by an earlier run that never recorded it
+    chunk: int = -1  # the engine's intent-log chunk this job was committed in flight with
 
 
 class LatencyHistogram:

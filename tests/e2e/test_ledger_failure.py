@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, select
 
 import pushcli.store as store_mod
 from pushcli.campaign import load_campaign
 from pushcli.delivery import send_campaign
 from pushcli.errors import StoreError
 from pushcli.keys import VapidSigner, load_private_key
-from pushcli.messages import DeliveryOptions, Stats
+from pushcli.messages import DeliveryOptions, DeliveryRecord, Stats
+from pushcli.pushservices import Outcome
 from pushcli.report import build_report, write_csv_rows
 from pushcli.store import INFLIGHT, Store, deliveries, locks
 
@@ -74,8 +75,11 @@ def test_full_disk_stops_with_exit_74_then_a_rerun_finishes(e2e) -> None:
     reached = {s["endpoint"] for s in subs if e2e.emu.messages(s["endpoint"])}
     with Store.open(e2e.db) as store:
         ids = {s.subscription.endpoint: s.id for s in store.iter_subscriptions()}
+        info = store.get_campaign("full")
+        assert info is not None
+        in_flight = store.in_flight(info.id)
     # every subscriber the push service reached is in the ledger: sent, or in flight
-    assert all(ledger.get(ids[e]) in ("sent", INFLIGHT) for e in reached)
+    assert all(ledger.get(ids[e]) == "sent" or ids[e] in in_flight for e in reached)
 
     with Store.open(e2e.db) as store:  # space again: the re-run finishes
         result = _send(e2e, store, campaign)
@@ -145,11 +149,11 @@ def test_another_process_holding_the_write_lock(e2e, monkeypatch, hold: float, b
 
 
 def _leave_in_flight(db: Path, name: str, n: int) -> list[int]:
-    """What a kill -9 leaves: the first ``n`` subscribers marked in flight, no outcome."""
+    """What a kill -9 leaves: an intent row naming the first ``n`` subscribers, no outcome."""
     with Store.open(db) as store:
         info = store.start_campaign(name, {})
         ids = [s.id for s in store.iter_subscriptions()][:n]
-        store.mark_inflight(info.id, [(i, "127.0.0.1") for i in ids])
+        store.open_intent(info.id, "dead-host:1", ids)
     return ids
 
 
@@ -208,8 +212,13 @@ def test_inflight_rows_are_not_outcomes_in_reports(e2e) -> None:
     with Store.open(e2e.db) as store:
         info = store.get_campaign("half")
         assert info is not None
-        with store.engine.begin() as conn:  # one of them got its outcome
-            conn.execute(update(deliveries).where(deliveries.c.subscription_id == 1)
-                         .values(outcome="sent"))
+        store.record(info.id, [DeliveryRecord(1, Outcome.SENT, "127.0.0.1", 201, "")])
+        assert store.in_flight(info.id) == {2, 3, 4, 5}  # 1 got its outcome
+        assert store.adopt_intents(info.id, everything=True) == 5
+        assert store.in_flight(info.id) == {2, 3, 4, 5}  # adopted: now inflight rows
+        with store.engine.connect() as conn:
+            outcomes = dict(conn.execute(select(deliveries.c.subscription_id,
+                                                deliveries.c.outcome)).all())
         report = build_report(store, "half")
+    assert outcomes == {1: "sent", 2: INFLIGHT, 3: INFLIGHT, 4: INFLIGHT, 5: INFLIGHT}
     assert report["total"] == 1 and report["sent"] == 1

@@ -55,6 +55,7 @@ from pushcli.store.schema import (
     campaigns,
     deliveries,
     events,
+    intents,
     locks,
     meta_table,
     metadata,
@@ -68,7 +69,7 @@ __all__ = [
     "CampaignInfo", "DeliveryRecord", "EventRow", "Unengaged",
     "ImportResult", "Lock", "PruneCandidate", "Rejection", "Store", "StoredSubscription",
     "Timeline", "campaign_lock", "campaign_runs", "campaigns", "database_url", "deliveries",
-    "events", "is_campaign_lock", "known_error",
+    "events", "intents", "is_campaign_lock", "known_error",
     "is_prune_lock", "locks", "metadata", "store_error", "subscriptions",
 ]
 

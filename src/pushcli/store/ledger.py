@@ -33,14 +33,9 @@ from pushcli.store.schema import (
     campaign_runs,
     campaigns,
     deliveries,
+    intents,
     subscriptions,
 )
-
-_SQLITE_MARK_INFLIGHT = (
-    "INSERT INTO deliveries (campaign_id, subscription_id, outcome, service, attempts, "
-    f"ambiguous, updated_at) VALUES (?, ?, '{INFLIGHT}', ?, 0, 0, ?) "
-    "ON CONFLICT (campaign_id, subscription_id) DO UPDATE SET "
-    f"outcome = '{INFLIGHT}', updated_at = excluded.updated_at")
 
 
 class Ledger(Database):
@@ -277,6 +272,9 @@ class Ledger(Database):
         if self.supports_shared_work:
             pick = pick.with_for_update(of=d, skip_locked=True)
         with self._write() as conn:
+            # a dead sender's intent rows first: what it left in flight becomes
+            # ``inflight`` before anyone can claim it, so the resend is counted
+            self._adopt(conn, campaign_id, now)
             ids = [r[0] for r in conn.execute(pick)]
             if not ids:
                 return []
@@ -291,11 +289,17 @@ class Ledger(Database):
     def renew_leases(self, campaign_id: int, owner: str, lease: float) -> int:
         """Extend every lease this sender holds on unfinished work."""
         d = deliveries
+        until = time.time() + lease
         with self._write() as conn:
+            # its intent rows with them: an intent never outlives its rows' leases
+            conn.execute(update(intents).where(intents.c.campaign_id == campaign_id,
+                                               intents.c.sender == owner,
+                                               intents.c.lease_until.is_not(None))
+                         .values(lease_until=until))
             return int(conn.execute(
                 update(d).where(d.c.campaign_id == campaign_id, d.c.lease_owner == owner,
                                 d.c.outcome.in_([*UNFINAL, *RETRY]))
-                .values(lease_until=time.time() + lease)).rowcount or 0)
+                .values(lease_until=until)).rowcount or 0)
 
     def queued(self, campaign_id: int, *, retry_failed: bool = False,
                zones: Sequence[str] | None = None, default_zone: str = "UTC") -> int:
@@ -379,37 +383,115 @@ class Ledger(Database):
                 self._move_endpoint(conn, r, now)
 
     # --- the intent log ------------------------------------------------------------------
+    #
+    # Before a chunk of requests goes out, one ``intents`` row lists its subscriber ids
+    # (``open_intent``): one small insert per chunk, written while the previous chunk is
+    # posted. The row is deleted once every id in it has a final outcome
+    # (``close_intents``, riding on the next intent write). A row left by a sender that
+    # died is turned into ``inflight`` ledger rows (``adopt_intents``) by the next run,
+    # for the ids still without a final outcome: who may already have the message.
+
+    def intent_log(self, campaign_id: int, sender: str,
+                   lease: float | None = None) -> IntentLog:
+        """One sender's intent log for one run (``lease``: a shared send's lease length)."""
+        return IntentLog(self, campaign_id, sender, lease)
 
     @retry_deadlocks
-    def mark_inflight(self, campaign_id: int, targets: Sequence[tuple[int, str]]) -> None:
-        """Commit ``(subscription_id, service)`` pairs as in flight, in one transaction.
+    def open_intent(self, campaign_id: int, sender: str, ids: Sequence[int], *,
+                    lease: float | None = None, closed: Sequence[int] = ()) -> int:
+        """Commit ``ids`` as in flight (one row); delete the ``closed`` intent rows in the
+        same transaction. Returns the new row's id.
 
-        Called for each small batch just before its requests go out, so whatever
-        happens to this process, the next run knows who may already have the
-        message. The final outcome (``record``) overwrites the row.
+        In a shared send the row's lease is the earliest of its ledger rows' leases, and
+        ``renew_leases`` renews both together, so whenever another sender may claim one
+        of these subscribers (its lease ran out) it first adopts this row (``claim``).
         """
-        if not targets:
-            return
         now = time.time()
-        if self.is_sqlite:  # the driver's executemany: a third of the cost, once per chunk
-            with self._write() as conn:
-                conn.exec_driver_sql(_SQLITE_MARK_INFLIGHT, [
-                    (campaign_id, sid, service, now) for sid, service in targets])
-            return
-        insert = dialect_insert(self.engine)
-        stmt = insert(deliveries)
+        packed = ",".join(map(str, ids))
+        with self._write() as conn:
+            lease_until: float | None = None
+            if lease is not None:
+                d = deliveries
+                lease_until = conn.execute(
+                    select(func.min(d.c.lease_until))
+                    .where(d.c.campaign_id == campaign_id, d.c.subscription_id.in_(ids))
+                ).scalar() or now + lease
+            if closed:
+                conn.execute(intents.delete().where(intents.c.id.in_(list(closed))))
+            return int(conn.execute(intents.insert().values(
+                campaign_id=campaign_id, sender=sender, ids=packed, lease_until=lease_until,
+                created_at=now)).inserted_primary_key[0])
+
+    @retry_deadlocks
+    def close_intents(self, closed: Sequence[int], keep: Mapping[int, Sequence[int]]) -> None:
+        """At a run's end: delete the ``closed`` rows and shrink each ``keep`` row to the
+        ids that may still have been delivered (a request cut short); empty ones go."""
+        gone = [*closed, *(row for row, ids in keep.items() if not ids)]
+        with self._write() as conn:
+            if gone:
+                conn.execute(intents.delete().where(intents.c.id.in_(gone)))
+            for row, ids in keep.items():
+                if ids:
+                    conn.execute(update(intents).where(intents.c.id == row)
+                                 .values(ids=",".join(map(str, sorted(ids)))))
+
+    @retry_deadlocks
+    def adopt_intents(self, campaign_id: int, *, everything: bool = False) -> int:
+        """Turn the intent rows no live sender owns into ``inflight`` ledger rows.
+
+        ``everything``: a run holding the campaign's lock adopts every row (no other
+        sender of this campaign can be alive). Otherwise (shared sends) only rows whose
+        lease ran out. Only ids without a final outcome become ``inflight``; returns how
+        many ids the adopted rows named.
+        """
+        with self._write() as conn:
+            return self._adopt(conn, campaign_id, None if everything else time.time())
+
+    def _adopt(self, conn: Connection, campaign_id: int, expired_before: float | None) -> int:
+        i = intents
+        where = [i.c.campaign_id == campaign_id]
+        if expired_before is not None:
+            where.append(and_(i.c.lease_until.is_not(None), i.c.lease_until < expired_before))
+        rows = conn.execute(select(i.c.id, i.c.ids).where(*where)).all()
+        if not rows:
+            return 0
+        ids = sorted({int(x) for _, packed in rows for x in packed.split(",") if x})
+        now = time.time()
+        stmt = dialect_insert(self.engine)(deliveries)
         stmt = stmt.on_conflict_do_update(
             index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id],
             set_={"outcome": INFLIGHT, "updated_at": stmt.excluded.updated_at},
+            where=deliveries.c.outcome == PENDING,  # never over a final outcome
         )
-        with self._write() as conn:
+        for k in range(0, len(ids), 5000):
             conn.execute(stmt, [
                 {"campaign_id": campaign_id, "subscription_id": sid, "outcome": INFLIGHT,
-                 "service": service, "attempts": 0, "ambiguous": 0, "updated_at": now}
-                for sid, service in targets])
+                 "service": "", "attempts": 0, "ambiguous": 0, "updated_at": now}
+                for sid in ids[k:k + 5000]])
+        conn.execute(i.delete().where(i.c.id.in_([r[0] for r in rows])))
+        return len(ids)
+
+    def in_flight(self, campaign_id: int) -> set[int]:
+        """Who may already have this campaign's message without an outcome saying so:
+        ``inflight`` rows, and the ids of intent rows not yet adopted that have no final
+        outcome (what ``adopt_intents`` would mark)."""
+        d = deliveries
+        with self._read() as conn:
+            out = {int(r[0]) for r in conn.execute(
+                select(d.c.subscription_id).where(d.c.campaign_id == campaign_id,
+                                                  d.c.outcome == INFLIGHT))}
+            listed = {int(x) for (packed,) in conn.execute(
+                select(intents.c.ids).where(intents.c.campaign_id == campaign_id))
+                for x in packed.split(",") if x}
+            if listed:
+                final = {int(r[0]) for r in conn.execute(
+                    select(d.c.subscription_id).where(d.c.campaign_id == campaign_id,
+                                                      d.c.outcome.not_in(UNFINAL)))}
+                out |= listed - final
+        return out
 
     def inflight_among(self, campaign_id: int, ids: Sequence[int]) -> set[int]:
-        """Which of ``ids`` an earlier run marked in flight and never recorded."""
+        """Which of ``ids`` an earlier run left in flight (adopted) and never recorded."""
         if not ids:
             return set()
         d = deliveries
@@ -418,18 +500,6 @@ class Ledger(Database):
                 select(d.c.subscription_id).where(d.c.campaign_id == campaign_id,
                                                   d.c.outcome == INFLIGHT,
                                                   d.c.subscription_id.in_(ids)))}
-
-    @retry_deadlocks
-    def release_inflight(self, campaign_id: int, ids: Sequence[int]) -> None:
-        """Return in-flight rows whose request never went out to the queue (a graceful stop)."""
-        if not ids:
-            return
-        d = deliveries
-        with self._write() as conn:
-            conn.execute(update(d).where(d.c.campaign_id == campaign_id,
-                                         d.c.outcome == INFLIGHT,
-                                         d.c.subscription_id.in_(ids))
-                         .values(outcome=PENDING, lease_until=None))
 
     @staticmethod
     def _move_endpoint(conn: Connection, r: DeliveryRecord, now: float) -> bool:
@@ -537,3 +607,36 @@ def _claimable(now: float) -> Any:
     )
 
 
+class IntentLog:
+    """What the engine calls to commit chunks as in flight and to close them.
+
+    The engine numbers its chunks; this maps them to ``intents`` rows. Calls come
+    one at a time from the engine's ledger-write thread.
+    """
+
+    def __init__(self, ledger: Ledger, campaign_id: int, sender: str,
+                 lease: float | None) -> None:
+        self._ledger = ledger
+        self._campaign_id = campaign_id
+        self._sender = sender
+        self._lease = lease
+        self._rows: dict[int, int] = {}
+
+    def open(self, chunk: int, ids: Sequence[int], closed: Sequence[int]) -> None:
+        """Commit chunk ``chunk`` (its subscriber ``ids``) as in flight; forget ``closed``
+        chunks (every id in them has a committed final outcome, or never went out)."""
+        self._rows[chunk] = self._ledger.open_intent(
+            self._campaign_id, self._sender, ids, lease=self._lease,
+            closed=[self._rows[c] for c in closed if c in self._rows])
+        for c in closed:  # only once committed: a failed write is tried again whole
+            self._rows.pop(c, None)
+
+    def close(self, closed: Sequence[int], keep: Mapping[int, Sequence[int]]) -> None:
+        """The run's end: forget ``closed`` chunks; keep only ``keep``'s ids of the others
+        (requests that may have arrived); an open chunk not in ``keep`` stays whole."""
+        rows = [self._rows[c] for c in closed if c in self._rows]
+        kept = {self._rows[c]: ids for c, ids in keep.items() if c in self._rows}
+        if rows or kept:
+            self._ledger.close_intents(rows, kept)
+        for c in closed:
+            self._rows.pop(c, None)

@@ -149,6 +149,24 @@ events = Table(
 )
 Index("ix_events_subscription_kind_at", events.c.subscription_id, events.c.kind, events.c.at)
 
+#: v8: the intent log. Before a chunk of requests goes out, one row lists its subscriber
+#: ids (comma-separated): one small insert per chunk instead of a ledger row per message.
+#: A row is deleted once every id in it has a final outcome; whatever a dead sender left
+#: is turned into ``inflight`` ledger rows by the next run (``Ledger.adopt_intents``).
+intents = Table(
+    "intents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("campaign_id", Integer, nullable=False),
+    Column("sender", String(255), nullable=False),  # the lease owner that wrote it
+    Column("ids", Text, nullable=False),
+    # shared sends: renewed with the sender's leases, never later than its rows' leases;
+    # NULL for a run holding the campaign's lock (the next such run adopts it)
+    Column("lease_until", Float),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_intents_campaign", intents.c.campaign_id)
+
 locks = Table(
     "locks",
     metadata,
@@ -259,9 +277,10 @@ MIGRATIONS: dict[int, list[str | Callable[[Connection], None]]] = {
 
 #: Ledger outcome of queued, not yet final, work in a shared send.
 PENDING = "pending"
-#: Ledger outcome written just before a request goes out (the intent log) and
-#: overwritten by the final one: a row still ``inflight`` after its run ended may
-#: have been delivered (kill -9, power cut, failed ledger, second Ctrl-C).
+#: Ledger outcome of a subscriber an earlier run committed in flight (the intent log,
+#: ``intents``) and never recorded: it may have been delivered (kill -9, power cut,
+#: failed ledger, second Ctrl-C). The next run writes it when it adopts that run's
+#: intent rows; the final outcome overwrites it.
 INFLIGHT = "inflight"
 #: Not final: queued or in flight. Reports never count these rows.
 UNFINAL = (PENDING, INFLIGHT)
