@@ -194,7 +194,10 @@ def test_report_csv_has_a_waiting_row_per_subscriber_still_waiting(e2e: Workspac
     assert row[header.index("waiting")] == "10"
     assert row[header.index("next due")] == time.strftime(
         "%Y-%m-%d %H:%M", time.localtime(paris_9.timestamp()))
+    summary = e2e.pushcli("report", "csv-windows").stdout  # the summary table
+    assert "waiting (local_time 10; next due " in summary, summary
     _run(e2e, campaign, "2026-12-02T12:00:00Z")  # the end: everyone left is missed
+    assert "missed (schedule ended)" in e2e.pushcli("report", "csv-windows").stdout
     out = e2e.dir / "final.csv"
     assert e2e.pushcli("report", "csv-windows", "--report", str(out)).returncode == 0
     with out.open(newline="") as fh:
