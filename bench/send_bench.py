@@ -165,9 +165,13 @@ def main() -> None:
     ap.add_argument("--compare-loops", action="store_true",
                     help="first also send with PUSHCLI_EVENT_LOOP=uvloop (another campaign, "
                     "same store) to measure what uvloop gives")
+    ap.add_argument("--probe-report", action="store_true",
+                    help="run `pushcli report` every 5 s during the measured send and print "
+                    "its slowest answer (slows the send it measures)")
     ap.add_argument("--paired", action="store_true",
-                    help="first send the same audience without the intent log (another "
-                    "campaign, same store), to measure what the intent writes cost")
+                    help="first send the same audience four times, without, with, with and "
+                    "without the intent log (each its own campaign, same store), to measure "
+                    "what the intent writes cost")
     args = ap.parse_args()
     if args.pg:
         from tests.support import fresh_database, postgres_server
@@ -217,19 +221,28 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             cmd += ["--concurrency", str(args.concurrency)]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
-        baseline: float | None = None
+        intent_cost: list[tuple[bool, float, float]] = []  # (with intent, rate, CPU us/msg)
         if args.paired:
-            (work / "baseline.yml").write_text(
-                (work / "campaign.yml").read_text().replace("name: bench\n",
-                                                           "name: bench-no-intent\n"))
-            base_cmd = [c if c != str(work / "campaign.yml") else str(work / "baseline.yml")
-                        for c in cmd]
-            _, bproc, _, _ = run_measured(base_cmd, dict(env, PUSHCLI_BENCH_NO_INTENT="1"),
-                                          work)
-            if bproc.returncode != 0:
-                sys.exit(f"baseline send exited {bproc.returncode}: {bproc.stderr[-2000:]}")
-            b = json.loads(bproc.stdout)
-            baseline = b["sent"] / b["run"]["duration_s"]
+            # ABBA (without, with, with, without), each on its own campaign in this store and
+            # without report probes: a later send meets a bigger ledger and another load,
+            # so a fixed order would book that drift as the intent log's cost
+            for k, with_intent in enumerate((False, True, True, False)):
+                (work / f"pair{k}.yml").write_text(
+                    (work / "campaign.yml").read_text().replace("name: bench\n",
+                                                               f"name: bench-pair{k}\n"))
+                pair_cmd = [c if c != str(work / "campaign.yml") else str(work / f"pair{k}.yml")
+                            for c in cmd]
+                pair_env = env if with_intent else dict(env, PUSHCLI_BENCH_NO_INTENT="1")
+                cpu0 = os.times()
+                _, bproc, _, _ = run_measured(pair_cmd, pair_env, work)
+                cpu1 = os.times()
+                if bproc.returncode != 0:
+                    sys.exit(f"paired send exited {bproc.returncode}: {bproc.stderr[-2000:]}")
+                b = json.loads(bproc.stdout)
+                cpu = (cpu1.children_user - cpu0.children_user
+                       + cpu1.children_system - cpu0.children_system)
+                intent_cost.append((with_intent, b["sent"] / b["run"]["duration_s"],
+                                    1e6 * cpu / max(b["sent"], 1)))
         uv_loop: tuple[float, dict] | None = None
         if args.compare_loops:  # run first, so the default-loop send below is the one reported
             (work / "uvloop.yml").write_text(
@@ -254,7 +267,10 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
                 if r.returncode == 0:
                     latencies.append(time.perf_counter() - t)
 
-        prober = threading.Thread(target=probe_report, daemon=True)
+        # off by default: each probe is a whole pushcli process (~1 s CPU on this machine),
+        # a load the Node peer's run does not carry (it cost ~15 % of the 100k rate)
+        prober = threading.Thread(target=probe_report if args.probe_report else lambda: None,
+                                  daemon=True)
         prober.start()
         t_send, proc, peak_one, peak_sum = run_measured(cmd, env, work)
         stop_probe.set()
@@ -277,10 +293,16 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"messages/s         {report['sent'] / run_info['duration_s']:,.0f} (engine), "
               f"{report['sent'] / t_send:,.0f} (wall)")
         print(f"sent / failed      {report['sent']:,} / {report['failed']:,}")
-        if baseline is not None:
-            rate = report["sent"] / run_info["duration_s"]
-            print(f"without intent log {baseline:,.0f} messages/s (engine, run first); "
-                  f"intent log cost {100 * (1 - rate / baseline):+.1f} %")
+        if intent_cost:
+            def mean(with_intent: bool, i: int) -> float:
+                vals = [r[i] for r in intent_cost if r[0] is with_intent]
+                return sum(vals) / len(vals)
+
+            runs = ", ".join(f"{'with' if w else 'without'} {r:,.0f}/s {c:,.0f} us"
+                             for w, r, c in intent_cost)
+            print(f"intent log, ABBA   {runs} (engine rate, sender-tree CPU per message)")
+            print(f"intent log cost    {100 * (1 - mean(True, 1) / mean(False, 1)):+.1f} % "
+                  f"rate, {100 * (mean(True, 2) / mean(False, 2) - 1):+.1f} % CPU per message")
         if uv_loop is not None:
             t_loop, lrep = uv_loop
             print(f"uvloop             {lrep['sent'] / lrep['run']['duration_s']:,.0f} messages/s "

@@ -477,6 +477,27 @@ def test_claims_are_disjoint_and_expired_leases_return_to_the_pool(st: Store) ->
     assert st.outcome_counts(c.id) == {"fcm": {"sent": 5}}  # queued rows never counted
 
 
+def test_a_dead_senders_intent_is_adopted_before_its_work_is_claimed_again(st: Store) -> None:
+    """Shared sends: what a sender committed in flight and never recorded becomes
+    ``inflight`` (a counted resend) when its lease runs out, not while it may live."""
+    load(st, subs(6))
+    c = st.start_campaign("adopt", {})
+    st.enqueue(c.id, [s.id for s in st.iter_subscriptions()])
+    a = [s.id for s in st.claim(c.id, "a", size=3, lease=0.3)]
+    b = [s.id for s in st.claim(c.id, "b", size=3, lease=0.3)]
+    st.open_intent(c.id, "a", a, lease=0.3)  # a posts its three, then dies
+    st.open_intent(c.id, "b", b[:1], lease=0.3)  # b lives and renews
+    st.record(c.id, [DeliveryRecord(a[0], Outcome.SENT, "fcm")])  # recorded before a died
+    assert st.in_flight(c.id) == {a[1], a[2], b[0]}
+    assert st.inflight_among(c.id, a + b) == set()  # nothing adopted while leases hold
+    assert st.renew_leases(c.id, "b", 60) == 3
+    taken = wait_for(lambda: [s.id for s in st.claim(c.id, "c", size=10, lease=60)], 10,
+                     "a's lease to run out")
+    assert taken == a[1:]
+    assert st.inflight_among(c.id, a + b) == {a[1], a[2]}  # resent, and counted
+    assert st.in_flight(c.id) == {a[1], a[2], b[0]}  # b's intent row still stands
+
+
 def test_retry_failed_claims_each_failed_row_once_per_run(st: Store) -> None:
     load(st, subs(2))
     c = st.start_campaign("r", {})
