@@ -498,6 +498,25 @@ def test_a_dead_senders_intent_is_adopted_before_its_work_is_claimed_again(st: S
     assert st.in_flight(c.id) == {a[1], a[2], b[0]}  # b's intent row still stands
 
 
+def test_an_intent_of_a_retry_failed_run_supersedes_the_failed_rows_it_resent(
+        st: Store) -> None:
+    """--retry-failed posts ``failed`` rows again: if that run dies, those subscribers may
+    have the message now. A failed (or blocked) answer recorded after the intent is
+    final, though: that request was answered and did not deliver."""
+    load(st, subs(3))
+    c = st.start_campaign("retry-intent", {})
+    x, y, z = (s.id for s in st.iter_subscriptions())
+    st.record(c.id, [DeliveryRecord(x, Outcome.FAILED, "fcm", 503),
+                     DeliveryRecord(y, Outcome.BLOCKED, "fcm"),
+                     DeliveryRecord(z, Outcome.FAILED, "fcm", 503)])
+    st.open_intent(c.id, "retrier", [x, y, z])  # the retry run posts all three, then dies
+    st.record(c.id, [DeliveryRecord(z, Outcome.FAILED, "fcm", 503)])  # z answered first
+    assert st.in_flight(c.id) == {x, y}
+    assert st.adopt_intents(c.id, everything=True) == 3
+    assert st.inflight_among(c.id, [x, y, z]) == {x, y}  # a resend of x or y is counted
+    assert st.in_flight(c.id) == {x, y}
+
+
 def test_retry_failed_claims_each_failed_row_once_per_run(st: Store) -> None:
     load(st, subs(2))
     c = st.start_campaign("r", {})

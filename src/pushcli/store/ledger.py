@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -418,9 +418,10 @@ class Ledger(Database):
                 ).scalar() or now + lease
             if closed:
                 conn.execute(intents.delete().where(intents.c.id.in_(list(closed))))
+            # on the run's clock, as outcomes are stamped: ``_superseded`` compares them
             return int(conn.execute(intents.insert().values(
                 campaign_id=campaign_id, sender=sender, ids=packed, lease_until=lease_until,
-                created_at=now)).inserted_primary_key[0])
+                created_at=self.run_clock())).inserted_primary_key[0])
 
     @retry_deadlocks
     def close_intents(self, closed: Sequence[int], keep: Mapping[int, Sequence[int]]) -> None:
@@ -452,24 +453,27 @@ class Ledger(Database):
         where = [i.c.campaign_id == campaign_id]
         if expired_before is not None:
             where.append(and_(i.c.lease_until.is_not(None), i.c.lease_until < expired_before))
-        rows = conn.execute(select(i.c.id, i.c.ids).where(*where)).all()
+        rows = conn.execute(select(i.c.id, i.c.ids, i.c.created_at).where(*where)).all()
         if not rows:
             return 0
-        ids = sorted({int(x) for _, packed in rows for x in packed.split(",") if x})
         now = time.time()
-        stmt = dialect_insert(self.engine)(deliveries)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id],
-            set_={"outcome": INFLIGHT, "updated_at": stmt.excluded.updated_at},
-            where=deliveries.c.outcome == PENDING,  # never over a final outcome
-        )
-        for k in range(0, len(ids), 5000):
-            conn.execute(stmt, [
-                {"campaign_id": campaign_id, "subscription_id": sid, "outcome": INFLIGHT,
-                 "service": "", "attempts": 0, "ambiguous": 0, "updated_at": now}
-                for sid in ids[k:k + 5000]])
+        named: set[int] = set()
+        for _, packed, created_at in rows:  # each row against its own moment
+            ids = sorted(_unpack(packed))
+            named.update(ids)
+            stmt = dialect_insert(self.engine)(deliveries)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[deliveries.c.campaign_id, deliveries.c.subscription_id],
+                set_={"outcome": INFLIGHT, "updated_at": stmt.excluded.updated_at},
+                where=_superseded(created_at),  # never over an outcome that came after
+            )
+            for k in range(0, len(ids), 5000):
+                conn.execute(stmt, [
+                    {"campaign_id": campaign_id, "subscription_id": sid, "outcome": INFLIGHT,
+                     "service": "", "attempts": 0, "ambiguous": 0, "updated_at": now}
+                    for sid in ids[k:k + 5000]])
         conn.execute(i.delete().where(i.c.id.in_([r[0] for r in rows])))
-        return len(ids)
+        return len(named)
 
     def in_flight(self, campaign_id: int) -> set[int]:
         """Who may already have this campaign's message without an outcome saying so:
@@ -480,13 +484,14 @@ class Ledger(Database):
             out = {int(r[0]) for r in conn.execute(
                 select(d.c.subscription_id).where(d.c.campaign_id == campaign_id,
                                                   d.c.outcome == INFLIGHT))}
-            listed = {int(x) for (packed,) in conn.execute(
-                select(intents.c.ids).where(intents.c.campaign_id == campaign_id))
-                for x in packed.split(",") if x}
-            if listed:
+            for packed, created_at in conn.execute(
+                    select(intents.c.ids, intents.c.created_at)
+                    .where(intents.c.campaign_id == campaign_id)).all():
+                listed = _unpack(packed)
                 final = {int(r[0]) for r in conn.execute(
-                    select(d.c.subscription_id).where(d.c.campaign_id == campaign_id,
-                                                      d.c.outcome.not_in(UNFINAL)))}
+                    select(d.c.subscription_id).where(
+                        d.c.campaign_id == campaign_id, d.c.subscription_id.in_(listed),
+                        not_(_superseded(created_at))))}
                 out |= listed - final
         return out
 
@@ -592,6 +597,22 @@ def _unresolved(retry_failed: bool) -> Any:
     d = deliveries
     states = [*UNFINAL, *RETRY] if retry_failed else [*UNFINAL]
     return or_(d.c.outcome.is_(None), d.c.outcome.in_(states))
+
+
+def _unpack(packed: str) -> set[int]:
+    """An intent row's subscriber ids (``intents.ids``)."""
+    return {int(x) for x in packed.split(",") if x}
+
+
+def _superseded(created_at: float) -> Any:
+    """Ledger rows an intent written at ``created_at`` (run clock) makes ``inflight`` when
+    adopted: queued work, and a failed or blocked outcome recorded before it (a
+    --retry-failed run posted that subscriber again). Any outcome recorded after it is
+    that request's answer, and final."""
+    d = deliveries
+    # equalities, not IN: an upsert's WHERE under executemany takes no expanding list
+    return or_(*(d.c.outcome == o for o in UNFINAL),
+               and_(or_(*(d.c.outcome == o for o in RETRY)), d.c.updated_at < created_at))
 
 
 def _claimable(now: float) -> Any:
