@@ -9,6 +9,7 @@ subscriber is committed as in flight (intent), so a crash leaves a record.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -253,6 +254,48 @@ def test_an_abort_keeps_in_flight_what_may_have_arrived(tmp_path: Path) -> None:
         left = log.left()
         assert left and not left & recorded
         assert len(left) <= 4 < len(log.opened)  # what was posted, not the whole chunk
+
+
+def test_an_abort_during_an_intent_write_keeps_none_of_that_chunk(tmp_path: Path) -> None:
+    """A second Ctrl-C landing while a chunk's intent is being committed: the write
+    still completes, but none of that chunk was posted, so none of it may stay in the
+    log (the next run would count the whole chunk as possible duplicates)."""
+    signer, key = _signer(tmp_path)
+    with PushServiceEmulator(port=0, seed=1) as emu:
+        emu.add_fault("slow", rate=1.0, delay=0.5)
+        jobs, endpoints = _http_jobs(emu, key, 200)
+        recorded: set[int] = set()
+        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        writing, release = threading.Event(), threading.Event()
+        open_chunk = log.open
+
+        def slow_open(chunk: int, ids: Sequence[int], closed: Sequence[int]) -> None:
+            if chunk == 1:  # the second chunk's write is under way when the abort comes
+                writing.set()
+                release.wait(10)
+            open_chunk(chunk, ids, closed)
+
+        log.open = slow_open  # type: ignore[method-assign]
+        engine = Engine(signer, DeliveryOptions(concurrency=4, flush_size=2),
+                        lambda recs: recorded.update(r.subscription_id for r in recs),
+                        allowed_hosts=ALLOWED, intents=log)
+
+        async def abort_mid_write() -> None:
+            run = asyncio.ensure_future(engine.run(iter([jobs])))
+            while not writing.is_set():
+                await asyncio.sleep(0.01)
+            run.cancel()
+            await asyncio.sleep(0.05)  # the cancel reaches the feed, awaiting the write
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+        asyncio.run(abort_mid_write())
+        second = set(log.opened) - {j.subscription_id for j in jobs[:32]}
+        assert second and not any(emu.messages(endpoints[i]) for i in second)
+        left = log.left()
+        assert not left & second, sorted(left & second)
+        assert left and len(left) <= 4  # the first chunk's requests cut short
 
 
 def test_a_stop_arriving_as_the_flush_wakes_still_ends_the_flush_loop() -> None:

@@ -323,11 +323,24 @@ class Engine:
         self._chunks += 1
         ids = [job.subscription_id for job in part]
         closed = list(self._closed)
-        await self._ledger_write(lambda _: log.open(number, ids, closed), None)
-        del self._closed[:len(closed)]  # only appended to meanwhile
-        self._open[number] = set(ids)
-        for job in part:
-            job.chunk = number
+
+        def opened() -> None:
+            del self._closed[:len(closed)]  # only appended to meanwhile
+            self._open[number] = set(ids)
+            for job in part:
+                job.chunk = number
+
+        receipt: list[bool] = []
+        try:
+            await self._ledger_write(lambda _: log.open(number, ids, closed), None,
+                                     receipt=receipt)
+        except BaseException:
+            if receipt:  # committed, then cancelled while awaiting it (an abort)
+                opened()
+                for job in part:  # none of them is posted now: the log must not keep them
+                    self._note_unsent(job)
+            raise
+        opened()
 
     def _settle(self, job: Job) -> None:
         """This job's message has its outcome buffered, or certainly never went out: once
