@@ -535,6 +535,24 @@ def test_retry_failed_claims_each_failed_row_once_per_run(st: Store) -> None:
     assert st.queued(c.id, retry_failed=True) == 0
 
 
+def test_a_sender_joining_a_retry_failed_send_never_takes_a_failed_row_in_flight(
+        st: Store) -> None:
+    """A failed row stays ``failed`` in the ledger while a --retry-failed sender posts it
+    again (its intent row says so). A second sender starting later resets failed claims:
+    it must leave that live claim alone, or it resends the message, uncounted."""
+    load(st, subs(2))
+    c = st.start_campaign("r2", {})
+    x, y = (s.id for s in st.iter_subscriptions())
+    st.record(c.id, [DeliveryRecord(x, Outcome.FAILED, "fcm", 503),
+                     DeliveryRecord(y, Outcome.FAILED, "fcm", 503)])
+    st.reset_failed_claims(c.id)  # sender a starts
+    [taken] = st.claim(c.id, "a", size=1, lease=60, retry_failed=True)
+    st.open_intent(c.id, "a", [taken.id], lease=60)  # a posts it
+    st.reset_failed_claims(c.id)  # sender b starts while a's request is in flight
+    assert [s.id for s in st.claim(c.id, "b", size=10, lease=60, retry_failed=True)] == [
+        ({x, y} - {taken.id}).pop()]
+
+
 def _ab_ledger(st: Store) -> int:
     """A campaign with variants a/b: ledger rows by outcome, events by kind; returns its id."""
     from pushcli.store import deliveries, events

@@ -316,11 +316,14 @@ class Ledger(Database):
 
     @retry_deadlocks
     def reset_failed_claims(self, campaign_id: int) -> None:
-        """Make failed rows claimable again for a --retry-failed run."""
+        """Make failed rows claimable again for a --retry-failed run, except those a live
+        sender holds: a row it is posting again stays ``failed`` in the ledger until
+        answered (its intent row says it is in flight), and taking it would resend it."""
         d = deliveries
+        held = and_(d.c.lease_until.is_not(None), d.c.lease_until >= time.time())
         with self._write() as conn:
             conn.execute(update(d).where(d.c.campaign_id == campaign_id,
-                                         d.c.outcome.in_(RETRY))
+                                         d.c.outcome.in_(RETRY), not_(held))
                          .values(lease_owner=None, lease_until=None))
 
     @retry_deadlocks
