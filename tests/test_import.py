@@ -359,3 +359,23 @@ def test_import_checks_every_file_before_importing_any(tmp_path: Path) -> None:
     r = run("subscribers", "import", "a.json", "missing.json")
     assert r.exit_code == 2 and "missing.json: no such file" in r.output
     assert not (tmp_path / "test.db").exists()  # nothing was imported, not even a.json
+
+
+def test_every_canonical_key_takes_the_quick_check_the_send_path_reads_rows_with() -> None:
+    """The quick check's pattern for a 65-byte key allowed only 4 of the 16 possible last
+    characters, so 3 keys in 4 fell back to the field-by-field decoding on every send."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from pushcli.subscriptions import stored_keys_valid, validate_auth, validate_p256dh
+
+    last = set()
+    for i in range(200):
+        point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            Encoding.X962, PublicFormat.UncompressedPoint)
+        p256dh, auth = b64url_encode(point), b64url_encode(bytes([i]) * 16)
+        assert validate_p256dh(p256dh) == p256dh and validate_auth(auth) == auth
+        assert stored_keys_valid(p256dh, auth), p256dh
+        last.add(p256dh[-1])
+    assert len(last) > 4  # the old pattern's whole alphabet
+    assert not stored_keys_valid(p256dh[:-1] + "B", auth)  # low bits set: not canonical

@@ -136,8 +136,10 @@ def validate_p256dh(value: object) -> str:
     return value if _is_canonical(value, 65) else b64url_encode(raw)
 
 
-_P256DH_RE = re.compile(r"[A-Za-z0-9_-]{86}[AQgw]")  # 65 bytes: the last 2 bits are 0
-_AUTH_RE = re.compile(r"[A-Za-z0-9_-]{21}[AQgw]")  # 16 bytes
+# unpadded base64url: 65 bytes end in a character whose last 2 bits are 0 (4 data bits),
+# 16 bytes in one whose last 4 bits are 0 (2 data bits)
+_P256DH_RE = re.compile(r"[A-Za-z0-9_-]{86}[AEIMQUYcgkosw048]")
+_AUTH_RE = re.compile(r"[A-Za-z0-9_-]{21}[AQgw]")
 
 
 def stored_keys_valid(p256dh: object, auth: object) -> bool:
