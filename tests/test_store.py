@@ -498,6 +498,19 @@ def test_a_dead_senders_intent_is_adopted_before_its_work_is_claimed_again(st: S
     assert st.in_flight(c.id) == {a[1], a[2], b[0]}  # b's intent row still stands
 
 
+def test_a_shared_claim_adopts_what_a_dead_lock_holding_run_left(st: Store) -> None:
+    """PostgreSQL: a --to/--limit run (campaign lock, intent rows without a lease) killed
+    mid-send, then a plain shared send: its claims must count x's resend too."""
+    load(st, subs(2))
+    c = st.start_campaign("limit-then-shared", {})
+    x, y = (s.id for s in st.iter_subscriptions())
+    st.open_intent(c.id, "limit-run", [x])  # posted x, then kill -9
+    st.enqueue(c.id, [x, y])  # the shared send queues the audience
+    assert {s.id for s in st.claim(c.id, "a", size=10, lease=60)} == {x, y}
+    assert st.inflight_among(c.id, [x, y]) == {x}
+    assert st.in_flight(c.id) == {x}  # adopted once: no intent row left behind
+
+
 def test_an_intent_of_a_retry_failed_run_supersedes_the_failed_rows_it_resent(
         st: Store) -> None:
     """--retry-failed posts ``failed`` rows again: if that run dies, those subscribers may

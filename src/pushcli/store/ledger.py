@@ -450,9 +450,11 @@ class Ledger(Database):
         """Turn the intent rows no live sender owns into ``inflight`` ledger rows.
 
         ``everything``: a run holding the campaign's lock adopts every row (no other
-        sender of this campaign can be alive). Otherwise (shared sends) only rows whose
-        lease ran out. Only ids without a final outcome become ``inflight``; returns how
-        many ids the adopted rows named.
+        sender of this campaign can be alive). Otherwise (shared sends) rows whose lease
+        ran out, and rows with none: a --to/--limit run's (PostgreSQL), which no shared
+        sender coordinates with, so only adopting counts a resend of what it left. Only
+        ids without a final outcome become ``inflight``; returns how many ids the
+        adopted rows named.
         """
         with self._write() as conn:
             return self._adopt(conn, campaign_id, None if everything else time.time())
@@ -461,7 +463,7 @@ class Ledger(Database):
         i = intents
         where = [i.c.campaign_id == campaign_id]
         if expired_before is not None:
-            where.append(and_(i.c.lease_until.is_not(None), i.c.lease_until < expired_before))
+            where.append(or_(i.c.lease_until.is_(None), i.c.lease_until < expired_before))
         rows = conn.execute(select(i.c.id, i.c.ids, i.c.created_at).where(*where)).all()
         if not rows:
             return 0

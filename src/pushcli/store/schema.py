@@ -161,7 +161,7 @@ intents = Table(
     Column("sender", String(255), nullable=False),  # the lease owner that wrote it
     Column("ids", Text, nullable=False),
     # shared sends: renewed with the sender's leases, never later than its rows' leases;
-    # NULL for a run holding the campaign's lock (the next such run adopts it)
+    # NULL for a run holding the campaign's lock (the next such run, or a claim, adopts it)
     Column("lease_until", Float),
     Column("created_at", Float, nullable=False),
 )
