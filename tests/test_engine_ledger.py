@@ -256,6 +256,30 @@ def test_an_abort_keeps_in_flight_what_may_have_arrived(tmp_path: Path) -> None:
         assert len(left) <= 4 < len(log.opened)  # what was posted, not the whole chunk
 
 
+def test_an_abort_keeps_no_job_still_waiting_for_its_rate_limit_slot(tmp_path: Path) -> None:
+    """Jobs a worker took but the rate limit still holds were never posted: an abort
+    must not leave them in the log as if their requests had gone out."""
+    signer, key = _signer(tmp_path)
+    with PushServiceEmulator(port=0, seed=1) as emu:
+        jobs, endpoints = _http_jobs(emu, key, 40)
+        recorded: set[int] = set()
+        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        engine = Engine(signer, DeliveryOptions(concurrency=4, rate_limit=1.0), lambda recs:
+                        recorded.update(r.subscription_id for r in recs),
+                        allowed_hosts=ALLOWED, intents=log)
+
+        async def abort_while_pacing() -> None:
+            run = asyncio.ensure_future(engine.run(iter([jobs])))
+            await asyncio.sleep(0.3)  # one posted and answered; the others wait ~1 s each
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+        asyncio.run(abort_while_pacing())
+        reached = {i for i in log.opened if emu.messages(endpoints[i])}
+        assert reached and log.left() <= reached - recorded, sorted(log.left())
+
+
 def test_an_abort_during_an_intent_write_keeps_none_of_that_chunk(tmp_path: Path) -> None:
     """A second Ctrl-C landing while a chunk's intent is being committed: the write
     still completes, but none of that chunk was posted, so none of it may stay in the

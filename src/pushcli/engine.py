@@ -472,7 +472,11 @@ class Engine:
         if wait > 0:
             self._later(job, wait)
             return
-        await self._pace(host, job.service)
+        try:
+            await self._pace(host, job.service)
+        except asyncio.CancelledError:  # aborted while waiting for a slot: never posted
+            self._note_unsent(job)
+            raise
         if host.not_before > self._clock() and not self._stopping:
             self._later(job, host.not_before - self._clock())  # paused while pacing
             return
