@@ -10,11 +10,15 @@ link's capacity:
   requests, about one round trip); after the first cut it grows by
   ``sqrt(limit)`` per window instead. It never passes ``ceiling``.
 - "Latency holds" means the window's mean latency stays within
-  ``latency_tolerance`` times the lowest window mean seen (plus a few ms of
-  slack). At a constant throughput latency grows in proportion to what is in
+  ``latency_tolerance`` (1.5) times the lowest window mean seen (plus a few ms
+  of slack). At a constant throughput latency grows in proportion to what is in
   flight (Little's law), so this is what stops growth once throughput stops
   rising: past that point more requests in flight only queue, here or there.
   Latency alone shrinks the limit gently (x0.9) and never below ``initial``.
+  Doubling stops as soon as a window's latency passes half that margin (1.25x),
+  like TCP's HyStart, so the first overshoot is not a whole doubling past the
+  knee. (2.0 and no early exit, measured on loopback with the sender CPU-bound:
+  p50 latency 75-83 ms and 2,252-2,311/s; 1.5: 39-51 ms and 2,407-2,850/s.)
 - A throttling answer (429, WNS 406, 503) or a timeout halves it, at most once
   per round trip: only a request started after the previous cut can cut again,
   so one burst of 429s from the same window counts once.
@@ -56,7 +60,7 @@ class ConcurrencyLimit:
     """The in-flight limit of one origin (see the module docstring for the rules)."""
 
     def __init__(self, ceiling: int, *, adaptive: bool = True, initial: int = INITIAL_LIMIT,
-                 latency_tolerance: float = 2.0, latency_slack: float = 0.005,
+                 latency_tolerance: float = 1.5, latency_slack: float = 0.005,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if ceiling < 1:
             raise ValueError("ceiling must be at least 1")
@@ -65,6 +69,7 @@ class ConcurrencyLimit:
         self.initial = min(initial, ceiling) if adaptive else ceiling
         self._limit = float(self.initial)
         self._tolerance = latency_tolerance
+        self._rising = 1 + (latency_tolerance - 1) / 2  # where slow start ends
         self._slack = latency_slack
         self._clock = clock
         self.in_flight = 0
@@ -117,7 +122,13 @@ class ConcurrencyLimit:
             gentler = self._limit * 0.9
             self._limit = gentler if gentler >= self.initial else min(self._limit,
                                                                        float(self.initial))
-        elif busy:
+            self._reset_window()
+            return
+        if self._slow_start and mean > self.baseline * self._rising + self._slack:
+            # latency has started to rise: doubling again would overshoot the knee by
+            # a whole window (memory and queueing), so grow gently from here
+            self._slow_start = False
+        if busy:
             step = self._limit if self._slow_start else max(1.0, math.sqrt(self._limit))
             self._limit = min(float(self.ceiling), self._limit + step)
             self.peak_limit = max(self.peak_limit, self.limit)
