@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pushcli.engine import GuardedResolver, PrivateAddress
+from pushcli.resolver import GuardedResolver, PrivateAddress
 from pushcli.testing import make_self_signed_cert
 from pushcli.transport import Answer, CurlTransport, TransportError, TransportTimeout
 from tests.support import echo_201, nginx_sink
@@ -44,7 +44,7 @@ def _transport(allowed: frozenset[str] = frozenset({"localhost"}), *,
     guard = GuardedResolver(allowed)
 
     async def resolve(host: str, port: int) -> list[str]:
-        return [i["host"] for i in await guard.resolve(host, port, socket.AF_INET)]
+        return await guard.resolve(host, port, socket.AF_INET)
 
     return CurlTransport(resolve, timeout=timeout, connect_timeout=timeout)
 

@@ -1,6 +1,7 @@
-"""The HTTP engine: encrypt, POST with bounded concurrency over one aiohttp
-connection pool, classify, retry what the push service says is temporary, and
-hand final outcomes to a sink in batches.
+"""The HTTP engine: encrypt, POST with bounded concurrency per push-service origin
+(libcurl for https, ``pushcli.transport``; aiohttp for plain-http test origins,
+``pushcli.plainhttp``, imported only when one is reached), classify, retry what the
+push service says is temporary, and hand final outcomes to a sink in batches.
 
 Store-agnostic: it takes rendered, policy-checked jobs; ``delivery`` feeds it.
 """
@@ -9,17 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
+from typing import TYPE_CHECKING, Any, Protocol
 
 # encrypt: RFC 8291 aes128gcm with a fresh ephemeral key and salt per message.
 from pushcli.ece import encrypt
@@ -28,8 +23,12 @@ from pushcli.eventloop import wait_event
 from pushcli.keys import VapidSigner
 from pushcli.limiter import INITIAL_LIMIT, ConcurrencyLimit, Pacer, Signal
 from pushcli.messages import DeliveryOptions, DeliveryRecord, Job, Stats, service_rate_limits
-from pushcli.pushservices import Fault, Outcome, address_allowed, classify, fcm_wp_endpoint
-from pushcli.transport import CurlTransport, TransportError
+from pushcli.pushservices import Fault, Outcome, classify, fcm_wp_endpoint
+from pushcli.resolver import GuardedResolver, PrivateAddress
+from pushcli.transport import Answer, CurlTransport, TransportError
+
+if TYPE_CHECKING:
+    from pushcli.plainhttp import PlainTransport
 
 UNCERTAIN_REASON = ("in flight when an earlier run stopped without recording it; may have "
                     "arrived; not resent (on_uncertain: skip)")
@@ -90,41 +89,6 @@ class IntentLog(Protocol):
 
     def close(self, closed: Sequence[int], keep: Mapping[int, Sequence[int]]) -> None:
         """The run's end: forget ``closed``; shrink each ``keep`` chunk to those ids."""
-
-
-class PrivateAddress(OSError):
-    """A push-service host name resolved only to non-public addresses (DNS rebinding)."""
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves like aiohttp's default, but never hands out a private address.
-
-    The endpoint policy vets host names at import; this closes the gap where a
-    name resolves to 10.x, 127.x, 169.254.x ... at send time. Hosts that the
-    operator allowed explicitly (the emulator, a staging service) are exempt.
-    """
-
-    def __init__(self, allowed_hosts: frozenset[str]) -> None:
-        self._inner = ThreadedResolver()
-        self._allowed = allowed_hosts
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        infos = await self._inner.resolve(host, port, family)
-        public = [i for i in infos if address_allowed(host, i["host"], self._allowed)]
-        if not public:
-            addresses = ", ".join(sorted({i["host"] for i in infos}))
-            raise PrivateAddress(f"{host} resolves to non-public address {addresses}; "
-                                 "not contacted")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-def make_ssl_context() -> ssl.SSLContext:
-    """Verified TLS against the system store (honours SSL_CERT_FILE / SSL_CERT_DIR)."""
-    return ssl.create_default_context()
 
 
 class Engine:
@@ -208,43 +172,32 @@ class Engine:
 
     async def run(self, batches: Iterator[list[Job]]) -> Stats:
         """Send every job from ``batches`` (pulled lazily, in a thread) and flush."""
-        guard = GuardedResolver(self.allowed_hosts)  # one DNS guard for both transports
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=self.options.concurrency,  # the per-origin ceiling
-            ssl=make_ssl_context(),
-            resolver=guard,
-            ttl_dns_cache=300,
-            enable_cleanup_closed=True,
-        )
-        timeout = aiohttp.ClientTimeout(total=self.options.timeout,
-                                        connect=min(self.options.timeout, 10.0))
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False,
-            skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
-        ) as session:
-            self._session = session
-            self._h2 = self._curl_transport(guard)
-            flusher = asyncio.create_task(self._flush_loop())
-            try:
-                await self._feed(batches)
-                if self._outstanding > 0:
-                    self._idle.clear()
-                    await self._idle.wait()
-            except asyncio.CancelledError:
-                for w in list(self._workers):  # second Ctrl-C: abort in-flight requests too
-                    w.cancel()
-                raise
-            finally:
-                self._stopping = self._stopping or self._outstanding > 0
-                await asyncio.gather(*self._workers, return_exceptions=True)
-                self._drain_waiting()  # aborted: jobs no worker took never went out
-                for host in self._hosts.values():
-                    if host.resume is not None:
-                        host.resume.cancel()
-                self._h2.close()
-                flusher.cancel()
-                await asyncio.gather(flusher, return_exceptions=True)
-                await self._final_writes()
+        self._guard = GuardedResolver(self.allowed_hosts)  # one DNS guard for both transports
+        self._h2 = self._curl_transport(self._guard)
+        self._plain: PlainTransport | None = None  # opened at the first plain-http origin
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            await self._feed(batches)
+            if self._outstanding > 0:
+                self._idle.clear()
+                await self._idle.wait()
+        except asyncio.CancelledError:
+            for w in list(self._workers):  # second Ctrl-C: abort in-flight requests too
+                w.cancel()
+            raise
+        finally:
+            self._stopping = self._stopping or self._outstanding > 0
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._drain_waiting()  # aborted: jobs no worker took never went out
+            for host in self._hosts.values():
+                if host.resume is not None:
+                    host.resume.cancel()
+            self._h2.close()
+            if self._plain is not None:
+                await self._plain.close()
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self._final_writes()
         self.stats.signatures = self.signer.signatures
         if self._ledger_error is not None:
             raise self._ledger_error
@@ -449,14 +402,19 @@ class Engine:
 
     def _curl_transport(self, guard: GuardedResolver) -> CurlTransport:
         """The https transport: libcurl multiplexing HTTP/2 streams (fewer connections and
-        less CPU per message than aiohttp, see bench/http_clients.py), resolving through
-        aiohttp's DNS guard, with the same timeouts."""
-
-        async def addresses(host: str, port: int) -> list[str]:
-            return [r["host"] for r in await guard.resolve(host, port, socket.AF_UNSPEC)]
-
-        return CurlTransport(addresses, timeout=self.options.timeout,
+        less CPU per message than aiohttp, see bench/http_clients.py)."""
+        return CurlTransport(guard.resolve, timeout=self.options.timeout,
                              connect_timeout=min(self.options.timeout, 10.0))
+
+    def _plain_transport(self) -> PlainTransport:
+        """The plain-http transport (aiohttp, HTTP/1.1), the first time one is needed."""
+        if self._plain is None:
+            from pushcli.plainhttp import PlainTransport
+
+            self._plain = PlainTransport(self._guard, timeout=self.options.timeout,
+                                         connect_timeout=min(self.options.timeout, 10.0),
+                                         per_origin=self.options.concurrency)
+        return self._plain
 
     async def _attempt(self, job: Job) -> None:
         host = self._host(job.origin)
@@ -487,7 +445,6 @@ class Engine:
             host.auth = auth
             host.headers = {**self._static_headers, "Authorization": auth}
             host.header_lines = [f"{k}: {v}" for k, v in host.headers.items()]
-        sent_body = False
         signal = Signal.NONE
         started = host.limit.start()
         self.stats.in_flight[job.service] += 1
@@ -495,37 +452,23 @@ class Engine:
         if in_flight > self.stats.concurrency.get(job.service, 0):
             self.stats.concurrency[job.service] = in_flight
         try:
+            answer: Answer
             if job.url.startswith("https:"):  # libcurl: HTTP/2 where ALPN offers it
                 answer = await self._h2.post(job.url, body, host.header_lines)
-                sent_body, status, resp_headers = True, answer.status, answer.headers
-                text = b"" if status in (201, 202) else answer.body
             else:  # plain http (emulator, web-push-testing): aiohttp, HTTP/1.1
-                async with self._session.post(job.url, data=body, headers=host.headers,
-                                              allow_redirects=False) as resp:
-                    sent_body = True
-                    status = resp.status
-                    text = b"" if status in (201, 202) else await resp.content.read(1024)
-                    resp_headers = resp.headers
-        except PrivateAddress as exc:  # the libcurl transport's DNS guard
+                answer = await self._plain_transport().post(job.url, body, host.headers)
+            status, resp_headers = answer.status, answer.headers
+            text = b"" if status in (201, 202) else answer.body
+        except PrivateAddress as exc:  # the DNS guard: never contacted
             self._finish(job, Outcome.BLOCKED, str(exc), None, Fault.SENDER)
             return
-        except TransportError as exc:  # libcurl: it knows whether the request went out
+        except TransportError as exc:  # the transport knows whether the request went out
             if isinstance(exc, TimeoutError):
                 signal = Signal.TIMEOUT
             self._transport_error(job, host, exc, exc.ambiguous)
             return
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, PrivateAddress):
-                self._finish(job, Outcome.BLOCKED, str(exc.os_error), None, Fault.SENDER)
-            else:
-                self._transport_error(job, host, exc, False)
-            return
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if isinstance(exc, TimeoutError):
-                signal = Signal.TIMEOUT
-            ambiguous = sent_body or isinstance(
-                exc, TimeoutError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
-            self._transport_error(job, host, exc, ambiguous)
+        except OSError as exc:  # the resolver's own failure: nothing was sent
+            self._transport_error(job, host, exc, False)
             return
         else:
             self.stats.note_latency(job.service, self._clock() - started)
@@ -569,7 +512,8 @@ class Engine:
                          ambiguous: bool) -> None:
         host.transport_failures += 1
         name = type(exc).__name__
-        reason = "timeout" if isinstance(exc, TimeoutError) else f"{name}: {exc}".strip(": ")
+        reason = ("timeout" if isinstance(exc, TimeoutError) else str(exc)
+                  if isinstance(exc, TransportError) else f"{name}: {exc}".strip(": "))
         job.last_status = None
         if ambiguous:
             job.ambiguous = True
