@@ -49,8 +49,10 @@ CLAIM_SIZE = 500
 #: bench/send_bench.py --paired only: send without the intent log, to measure its cost.
 #: Never set it otherwise: a crash would then leave duplicates nobody counts.
 BENCH_NO_INTENT = "PUSHCLI_BENCH_NO_INTENT"
-#: Below this many pending messages one process is quicker than spawning more.
-AUTO_WORKERS_FROM = 20_000
+#: Below this many pending messages one process is quicker than spawning more. Measured
+#: on 2 cores (bench/send_bench.py --workers 1|2, whole process): 5,000 took 5.0 s alone and
+#: 4.3 s with 2; 10,000 7.9-8.3 s and 6.1-6.7 s (a sender starts in under a second).
+AUTO_WORKERS_FROM = 5_000
 
 
 @dataclass
