@@ -187,12 +187,32 @@ class _Intents:
         return {i for ids in self.rows.values() for i in ids}
 
 
+def _logged_jobs(emu: PushServiceEmulator, key: str, n: int
+                 ) -> tuple[list[Job], dict[int, str], set[int], _Intents]:
+    """``n`` jobs to the emulator, the set their sink records into, and an intent log
+    that checks the engine's calls against what the emulator received."""
+    jobs, endpoints = _http_jobs(emu, key, n)
+    recorded: set[int] = set()
+    return jobs, endpoints, recorded, _Intents(lambda i: bool(emu.messages(endpoints[i])),
+                                               recorded)
+
+
+def _abort(engine: Engine, jobs: list[Job], after: float) -> None:
+    """Run ``engine`` on ``jobs`` and cancel it (a second Ctrl-C) ``after`` seconds in."""
+    async def run_then_cancel() -> None:
+        run = asyncio.ensure_future(engine.run(iter([jobs])))
+        await asyncio.sleep(after)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(run_then_cancel())
+
+
 def test_intent_is_committed_before_any_request_of_its_chunk(tmp_path: Path) -> None:
     signer, key = _signer(tmp_path)
     with PushServiceEmulator(port=0, seed=1) as emu:
-        jobs, endpoints = _http_jobs(emu, key, 200)
-        recorded: set[int] = set()
-        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        jobs, endpoints, recorded, log = _logged_jobs(emu, key, 200)
 
         def sink(recs: list[DeliveryRecord]) -> None:
             assert {r.subscription_id for r in recs} <= log.opened
@@ -211,9 +231,7 @@ def test_a_graceful_stop_leaves_no_intent_for_what_never_went_out(tmp_path: Path
     signer, key = _signer(tmp_path)
     with PushServiceEmulator(port=0, seed=1) as emu:
         emu.add_fault("slow", rate=1.0, delay=0.02)
-        jobs, endpoints = _http_jobs(emu, key, 300)
-        recorded: set[int] = set()
-        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        jobs, endpoints, recorded, log = _logged_jobs(emu, key, 300)
         engine: Engine
 
         def sink(recs: list[DeliveryRecord]) -> None:
@@ -236,21 +254,12 @@ def test_an_abort_keeps_in_flight_what_may_have_arrived(tmp_path: Path) -> None:
     signer, key = _signer(tmp_path)
     with PushServiceEmulator(port=0, seed=1) as emu:
         emu.add_fault("slow", rate=1.0, delay=0.5)
-        jobs, endpoints = _http_jobs(emu, key, 64)
-        recorded: set[int] = set()
-        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        jobs, endpoints, recorded, log = _logged_jobs(emu, key, 64)
         engine = Engine(signer, DeliveryOptions(concurrency=4, flush_size=2),
                         lambda recs: recorded.update(r.subscription_id for r in recs),
                         allowed_hosts=ALLOWED, intents=log)
 
-        async def abort_soon() -> None:
-            run = asyncio.ensure_future(engine.run(iter([jobs])))
-            await asyncio.sleep(0.2)  # requests are in flight (0.5 s each): abort them
-            run.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await run
-
-        asyncio.run(abort_soon())
+        _abort(engine, jobs, 0.2)  # requests are in flight (0.5 s each): abort them
         left = log.left()
         assert left and not left & recorded
         assert len(left) <= 4 < len(log.opened)  # what was posted, not the whole chunk
@@ -261,21 +270,12 @@ def test_an_abort_keeps_no_job_still_waiting_for_its_rate_limit_slot(tmp_path: P
     must not leave them in the log as if their requests had gone out."""
     signer, key = _signer(tmp_path)
     with PushServiceEmulator(port=0, seed=1) as emu:
-        jobs, endpoints = _http_jobs(emu, key, 40)
-        recorded: set[int] = set()
-        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        jobs, endpoints, recorded, log = _logged_jobs(emu, key, 40)
         engine = Engine(signer, DeliveryOptions(concurrency=4, rate_limit=1.0), lambda recs:
                         recorded.update(r.subscription_id for r in recs),
                         allowed_hosts=ALLOWED, intents=log)
 
-        async def abort_while_pacing() -> None:
-            run = asyncio.ensure_future(engine.run(iter([jobs])))
-            await asyncio.sleep(0.3)  # one posted and answered; the others wait ~1 s each
-            run.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await run
-
-        asyncio.run(abort_while_pacing())
+        _abort(engine, jobs, 0.3)  # one posted and answered; the others wait ~1 s each
         reached = {i for i in log.opened if emu.messages(endpoints[i])}
         assert reached and log.left() <= reached - recorded, sorted(log.left())
 
@@ -287,9 +287,7 @@ def test_an_abort_during_an_intent_write_keeps_none_of_that_chunk(tmp_path: Path
     signer, key = _signer(tmp_path)
     with PushServiceEmulator(port=0, seed=1) as emu:
         emu.add_fault("slow", rate=1.0, delay=0.5)
-        jobs, endpoints = _http_jobs(emu, key, 200)
-        recorded: set[int] = set()
-        log = _Intents(lambda i: bool(emu.messages(endpoints[i])), recorded)
+        jobs, endpoints, recorded, log = _logged_jobs(emu, key, 200)
         writing, release = threading.Event(), threading.Event()
         open_chunk = log.open
 
