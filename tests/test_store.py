@@ -629,3 +629,33 @@ def test_winner_first_writer_wins(st: Store) -> None:
     assert st.get_winner(other) is None
     with pytest.raises(InputError):
         st.set_winner(9999, "a", 1.0, "x")
+
+
+def test_shared_senders_starting_the_same_campaign_at_once_all_start(backend: str) -> None:
+    """Three shared senders began one campaign together on PostgreSQL: all found no row,
+    and two failed on the unique name (exit 74) in a CI run."""
+    stores = [Store.open(backend) for _ in range(4)]
+    try:
+        for k in range(15):
+            gate = threading.Barrier(len(stores))
+            errors: list[BaseException] = []
+
+            def start(st: Store, name: str = f"race{k}", gate: threading.Barrier = gate,
+                      errors: list[BaseException] = errors) -> None:
+                gate.wait()
+                try:
+                    st.start_campaign(name, {})
+                except BaseException as exc:  # noqa: BLE001 - collected, asserted below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=start, args=(st,)) for st in stores]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            info = stores[0].get_campaign(f"race{k}")
+            assert info is not None and info.runs == len(stores)
+    finally:
+        for st in stores:
+            st.close()

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pushcli.messages import DeliveryRecord
 from pushcli.pushservices import Outcome
-from pushcli.store.database import Database, dialect_insert, retry_deadlocks
+from pushcli.store.database import Database, dialect_insert, retry_deadlocks, store_error
 from pushcli.store.rows import (
     SUB_COLUMNS,
     CampaignInfo,
@@ -57,18 +57,27 @@ class Ledger(Database):
     def start_campaign(self, name: str, spec: Mapping[str, Any]) -> CampaignInfo:
         """Create the campaign on its first run, or mark a re-run; returns its row."""
         now = self.run_clock()
-        with self._write() as conn:
-            row = conn.execute(select(campaigns.c.id).where(campaigns.c.name == name)).first()
-            if row is None:
-                conn.execute(campaigns.insert().values(
-                    name=name, created_at=now, started_at=now, status="running", runs=1,
-                    spec=dumps(dict(spec)),
-                ))
-            else:
-                conn.execute(update(campaigns).where(campaigns.c.id == row[0]).values(
-                    status="running", runs=campaigns.c.runs + 1, finished_at=None,
-                    spec=dumps(dict(spec)),
-                ))
+        for attempt in (1, 2):
+            try:
+                with self._write(passthrough=(IntegrityError,)) as conn:
+                    row = conn.execute(select(campaigns.c.id)
+                                       .where(campaigns.c.name == name)).first()
+                    if row is None:
+                        conn.execute(campaigns.insert().values(
+                            name=name, created_at=now, started_at=now, status="running",
+                            runs=1, spec=dumps(dict(spec)),
+                        ))
+                    else:
+                        conn.execute(update(campaigns).where(campaigns.c.id == row[0]).values(
+                            status="running", runs=campaigns.c.runs + 1, finished_at=None,
+                            spec=dumps(dict(spec)),
+                        ))
+                break
+            except IntegrityError as exc:
+                # shared senders starting at the same moment both found no row: the
+                # other one created it, so this one is a re-run of it
+                if attempt == 2:
+                    raise store_error(exc, self.display_url, action="write") from None
         info = self.get_campaign(name)
         assert info is not None
         return info
