@@ -23,7 +23,7 @@ lint:
 	$(VENV)/bin/ruff check src tests bench stress
 
 test: deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: deps
 	$(PY) bench/import_bench.py --rows 1000000
