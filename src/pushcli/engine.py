@@ -25,7 +25,7 @@ from pushcli.limiter import INITIAL_LIMIT, ConcurrencyLimit, Pacer, Signal
 from pushcli.messages import DeliveryOptions, DeliveryRecord, Job, Stats, service_rate_limits
 from pushcli.pushservices import Fault, Outcome, classify, fcm_wp_endpoint
 from pushcli.resolver import GuardedResolver, PrivateAddress
-from pushcli.transport import Answer, CurlTransport, TransportError
+from pushcli.transport import Answer, CurlTransport, TransportError, describe
 
 if TYPE_CHECKING:
     from pushcli.plainhttp import PlainTransport
@@ -123,6 +123,7 @@ class Engine:
         self._sleep = sleep
         self.allowed_hosts = allowed_hosts
         self.options = options
+        self._connect_timeout = min(options.timeout, 10.0)  # both transports
         self.sink = sink
         self.on_progress = on_progress
         self.stats = stats or Stats()
@@ -404,7 +405,7 @@ class Engine:
         """The https transport: libcurl multiplexing HTTP/2 streams (fewer connections and
         less CPU per message than aiohttp, see bench/http_clients.py)."""
         return CurlTransport(guard.resolve, timeout=self.options.timeout,
-                             connect_timeout=min(self.options.timeout, 10.0))
+                             connect_timeout=self._connect_timeout)
 
     def _plain_transport(self) -> PlainTransport:
         """The plain-http transport (aiohttp, HTTP/1.1), the first time one is needed."""
@@ -412,7 +413,7 @@ class Engine:
             from pushcli.plainhttp import PlainTransport
 
             self._plain = PlainTransport(self._guard, timeout=self.options.timeout,
-                                         connect_timeout=min(self.options.timeout, 10.0),
+                                         connect_timeout=self._connect_timeout,
                                          per_origin=self.options.concurrency)
         return self._plain
 
@@ -511,9 +512,7 @@ class Engine:
     def _transport_error(self, job: Job, host: _HostState, exc: BaseException,
                          ambiguous: bool) -> None:
         host.transport_failures += 1
-        name = type(exc).__name__
-        reason = ("timeout" if isinstance(exc, TimeoutError) else str(exc)
-                  if isinstance(exc, TransportError) else f"{name}: {exc}".strip(": "))
+        reason = describe(exc)
         job.last_status = None
         if ambiguous:
             job.ambiguous = True

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from pushcli.resolver import GuardedResolver, PrivateAddress
-from pushcli.transport import Answer, TransportError, TransportTimeout
+from pushcli.transport import Answer, TransportError, TransportTimeout, describe
 
 
 class _GuardedAiohttpResolver(AbstractResolver):
@@ -65,17 +65,13 @@ class PlainTransport:
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, PrivateAddress):
                 raise exc.os_error from None
-            raise TransportError(_describe(exc), ambiguous=False) from exc
+            raise TransportError(describe(exc), ambiguous=False) from exc
         except TimeoutError as exc:  # the request may have arrived
             raise TransportTimeout("timeout", ambiguous=True) from exc
         except (aiohttp.ClientError, OSError) as exc:
             ambiguous = sent or isinstance(
                 exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
-            raise TransportError(_describe(exc), ambiguous=ambiguous) from exc
+            raise TransportError(describe(exc), ambiguous=ambiguous) from exc
 
     async def close(self) -> None:
         await self._session.close()
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip(": ")[:300]

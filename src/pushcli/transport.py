@@ -59,6 +59,16 @@ class TransportError(OSError):
         self.ambiguous = ambiguous
 
 
+def describe(exc: BaseException) -> str:
+    """One line for a failed request, as the ledger's reason keeps it: a transport's
+    own message as it is, any other error with its type."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, TransportError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}".strip(": ")[:300]
+
+
 class TransportTimeout(TransportError, TimeoutError):
     """No answer within the timeout (a TimeoutError, as aiohttp's timeouts are)."""
 

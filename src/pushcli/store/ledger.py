@@ -5,7 +5,7 @@ sends (queue, claims, leases), the intent log, outcomes and their counts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, func, not_, null, or_, select, update
@@ -425,7 +425,6 @@ class Ledger(Database):
         of these subscribers (its lease ran out) it first adopts this row (``claim``).
         """
         now = time.time()
-        packed = ",".join(map(str, ids))
         with self._write() as conn:
             lease_until: float | None = None
             if lease is not None:
@@ -438,7 +437,8 @@ class Ledger(Database):
                 conn.execute(intents.delete().where(intents.c.id.in_(list(closed))))
             # on the run's clock, as outcomes are stamped: ``_superseded`` compares them
             return int(conn.execute(intents.insert().values(
-                campaign_id=campaign_id, sender=sender, ids=packed, lease_until=lease_until,
+                campaign_id=campaign_id, sender=sender, ids=_pack(ids),
+                lease_until=lease_until,
                 created_at=self.run_clock())).inserted_primary_key[0])
 
     @retry_deadlocks
@@ -452,7 +452,7 @@ class Ledger(Database):
             for row, ids in keep.items():
                 if ids:
                     conn.execute(update(intents).where(intents.c.id == row)
-                                 .values(ids=",".join(map(str, sorted(ids)))))
+                                 .values(ids=_pack(sorted(ids))))
 
     @retry_deadlocks
     def adopt_intents(self, campaign_id: int, *, everything: bool = False) -> int:
@@ -629,6 +629,11 @@ def _unresolved(retry_failed: bool) -> Any:
     d = deliveries
     states = [*UNFINAL, *RETRY] if retry_failed else [*UNFINAL]
     return or_(d.c.outcome.is_(None), d.c.outcome.in_(states))
+
+
+def _pack(ids: Iterable[int]) -> str:
+    """``intents.ids``: the subscriber ids, comma-separated (``_unpack`` reads them)."""
+    return ",".join(map(str, ids))
 
 
 def _unpack(packed: str) -> set[int]:
