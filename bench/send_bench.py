@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -118,6 +119,7 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
     popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     peak_one = peak_sum = 0
+    per_process: dict[int, tuple[str, int]] = {}
     done = threading.Event()
 
     def sample() -> None:
@@ -129,7 +131,10 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
                 sizes = []
                 for p in procs:
                     with contextlib.suppress(psutil.NoSuchProcess):  # exited between calls
-                        sizes.append(p.memory_info().rss)
+                        rss = p.memory_info().rss
+                        sizes.append(rss)
+                        role = per_process.get(p.pid, (_role(p, popen.pid), 0))
+                        per_process[p.pid] = (role[0], max(role[1], rss))
                 if sizes:
                     peak_one = max(peak_one, max(sizes))
                     peak_sum = max(peak_sum, sum(sizes))
@@ -143,7 +148,21 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
     done.set()
     sampler.join()
     result = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
+    run_measured.per_process = sorted(per_process.values())  # type: ignore[attr-defined]
     return time.perf_counter() - t, result, peak_one, peak_sum
+
+
+def _role(proc: Any, root_pid: int) -> str:
+    """Name a process of the sender tree for the RSS breakdown."""
+    if proc.pid == root_pid:
+        return "parent"
+    try:
+        line = " ".join(proc.cmdline())
+    except Exception:  # noqa: BLE001 - gone, or not ours to read: name it vaguely
+        return "other"
+    if "resource_tracker" in line:
+        return "resource tracker"
+    return "sender"
 
 
 def main() -> None:
@@ -325,6 +344,10 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"VAPID signatures   {run_info['vapid_signatures']}")
         print(f"peak RSS           {peak_one / 2**20:.0f} MB largest process, "
               f"{peak_sum / 2**20:.0f} MB whole sender tree")
+        breakdown = getattr(run_measured, "per_process", [])
+        if breakdown:
+            print("RSS by process     " + ", ".join(f"{role} {rss / 2**20:.0f} MB"
+                                                   for role, rss in breakdown))
         if latencies:
             print(f"report during send {len(latencies)} runs, slowest {max(latencies):.2f} s "
                   "(process start included)")

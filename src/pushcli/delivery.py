@@ -294,7 +294,7 @@ def send_campaign(
                                    lock.heartbeat)
                 else:
                     run_workers(store, plan, signer, workers, stats, on_progress, control,
-                                lock.heartbeat, _run_partition)
+                                lock.heartbeat, _run_partition, renderer)
             except StoreError as exc:
                 ledger_failed = exc
                 _mark_interrupted(store, info.id)

@@ -1,21 +1,24 @@
-"""Sender processes: run one campaign's share in each of several processes.
+"""Sender processes: run one campaign's shares in this process and in child processes.
 
-``delivery`` decides what to send and runs one share in-process
-(``delivery._run_partition``); this module only spawns the processes, relays
-stop/abort to them, aggregates their progress and turns a worker's ledger
-failure into the parent's ``StoreError``; ``stop_on_signals`` turns Ctrl-C and
-SIGTERM into a graceful stop in the sending process. The partition runner is passed in
-(a module-level function, so it pickles by name into a spawned process),
-which keeps this module below ``delivery``: no import back up.
+``delivery`` decides what to send and how one share is sent
+(``delivery._run_partition``); this module sends share 0 here, starts a child
+process for each other share, relays stop/abort to them, aggregates their
+progress and turns a child's ledger failure into the parent's ``StoreError``;
+``stop_on_signals`` turns Ctrl-C and SIGTERM into a graceful stop in the sending
+process. The partition runner is passed in (a module-level function, so it
+pickles by name to a child), which keeps this module below ``delivery``: no
+import back up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import multiprocessing.connection as mp_connection
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -69,89 +72,157 @@ def stop_on_signals(control: Control, enabled: bool) -> Iterator[None]:
 def run_workers(
     store: Store, plan: Any, signer: VapidSigner, workers: int, stats: Stats,
     on_progress: Callable[[Stats], None] | None, control: Control,
-    heartbeat: Callable[[], None], run_partition: PartitionRunner,
+    heartbeat: Callable[[], None], run_partition: PartitionRunner, renderer: Renderer,
 ) -> None:
-    """Run the campaign in ``workers`` processes and aggregate their progress.
+    """Run the campaign in ``workers`` senders and aggregate their progress.
 
-    Each gets an id partition (or, in shared mode, claims from the queue).
-    Workers ignore SIGINT; the parent relays stop/abort down each worker's pipe,
+    This process sends share 0 itself and ``workers - 1`` child processes send
+    the others: a parent that only watched would hold a whole Python, its store
+    and the send path's imports (about 70 MB) for nothing, and start one process
+    more. Each share is an id partition (or, in shared mode, claims from the queue).
+    Children ignore SIGINT; this process relays stop/abort down each child's pipe,
     so one Ctrl-C at a terminal (which signals the whole process group) counts
-    once. A worker whose parent dies stops by itself: the lock died with the parent.
+    once. A child whose parent dies stops by itself: the lock died with the parent.
 
-    One plain pipe per worker carries progress up and stop/abort down. A
-    multiprocessing Queue or Event would be named semaphores, which the resource
-    tracker reports as "leaked" when a process holding them is killed.
+    Children are plain ``python -c`` processes, not multiprocessing ones: spawn
+    starts a resource tracker (one more 12 MB process) and re-imports the
+    parent's ``__main__``. One socket per child carries its arguments and then
+    progress up and stop/abort down.
     """
-    ctx = multiprocessing.get_context("spawn")
-    links = [ctx.Pipe(duplex=True) for _ in range(workers)]
     options = plan.options
     share = replace(options, concurrency=max(1, options.concurrency // workers),
                     rate_limit=options.rate_limit / workers if options.rate_limit else None,
                     rate_limits={s: r / workers for s, r in service_rate_limits(options).items()})
-    procs = [
-        ctx.Process(target=_worker_main, name=f"pushcli-sender-{i}", daemon=True, args=(
-            store.url,
-            replace(plan, options=share,
-                    partition=None if plan.lease is not None else (i, workers)),
-            signer.private_pem(), signer.subject, i, links[i][1], os.getpid(), run_partition))
-        for i in range(workers)
-    ]
-    for p, (_, child_end) in zip(procs, links, strict=True):
-        p.start()
-        child_end.close()  # the worker has its copy; ours would hide its end-of-file
-    conns = {i: parent_end for i, (parent_end, _) in enumerate(links)}
+
+    def share_of(i: int) -> Any:
+        return replace(plan, options=share,
+                       partition=None if plan.lease is not None else (i, workers))
+
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    conns: dict[int, mp_connection.Connection] = {}
     latest: dict[int, dict[str, Any]] = {}
     store_errors: list[str] = []
     told: set[str] = set()
-    last_beat = time.monotonic()
+    mine = Stats(total=stats.total)
 
     def tell(command: str) -> None:
         if command in told:
             return
         told.add(command)
         for conn in conns.values():
-            # a worker that is gone cannot be told; its end-of-file is read next round
+            # a child that is gone cannot be told; its end-of-file is read next round
             with contextlib.suppress(OSError):
                 conn.send(command)
 
+    def gather(timeout: float) -> None:
+        """Read what the children said (waiting up to ``timeout``), relay stop/abort,
+        and show the sum of every share's progress."""
+        for conn in mp_connection.wait(list(conns.values()), timeout=timeout):
+            index = next(i for i, c in conns.items() if c is conn)
+            try:
+                _, snapshot = conn.recv()
+            except (EOFError, OSError):
+                conn.close()
+                del conns[index]
+                continue
+            latest[index] = snapshot
+            if snapshot.get("store_error"):
+                store_errors.append(snapshot["store_error"])
+                control.stop = True  # the others write to the same ledger: stop them too
+        if control.stop:
+            tell("stop")
+        if control.abort:
+            tell("abort")
+        latest[0] = _snapshot(mine, signer)
+        _merge(stats, latest.values())
+        if on_progress is not None:
+            on_progress(stats)
+
+    own_error: StoreError | None = None
     try:
-        while conns:  # each worker's pipe stays open until that worker exits
-            for conn in mp_connection.wait(list(conns.values()), timeout=0.2):
-                index = next(i for i, c in conns.items() if c is conn)
-                try:
-                    _, snapshot = conn.recv()
-                except (EOFError, OSError):
-                    conn.close()
-                    del conns[index]
-                    continue
-                latest[index] = snapshot
-                if snapshot.get("store_error"):
-                    store_errors.append(snapshot["store_error"])
-                    tell("stop")  # the others write to the same ledger: stop them too
-            if control.stop:
-                tell("stop")
-            if control.abort:
-                tell("abort")
-            _merge(stats, latest.values())
-            if on_progress is not None:
-                on_progress(stats)
+        for i in range(1, workers):
+            children[i], conns[i] = _start_child(
+                (store.url, share_of(i), signer.private_pem(), signer.subject, i,
+                 os.getpid(), run_partition))
+        try:
+            run_partition(store, share_of(0), renderer, signer, mine, None, control,
+                          heartbeat, poll=lambda: gather(0))
+        except StoreError as exc:  # said after the children have stopped
+            own_error = exc
+            control.stop = True
+        last_beat = time.monotonic()
+        while conns:  # each child's socket stays open until that child exits
+            gather(0.2)
             if time.monotonic() - last_beat > 15:
                 last_beat = time.monotonic()
                 heartbeat()
+        gather(0)
     finally:
         for conn in conns.values():
-            conn.close()
-        for p in procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.kill()
-                p.join()
+            conn.close()  # a child reads end-of-file: it stops, and aborts
+        for child in children.values():
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    if own_error is not None:
+        raise own_error
     if store_errors:
         raise StoreError(store_errors[0])
-    failed = [p for p in procs if p.exitcode not in (0, None)]
+    failed = [c.returncode for c in children.values() if c.returncode != 0]
     if failed and not control.stop:
-        raise PushcliError(f"a sender process exited with code {failed[0].exitcode}; "
+        raise PushcliError(f"a sender process exited with code {failed[0]}; "
                            "re-run the same command to finish the campaign")
+
+
+#: What a child runs: its arguments come down the socket it inherits (fd in argv[1]),
+#: after the parent's ``sys.path``, so it imports the same pushcli the parent runs.
+_CHILD = ("import sys\n"
+          "from multiprocessing.connection import Connection\n"
+          "link = Connection(int(sys.argv[1]))\n"
+          "sys.path[:] = link.recv()\n"
+          "from pushcli.workers import _child_main\n"
+          "_child_main(link)\n")
+
+
+def _start_child(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes],
+                                                  mp_connection.Connection]:
+    """Start one sender process and hand it ``args`` (``_worker_main``'s, after the link).
+
+    SIGINT is blocked while it starts, and a blocked signal stays blocked across
+    exec: a Ctrl-C during the child's imports reaches this process (which relays
+    it) instead of killing the child with a traceback."""
+    ours, theirs = socket.socketpair()
+    blocked = threading.current_thread() is threading.main_thread()
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(theirs.fileno())],
+                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        theirs.close()  # the child has its copy; ours would hide its end-of-file
+    link = mp_connection.Connection(ours.detach())
+    link.send(sys.path)
+    link.send(args)
+    return child, link
+
+
+def _child_main(link: mp_connection.Connection) -> None:
+    """A child sender: read its arguments from the link, send its share, exit with
+    its status (74 when the ledger failed, like the parent)."""
+    db_url, plan, private_pem, subject, index, parent_pid, run_partition = link.recv()
+    _worker_main(db_url, plan, private_pem, subject, index, link, parent_pid, run_partition)
+
+
+def _snapshot(stats: Stats, signer: VapidSigner,
+              store_error: str | None = None) -> dict[str, Any]:
+    """One sender's progress in a picklable form (what a child sends up its link)."""
+    return {"outcomes": dict(stats.outcomes), "retries": stats.retries,
+            "ambiguous": stats.ambiguous, "signatures": signer.signatures,
+            "store_error": store_error, "transport": stats.snapshot()}
 
 
 def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
@@ -172,7 +243,7 @@ def _worker_main(
     db_url: str, plan: Any, private_pem: bytes, subject: str, index: int,
     link: mp_connection.Connection, parent_pid: int, run_partition: PartitionRunner,
 ) -> None:
-    """Entry point of one sender process (spawned, so it shares no state but its args)."""
+    """Body of one child sender (a fresh process: it shares no state but its args)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from py_vapid import Vapid02
 
@@ -204,9 +275,7 @@ def _worker_main(
         if force or now - last_sent > 0.2:
             last_sent = now
             try:
-                link.send((index, {"outcomes": dict(s.outcomes), "retries": s.retries,
-                                   "ambiguous": s.ambiguous, "signatures": signer.signatures,
-                                   "store_error": store_error, "transport": s.snapshot()}))
+                link.send((index, _snapshot(s, signer, store_error)))
             except OSError:  # the parent is gone
                 control.stop = control.abort = True
 
