@@ -27,6 +27,7 @@ import contextlib
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,28 @@ def run(cmd: list[str], env: dict[str, str],
     return time.perf_counter() - t, proc
 
 
+def sink_cpu(pid: int) -> float:
+    """CPU seconds nginx (master and workers) has used so far."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (a sender tree, once it has exited)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
                  ) -> tuple[float, subprocess.CompletedProcess, int, int]:
     """Run and sample the RSS of the whole process tree (sender + worker processes).
@@ -172,6 +195,9 @@ def main() -> None:
                     help="pin pushcli's requests in flight (default: adaptive, up to 1,000)")
     ap.add_argument("--latency-ms", type=int, default=0, choices=[0, 20, 60, 150],
                     help="the sink answers this late (a push service this far away)")
+    ap.add_argument("--http2", action="store_true",
+                    help="the sink offers HTTP/2 by ALPN, as push services do (default: "
+                    "HTTP/1.1 only); Node web-push speaks HTTP/1.1 either way")
     ap.add_argument("--workers", type=int, default=None, help="sender processes (--workers)")
     ap.add_argument("--pg", action="store_true",
                     help="use a throwaway PostgreSQL server instead of SQLite")
@@ -187,6 +213,10 @@ def main() -> None:
     ap.add_argument("--probe-report", action="store_true",
                     help="run `pushcli report` every 5 s during the measured send and print "
                     "its slowest answer (slows the send it measures)")
+    ap.add_argument("--wrap", metavar="COMMAND",
+                    help="run the measured send under this command, e.g. \"py-spy record "
+                    "--subprocesses --format raw -o prof.txt --\" or \"strace -f -c -o "
+                    "calls.txt\" (slows the send)")
     ap.add_argument("--paired", action="store_true",
                     help="first send the same audience four times, without, with, with and "
                     "without the intent log (each its own campaign, same store), to measure "
@@ -210,7 +240,7 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
     with contextlib.ExitStack() as stack:
         stack.callback(cleanup, work, args.keep)
         try:
-            sink = stack.enter_context(nginx_sink(work, {"/": answer}))
+            sink = stack.enter_context(nginx_sink(work, {"/": answer}, http2=args.http2))
         except RuntimeError as e:
             sys.exit(str(e))
         port, cert = sink.port, sink.cert
@@ -291,27 +321,40 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         prober = threading.Thread(target=probe_report if args.probe_report else lambda: None,
                                   daemon=True)
         prober.start()
-        t_send, proc, peak_one, peak_sum = run_measured(cmd, env, work)
+        measured = cmd
+        if args.wrap:  # a profiler or tracer around the send; its figures are then not the point
+            measured = [*shlex.split(args.wrap), *cmd]
+        cpu0, sink0 = children_cpu(), sink_cpu(sink.pid)
+        t_send, proc, peak_one, peak_sum = run_measured(measured, env, work)
+        cpu_ours, sink_ours = children_cpu() - cpu0, sink_cpu(sink.pid) - sink0
         stop_probe.set()
         prober.join()
         if proc.returncode != 0:
             sys.exit(f"send exited {proc.returncode}: {proc.stderr[-2000:]}")
-        report = json.loads(proc.stdout)
+        report = json.loads("\n".join(line for line in proc.stdout.splitlines()
+                                      if line.startswith(("{", " ", "}"))))
         run_info = report["run"]
         peer: tuple[float, dict] | None = None
         if args.peer == "node":
             write_node_job(work / "node-job.json", subs, Path(info.private_key or ""))
+            cpu0, sink0 = children_cpu(), sink_cpu(sink.pid)
             peer = run_node_peer(work / "node-job.json", cert, args.peer_concurrency, work)
+            cpu_node, sink_node = children_cpu() - cpu0, sink_cpu(sink.pid) - sink0
         print(f"store              {'PostgreSQL' if db_url else 'SQLite'}, "
               f"{args.workers or 'auto'} sender process(es)")
         print(f"subscribers        {args.subscribers:,}")
-        print(f"sink latency       {args.latency_ms} ms")
+        print(f"sink               {args.latency_ms} ms away, "
+              f"{'HTTP/2 and HTTP/1.1 (ALPN)' if args.http2 else 'HTTP/1.1 only'}")
         print(f"import             {t_import:.1f} s ({args.subscribers / t_import:,.0f} rows/s)")
         print(f"send wall time     {t_send:.1f} s (process start to exit)")
         print(f"send engine time   {run_info['duration_s']:.1f} s")
         print(f"messages/s         {report['sent'] / run_info['duration_s']:,.0f} (engine), "
               f"{report['sent'] / t_send:,.0f} (wall)")
         print(f"sent / failed      {report['sent']:,} / {report['failed']:,}")
+        sent = max(report["sent"], 1)
+        print(f"CPU per message    {1e6 * cpu_ours / sent:,.0f} us pushcli (whole tree, start-up "
+              f"included), {1e6 * sink_ours / sent:,.0f} us the nginx sink; both cores' "
+              f"ceiling at that cost {2 * sent / (cpu_ours + sink_ours):,.0f}/s")
         if intent_cost:
             def mean(with_intent: bool, i: int) -> float:
                 vals = [r[i] for r in intent_cost if r[0] is with_intent]
@@ -335,6 +378,8 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
                   f"{args.peer_concurrency} in flight, keep-alive), sent / failed "
                   f"{nrep['sent']:,} / {nrep['failed']:,}"
                   + (f" (first error: {nrep['first_error']})" if nrep["failed"] else ""))
+            print(f"node CPU / message {1e6 * cpu_node / max(nrep['sent'], 1):,.0f} us node, "
+                  f"{1e6 * sink_node / max(nrep['sent'], 1):,.0f} us the nginx sink")
             print(f"pushcli vs node    {ours / theirs:.2f}x (whole process, start-up included, "
                   "same subscriptions and sink, this run)")
         for service, fig in (run_info.get("by_service") or {}).items():

@@ -565,6 +565,7 @@ class NginxSink:
 
     port: int
     cert: str
+    pid: int = 0  # nginx's master process (benches add its workers' CPU time)
 
     def url(self, host: str = "127.0.0.1") -> str:
         """Base URL without a trailing slash (``localhost`` also matches the certificate)."""
@@ -626,7 +627,7 @@ def nginx_sink(work: Path, locations: dict[str, str], *, http2: bool = False,
         raise RuntimeError("nginx did not start: " + (err or (log.read_text(errors="replace")
                                                             if log.exists() else "")).strip())
     try:
-        yield NginxSink(port, cert)
+        yield NginxSink(port, cert, proc.pid)
     finally:
         _stop(proc, proc.terminate)
         if proc.stderr:
