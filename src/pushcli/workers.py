@@ -80,7 +80,7 @@ def run_workers(
     the others: a parent that only watched would hold a whole Python, its store
     and the send path's imports (about 70 MB) for nothing, and start one process
     more. Each share is an id partition (or, in shared mode, claims from the queue).
-    Children ignore SIGINT; this process relays stop/abort down each child's pipe,
+    Children ignore SIGINT and SIGTERM; this process relays stop/abort down each child's link,
     so one Ctrl-C at a terminal (which signals the whole process group) counts
     once. A child whose parent dies stops by itself: the lock died with the parent.
 
@@ -181,7 +181,10 @@ def run_workers(
 _CHILD = ("import sys\n"
           "from multiprocessing.connection import Connection\n"
           "link = Connection(int(sys.argv[1]))\n"
-          "sys.path[:] = link.recv()\n"
+          "try:\n"
+          "    sys.path[:] = link.recv()\n"
+          "except (EOFError, OSError):\n"  # the parent died before it said anything
+          "    sys.exit(0)\n"
           "from pushcli.workers import _child_main\n"
           "_child_main(link)\n")
 
@@ -190,30 +193,42 @@ def _start_child(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes],
                                                   mp_connection.Connection]:
     """Start one sender process and hand it ``args`` (``_worker_main``'s, after the link).
 
-    SIGINT is blocked while it starts, and a blocked signal stays blocked across
-    exec: a Ctrl-C during the child's imports reaches this process (which relays
-    it) instead of killing the child with a traceback."""
+    SIGINT and SIGTERM are blocked while it starts, and blocked signals stay
+    blocked across exec: a Ctrl-C, or a service manager's SIGTERM to the whole
+    group, during the child's imports reaches only this process (which relays a
+    graceful stop) instead of killing the child with its requests in flight."""
     ours, theirs = socket.socketpair()
-    blocked = threading.current_thread() is threading.main_thread()
-    if blocked:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    masked = threading.current_thread() is threading.main_thread()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _RELAYED) if masked else None
     try:
         child = subprocess.Popen([sys.executable, "-c", _CHILD, str(theirs.fileno())],
                                  pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
     finally:
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         theirs.close()  # the child has its copy; ours would hide its end-of-file
     link = mp_connection.Connection(ours.detach())
-    link.send(sys.path)
-    link.send(args)
+    try:
+        link.send(sys.path)
+        link.send(args)
+    except BaseException:
+        link.close()  # it reads end-of-file and exits without sending
+        child.wait()
+        raise
     return child, link
+
+
+#: Signals a child leaves to the parent, which turns them into a graceful stop it relays.
+_RELAYED = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def _child_main(link: mp_connection.Connection) -> None:
     """A child sender: read its arguments from the link, send its share, exit with
     its status (74 when the ledger failed, like the parent)."""
-    db_url, plan, private_pem, subject, index, parent_pid, run_partition = link.recv()
+    try:
+        db_url, plan, private_pem, subject, index, parent_pid, run_partition = link.recv()
+    except (EOFError, OSError):  # the parent died before it said what to send
+        return
     _worker_main(db_url, plan, private_pem, subject, index, link, parent_pid, run_partition)
 
 
@@ -222,20 +237,23 @@ def _snapshot(stats: Stats, signer: VapidSigner,
     """One sender's progress in a picklable form (what a child sends up its link)."""
     return {"outcomes": dict(stats.outcomes), "retries": stats.retries,
             "ambiguous": stats.ambiguous, "signatures": signer.signatures,
+            "ledger_retries": stats.ledger_retries,
             "store_error": store_error, "transport": stats.snapshot()}
 
 
 def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
     snapshots = list(snapshots)
     outcomes: Counter[str] = Counter()
-    retries = ambiguous = signatures = 0
+    retries = ambiguous = signatures = ledger_retries = 0
     for snap in snapshots:
         outcomes.update(snap["outcomes"])
         retries += snap["retries"]
         ambiguous += snap["ambiguous"]
         signatures += snap["signatures"]
+        ledger_retries += snap.get("ledger_retries", 0)
     stats.outcomes = outcomes
     stats.retries, stats.ambiguous, stats.signatures = retries, ambiguous, signatures
+    stats.ledger_retries = ledger_retries
     stats.merge_snapshots([snap.get("transport", {}) for snap in snapshots])
 
 
@@ -244,7 +262,8 @@ def _worker_main(
     link: mp_connection.Connection, parent_pid: int, run_partition: PartitionRunner,
 ) -> None:
     """Body of one child sender (a fresh process: it shares no state but its args)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in _RELAYED:  # the parent relays them as stop/abort down the link
+        signal.signal(sig, signal.SIG_IGN)
     from py_vapid import Vapid02
 
     signer = VapidSigner(Vapid02.from_pem(private_pem), subject)

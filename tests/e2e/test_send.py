@@ -7,6 +7,7 @@ counted here would reach a browser.
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from pushcli.campaign import Renderer, load_campaign
 from pushcli.store import Store, deliveries
 from pushcli.tokens import make_token
+from tests.support import wait_for
 
 
 def ledger(db) -> dict[int, str]:
@@ -263,15 +265,26 @@ def test_second_send_of_same_campaign_is_refused_while_first_runs(e2e) -> None:
     assert code == 0 and report["sent"] == 100
 
 
-def test_ctrl_c_with_worker_processes_counts_once_and_loses_nothing(e2e) -> None:
-    """One SIGINT to the parent stops both sender processes gracefully (exit 130)."""
+@pytest.mark.parametrize("sig, whole_group", [(signal.SIGINT, False), (signal.SIGTERM, True)])
+def test_ctrl_c_with_worker_processes_counts_once_and_loses_nothing(
+        e2e, sig: signal.Signals, whole_group: bool) -> None:
+    """One SIGINT to the parent, or a service manager's SIGTERM to the whole process group,
+    stops both senders gracefully (exit 130): the child ignores both and stops when the
+    parent relays it, so every request it had in flight is answered and recorded."""
     subs = e2e.subscribe(1500)
     e2e.import_subs(subs)
     e2e.emu.add_fault("slow", rate=1.0, delay=0.02)
     campaign = e2e.campaign()
     proc = e2e.start("send", str(campaign), "--json", "--workers", "2", "--concurrency", "8")
     e2e.wait_until("accepted", 100)
-    proc.send_signal(signal.SIGINT)
+    # both shares are sending (ids split by parity; they were imported in this order),
+    # so the child has requests in flight when the signal comes
+    wait_for(lambda: all(any(e2e.emu.messages(s["endpoint"]) for s in subs[k:60:2])
+                         for k in (0, 1)), 60, "both senders to send")
+    if whole_group:  # start() makes the background pushcli lead its own process group
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     report = json.loads(stdout)
