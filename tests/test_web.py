@@ -235,9 +235,13 @@ def site_unreachable_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 # --------------------------------------------------------------------------- browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
-    """The session's one Playwright (a second sync_playwright() in a thread is refused)."""
+    """This module's one Playwright (a second sync_playwright() in a thread is refused).
+
+    Module scope, not session: the sync API keeps an asyncio loop running in the main
+    thread while it is started, so any later test module that sends in-process
+    (``asyncio.run``) failed with "cannot be called from a running event loop"."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"Chromium not found at {CHROMIUM}: the browser tests need Debian's chromium "
@@ -256,7 +260,7 @@ def playwright() -> Iterator[Any]:
         manager.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Any) -> Iterator[Any]:
     try:
         browser = playwright.chromium.launch(
