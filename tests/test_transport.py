@@ -27,6 +27,7 @@ LOCATIONS = {
                'echo -n "$http_ttl $http_content_encoding $content_length:"; echo_request_body;'),
     "/moved/": "return 301 https://localhost:$server_port/push/1;",
     "/slow/": 'echo_read_request_body; echo_sleep 5; echo_status 201; echo "";',
+    "/stall/": 'echo_read_request_body; echo_sleep 30; echo_status 201; echo "";',
 }
 
 
@@ -264,3 +265,32 @@ def test_a_reused_handle_sends_each_request_as_given_and_answers_only_its_own(
     assert fourth.body == f"5 aes128gcm {len(bodies[3])}:".encode() + bodies[3]
     assert "location" not in fourth.headers and "location" not in gone.headers
     assert (gone.status, gone.body) == (410, b"gone for good")
+
+
+@pytest.mark.parametrize("others", [0, 1, 20])
+def test_a_request_times_out_at_its_deadline_however_libcurl_moved_it(
+        sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch, others: int) -> None:
+    """The transport keeps its armed timer when libcurl moves its deadline later, and arms
+    the later deadline itself when that timer fires early (libcurl does not say an
+    unchanged deadline twice). Whether the request is alone, follows one on the same
+    connection or runs among a stream of fast ones, it times out at its 0.5 s, not when the
+    server finally answers (30 s; the 10 s bound fails the test with a plain TimeoutError)."""
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+
+    async def go() -> tuple[BaseException | Answer, list[Answer]]:
+        t = _transport(timeout=0.5)
+        try:
+            fast = [await t.post(f"{base}/push/0", b"x", HEADERS)] if others else []
+            stalled = asyncio.ensure_future(t.post(f"{base}/stall/{others}", b"x", HEADERS))
+            while len(fast) < others and not stalled.done():
+                fast.append(await t.post(f"{base}/push/{len(fast)}", b"x", HEADERS))
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(asyncio.wait([stalled]), 10)
+            return (stalled.exception() or stalled.result()), fast
+        finally:
+            t.close()
+
+    stalled, fast = asyncio.run(go())
+    assert isinstance(stalled, TransportTimeout) and stalled.ambiguous
+    assert all(a.status == 201 for a in fast)
