@@ -112,7 +112,8 @@ ConcurrencyOpt = Annotated[int | None, typer.Option(
     "to delivery.concurrency).")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds per request.")]
 WorkersOpt = Annotated[int | None, typer.Option(
-    help="Sender processes (default: 1 below 5,000 pending, else one per core, max 4).")]
+    help="Sender processes: this one and N-1 children (default: 1 below 5,000 pending, "
+    "else one per core, max 4).")]
 LeaseOpt = Annotated[float, typer.Option(
     help="PostgreSQL shared sends: seconds a claimed batch stays reserved; a dead "
     "sender's work returns to the others after it.")]
