@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -130,11 +129,13 @@ def children_cpu() -> float:
 
 
 def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
-                 ) -> tuple[float, subprocess.CompletedProcess, int, int]:
-    """Run and sample the RSS of the whole process tree (sender + worker processes).
+                 ) -> tuple[float, subprocess.CompletedProcess, int, int,
+                            list[tuple[str, int]]]:
+    """Run and sample the RSS of the whole process tree (the sender and its children).
 
     Returns (seconds, result, peak RSS of the largest process, peak RSS summed over
-    the tree), both in bytes, sampled every 0.2 s.
+    the tree, each process's peak as (parent or child, RSS)), in bytes, sampled every
+    0.2 s.
     """
     import psutil
 
@@ -156,8 +157,9 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
                     with contextlib.suppress(psutil.NoSuchProcess):  # exited between calls
                         rss = p.memory_info().rss
                         sizes.append(rss)
-                        role = per_process.get(p.pid, (_role(p, popen.pid), 0))
-                        per_process[p.pid] = (role[0], max(role[1], rss))
+                        role = "parent" if p.pid == popen.pid else "child"
+                        per_process[p.pid] = (role, max(per_process.get(p.pid, ("", 0))[1],
+                                                        rss))
                 if sizes:
                     peak_one = max(peak_one, max(sizes))
                     peak_sum = max(peak_sum, sum(sizes))
@@ -171,21 +173,8 @@ def run_measured(cmd: list[str], env: dict[str, str], cwd: Path
     done.set()
     sampler.join()
     result = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
-    run_measured.per_process = sorted(per_process.values())  # type: ignore[attr-defined]
-    return time.perf_counter() - t, result, peak_one, peak_sum
-
-
-def _role(proc: Any, root_pid: int) -> str:
-    """Name a process of the sender tree for the RSS breakdown."""
-    if proc.pid == root_pid:
-        return "parent"
-    try:
-        line = " ".join(proc.cmdline())
-    except Exception:  # noqa: BLE001 - gone, or not ours to read: name it vaguely
-        return "other"
-    if "resource_tracker" in line:
-        return "resource tracker"
-    return "sender"
+    return (time.perf_counter() - t, result, peak_one, peak_sum,
+            sorted(per_process.values(), reverse=True))
 
 
 def main() -> None:
@@ -290,7 +279,7 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
                             for c in cmd]
                 pair_env = env if with_intent else dict(env, PUSHCLI_BENCH_NO_INTENT="1")
                 cpu0 = os.times()
-                _, bproc, _, _ = run_measured(pair_cmd, pair_env, work)
+                _, bproc, *_ = run_measured(pair_cmd, pair_env, work)
                 cpu1 = os.times()
                 if bproc.returncode != 0:
                     sys.exit(f"paired send exited {bproc.returncode}: {bproc.stderr[-2000:]}")
@@ -306,7 +295,7 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
                                                            "name: bench-uvloop\n"))
             loop_cmd = [str(work / "uvloop.yml") if c == str(work / "campaign.yml") else c
                         for c in cmd]
-            t_loop, lproc, _, _ = run_measured(loop_cmd, dict(env, PUSHCLI_EVENT_LOOP="uvloop"),
+            t_loop, lproc, *_ = run_measured(loop_cmd, dict(env, PUSHCLI_EVENT_LOOP="uvloop"),
                                                work)
             if lproc.returncode != 0:
                 sys.exit(f"uvloop send exited {lproc.returncode}: {lproc.stderr[-2000:]}")
@@ -332,7 +321,7 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         if args.wrap:  # a profiler or tracer around the send; its figures are then not the point
             measured = [*shlex.split(args.wrap), *cmd]
         cpu0, sink0 = children_cpu(), sink_cpu(sink.pid)
-        t_send, proc, peak_one, peak_sum = run_measured(measured, env, work)
+        t_send, proc, peak_one, peak_sum, breakdown = run_measured(measured, env, work)
         cpu_ours, sink_ours = children_cpu() - cpu0, sink_cpu(sink.pid) - sink0
         stop_probe.set()
         prober.join()
@@ -396,7 +385,6 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"VAPID signatures   {run_info['vapid_signatures']}")
         print(f"peak RSS           {peak_one / 2**20:.0f} MB largest process, "
               f"{peak_sum / 2**20:.0f} MB whole sender tree")
-        breakdown = getattr(run_measured, "per_process", [])
         if breakdown:
             print("RSS by process     " + ", ".join(f"{role} {rss / 2**20:.0f} MB"
                                                    for role, rss in breakdown))

@@ -103,7 +103,7 @@ def run_workers(
     latest: dict[int, dict[str, Any]] = {}
     store_errors: list[str] = []
     told: set[str] = set()
-    mine = Stats(total=stats.total)
+    mine = Stats()  # share 0's figures; ``stats`` gets every share's sum
 
     def tell(command: str) -> None:
         if command in told:
@@ -120,7 +120,7 @@ def run_workers(
         for conn in mp_connection.wait(list(conns.values()), timeout=timeout):
             index = next(i for i, c in conns.items() if c is conn)
             try:
-                _, snapshot = conn.recv()
+                snapshot = conn.recv()
             except (EOFError, OSError):
                 conn.close()
                 del conns[index]
@@ -142,8 +142,8 @@ def run_workers(
     try:
         for i in range(1, workers):
             children[i], conns[i] = _start_child(
-                (store.url, share_of(i), signer.private_pem(), signer.subject, i,
-                 os.getpid(), run_partition))
+                (store.url, share_of(i), signer.private_pem(), signer.subject, os.getpid(),
+                 run_partition))
         try:
             run_partition(store, share_of(0), renderer, signer, mine, None, control,
                           heartbeat, poll=lambda: gather(0))
@@ -191,7 +191,7 @@ _CHILD = ("import sys\n"
 
 def _start_child(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes],
                                                   mp_connection.Connection]:
-    """Start one sender process and hand it ``args`` (``_worker_main``'s, after the link).
+    """Start one sender process and hand it ``args`` (what ``_child_main`` reads).
 
     SIGINT and SIGTERM are blocked while it starts, and blocked signals stay
     blocked across exec: a Ctrl-C, or a service manager's SIGTERM to the whole
@@ -222,16 +222,6 @@ def _start_child(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes],
 _RELAYED = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
-def _child_main(link: mp_connection.Connection) -> None:
-    """A child sender: read its arguments from the link, send its share, exit with
-    its status (74 when the ledger failed, like the parent)."""
-    try:
-        db_url, plan, private_pem, subject, index, parent_pid, run_partition = link.recv()
-    except (EOFError, OSError):  # the parent died before it said what to send
-        return
-    _worker_main(db_url, plan, private_pem, subject, index, link, parent_pid, run_partition)
-
-
 def _snapshot(stats: Stats, signer: VapidSigner,
               store_error: str | None = None) -> dict[str, Any]:
     """One sender's progress in a picklable form (what a child sends up its link)."""
@@ -250,20 +240,23 @@ def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
         retries += snap["retries"]
         ambiguous += snap["ambiguous"]
         signatures += snap["signatures"]
-        ledger_retries += snap.get("ledger_retries", 0)
+        ledger_retries += snap["ledger_retries"]
     stats.outcomes = outcomes
     stats.retries, stats.ambiguous, stats.signatures = retries, ambiguous, signatures
     stats.ledger_retries = ledger_retries
     stats.merge_snapshots([snap.get("transport", {}) for snap in snapshots])
 
 
-def _worker_main(
-    db_url: str, plan: Any, private_pem: bytes, subject: str, index: int,
-    link: mp_connection.Connection, parent_pid: int, run_partition: PartitionRunner,
-) -> None:
-    """Body of one child sender (a fresh process: it shares no state but its args)."""
+def _child_main(link: mp_connection.Connection) -> None:
+    """A child sender: read its arguments from the link, send its share, exit with
+    its status (74 when the ledger failed, like the parent). A fresh process: it
+    shares no state with the parent but what comes down the link."""
     for sig in _RELAYED:  # the parent relays them as stop/abort down the link
         signal.signal(sig, signal.SIG_IGN)
+    try:
+        db_url, plan, private_pem, subject, parent_pid, run_partition = link.recv()
+    except (EOFError, OSError):  # the parent died before it said what to send
+        return
     from py_vapid import Vapid02
 
     signer = VapidSigner(Vapid02.from_pem(private_pem), subject)
@@ -294,7 +287,7 @@ def _worker_main(
         if force or now - last_sent > 0.2:
             last_sent = now
             try:
-                link.send((index, _snapshot(s, signer, store_error)))
+                link.send(_snapshot(s, signer, store_error))
             except OSError:  # the parent is gone
                 control.stop = control.abort = True
 

@@ -133,7 +133,7 @@ def test_no_leaked_semaphore_warning_after_a_sender_process_is_killed(e2e, victi
     workers = _sender_processes(proc.pid)
     assert len(workers) == 1  # --workers 2: this process sends share 0, one child share 1
     os.kill(proc.pid if victim == "parent" else workers[0], signal.SIGKILL)
-    # stderr closes when the last holder exits: the workers and the resource tracker too
+    # stderr closes when the last holder exits: the child sender too
     _, stderr = proc.communicate(timeout=120)
     assert "leaked" not in stderr and "resource_tracker" not in stderr, stderr
     if victim == "worker":
