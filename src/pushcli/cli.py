@@ -238,34 +238,41 @@ def send(
     75 when another run of this campaign holds its lock (SQLite; on PostgreSQL
     several senders share the campaign), 130 on Ctrl-C.
     """
-    from pushcli import audience
-    from pushcli.campaign import load_campaign
-    from pushcli.delivery import check_run, options_for, send_campaign
-    from pushcli.keys import resolve_vapid
-    from pushcli.report import build_and_write, exit_code_for
+    from pushcli.spawn import Spares, spares_for
 
-    check_run(limit=limit, workers=workers, lease=lease)
-    now = opt.send_moment(at, dry_run)
-    campaign = load_campaign(campaign_file)
-    options = options_for(campaign, concurrency=concurrency, timeout=timeout,
-                          on_uncertain=on_uncertain.value if on_uncertain else None)
-    allowed = opt.allowed_hosts(allow_host)
-    # From here to the fork, --dry-run and send refuse the same things in the same order.
-    signer = resolve_vapid(campaign, key, subject)
-    with open_store() as store:
-        if dry_run:
-            found = audience.dry_run(store, campaign, allowed, limit=limit, to=to, now=now)
-            console.print_dry_run(found, quiet, as_json=as_json)
-            raise typer.Exit(found.exit_code)
-        audience.preflight(store, campaign, allowed, limit=limit, to=to)
-        with console.Progress(quiet, campaign.name) as progress:
-            result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
-                                   options=options, retry_failed=retry_failed, limit=limit,
-                                   to=to, workers=workers, lease=lease,
-                                   on_progress=progress.update, handle_signals=True, now=now)
-        doc = build_and_write(store, campaign.name, report or (), run=result.run_summary())
-    console.print_run(doc, result, quiet=quiet, as_json=as_json)
-    raise typer.Exit(EXIT_INTERRUPTED if result.interrupted else exit_code_for(doc))
+    # a large send starts its child senders first: they import the send path on other
+    # cores while this process does (spawn.Spares; unused ones are killed)
+    early = 0 if dry_run or limit is not None or to is not None else spares_for(workers, state.db)
+    with Spares(early) as spares:
+        from pushcli import audience
+        from pushcli.campaign import load_campaign
+        from pushcli.delivery import check_run, options_for, send_campaign
+        from pushcli.keys import resolve_vapid
+        from pushcli.report import build_and_write, exit_code_for
+
+        check_run(limit=limit, workers=workers, lease=lease)
+        now = opt.send_moment(at, dry_run)
+        campaign = load_campaign(campaign_file)
+        options = options_for(campaign, concurrency=concurrency, timeout=timeout,
+                              on_uncertain=on_uncertain.value if on_uncertain else None)
+        allowed = opt.allowed_hosts(allow_host)
+        # From here to the fork, --dry-run and send refuse the same things in the same order.
+        signer = resolve_vapid(campaign, key, subject)
+        with open_store() as store:
+            if dry_run:
+                found = audience.dry_run(store, campaign, allowed, limit=limit, to=to, now=now)
+                console.print_dry_run(found, quiet, as_json=as_json)
+                raise typer.Exit(found.exit_code)
+            audience.preflight(store, campaign, allowed, limit=limit, to=to)
+            with console.Progress(quiet, campaign.name) as progress:
+                result = send_campaign(store, campaign, signer, allowed_hosts=allowed,
+                                       options=options, retry_failed=retry_failed, limit=limit,
+                                       to=to, workers=workers, lease=lease,
+                                       on_progress=progress.update, handle_signals=True, now=now,
+                                       spares=spares)
+            doc = build_and_write(store, campaign.name, report or (), run=result.run_summary())
+        console.print_run(doc, result, quiet=quiet, as_json=as_json)
+        raise typer.Exit(EXIT_INTERRUPTED if result.interrupted else exit_code_for(doc))
 
 
 # --- reports and history -------------------------------------------------------------------

@@ -37,6 +37,7 @@ from pushcli.pushservices import (
     Outcome,
     check_endpoint,
 )
+from pushcli.spawn import WORKERS_RANGE, Spares, senders_for
 from pushcli.store import Lock, Store, StoredSubscription, campaign_lock, is_prune_lock
 from pushcli.tokens import TokenSigner
 from pushcli.workers import Control, run_workers, stop_on_signals
@@ -49,10 +50,6 @@ CLAIM_SIZE = 500
 #: bench/send_bench.py --paired only: send without the intent log, to measure its cost.
 #: Never set it otherwise: a crash would then leave duplicates nobody counts.
 BENCH_NO_INTENT = "PUSHCLI_BENCH_NO_INTENT"
-#: Below this many pending messages one process is quicker than spawning more. Measured
-#: on 2 cores (bench/send_bench.py --workers 1|2, whole process): 5,000 took 5.0 s alone and
-#: 4.3 s with 2; 10,000 7.9-8.3 s and 6.1-6.7 s (a sender starts in under a second).
-AUTO_WORKERS_FROM = 5_000
 
 
 @dataclass
@@ -238,6 +235,7 @@ def send_campaign(
     on_progress: Callable[[Stats], None] | None = None,
     handle_signals: bool = False,
     now: datetime | None = None,
+    spares: Spares | None = None,
 ) -> SendResult:
     """Send a campaign to every pending subscriber in its audience.
 
@@ -251,6 +249,8 @@ def send_campaign(
     ``handle_signals``) it stops taking new work, lets in-flight requests
     finish and returns ``interrupted=True``; a second Ctrl-C aborts them too.
     A ``schedule`` sends only who is due at ``now`` (``due.open_gate``; not ``--to``).
+    ``spares``: child senders started before the audience was counted
+    (``spawn.Spares``); those this send does not use are killed once it knows.
     """
     renderer = Renderer(campaign)
     validate_variants(store, campaign, renderer, to=to)
@@ -281,10 +281,10 @@ def send_campaign(
             stats.total = store.queued(info.id, retry_failed=retry_failed, **plan.where)
         else:
             stats.total = _pending_count(store, plan)
-        if workers is None:
-            workers = 1 if stats.total < AUTO_WORKERS_FROM else min(os.cpu_count() or 1, 4)
         if limit is not None or to is not None:
             workers = 1  # a handful of test sends is not worth splitting
+        workers = senders_for(stats.total, workers)
+        ready = spares.take(workers - 1) if spares is not None else []
         control = Control()
         started = time.monotonic()
         with stop_on_signals(control, handle_signals):
@@ -294,7 +294,7 @@ def send_campaign(
                                    lock.heartbeat)
                 else:
                     run_workers(store, plan, signer, workers, stats, on_progress, control,
-                                lock.heartbeat, _run_partition, renderer)
+                                lock.heartbeat, _run_partition, renderer, ready)
             except StoreError as exc:
                 ledger_failed = exc
                 _mark_interrupted(store, info.id)
@@ -436,8 +436,9 @@ def check_run(*, limit: int | None = None, workers: int | None = None,
     """Refuse out-of-range ``--limit``, ``--workers`` and ``--lease`` before any work."""
     if limit is not None and limit < 1:
         raise InputError("--limit must be at least 1")
-    if workers is not None and not 1 <= workers <= 64:
-        raise InputError("--workers must be between 1 and 64")
+    lo, hi = WORKERS_RANGE
+    if workers is not None and not lo <= workers <= hi:
+        raise InputError(f"--workers must be between {lo} and {hi}")
     if not 1 <= lease <= 3600:
         raise InputError("--lease must be between 1 and 3600 seconds")
 

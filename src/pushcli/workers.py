@@ -16,9 +16,7 @@ import contextlib
 import multiprocessing.connection as mp_connection
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,6 +29,7 @@ from pushcli.campaign import Renderer
 from pushcli.errors import PushcliError, StoreError
 from pushcli.keys import VapidSigner
 from pushcli.messages import Stats, service_rate_limits
+from pushcli.spawn import RELAYED, Child, start_child
 from pushcli.store import Store
 
 #: ``delivery._run_partition``: sends one share of a plan in this process. ``plan`` is a
@@ -73,6 +72,7 @@ def run_workers(
     store: Store, plan: Any, signer: VapidSigner, workers: int, stats: Stats,
     on_progress: Callable[[Stats], None] | None, control: Control,
     heartbeat: Callable[[], None], run_partition: PartitionRunner, renderer: Renderer,
+    spares: list[Child] | None = None,
 ) -> None:
     """Run the campaign in ``workers`` senders and aggregate their progress.
 
@@ -84,10 +84,11 @@ def run_workers(
     so one Ctrl-C at a terminal (which signals the whole process group) counts
     once. A child whose parent dies stops by itself: the lock died with the parent.
 
-    Children are plain ``python -c`` processes, not multiprocessing ones: spawn
-    starts a resource tracker (one more 12 MB process) and re-imports the
-    parent's ``__main__``. One socket per child carries its arguments and then
-    progress up and stop/abort down.
+    Children are plain ``python -c`` processes (``spawn``), not multiprocessing
+    ones: spawn starts a resource tracker (one more 12 MB process) and re-imports
+    the parent's ``__main__``. One socket per child carries its arguments and then
+    progress up and stop/abort down. ``spares`` are children ``spawn.Spares``
+    started before the audience was counted; more are started if they are too few.
     """
     options = plan.options
     share = replace(options, concurrency=max(1, options.concurrency // workers),
@@ -98,7 +99,7 @@ def run_workers(
         return replace(plan, options=share,
                        partition=None if plan.lease is not None else (i, workers))
 
-    children: dict[int, subprocess.Popen[bytes]] = {}
+    children: dict[int, Child] = {}
     conns: dict[int, mp_connection.Connection] = {}
     latest: dict[int, dict[str, Any]] = {}
     store_errors: list[str] = []
@@ -140,10 +141,14 @@ def run_workers(
 
     own_error: StoreError | None = None
     try:
+        ready = list(spares or ())
         for i in range(1, workers):
-            children[i], conns[i] = _start_child(
-                (store.url, share_of(i), signer.private_pem(), signer.subject, os.getpid(),
-                 run_partition))
+            child = children[i] = ready.pop(0) if ready else start_child()
+            child.hand((store.url, share_of(i), signer.private_pem(), signer.subject,
+                        os.getpid(), run_partition))
+            conns[i] = child.link
+        for extra in ready:
+            extra.discard()
         try:
             run_partition(store, share_of(0), renderer, signer, mine, None, control,
                           heartbeat, poll=lambda: gather(0))
@@ -162,64 +167,18 @@ def run_workers(
             conn.close()  # a child reads end-of-file: it stops, and aborts
         for child in children.values():
             try:
-                child.wait(timeout=60)
+                child.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+                child.process.kill()
+                child.process.wait()
     if own_error is not None:
         raise own_error
     if store_errors:
         raise StoreError(store_errors[0])
-    failed = [c.returncode for c in children.values() if c.returncode != 0]
+    failed = [c.process.returncode for c in children.values() if c.process.returncode != 0]
     if failed and not control.stop:
         raise PushcliError(f"a sender process exited with code {failed[0]}; "
                            "re-run the same command to finish the campaign")
-
-
-#: What a child runs: its arguments come down the socket it inherits (fd in argv[1]),
-#: after the parent's ``sys.path``, so it imports the same pushcli the parent runs.
-_CHILD = ("import sys\n"
-          "from multiprocessing.connection import Connection\n"
-          "link = Connection(int(sys.argv[1]))\n"
-          "try:\n"
-          "    sys.path[:] = link.recv()\n"
-          "except (EOFError, OSError):\n"  # the parent died before it said anything
-          "    sys.exit(0)\n"
-          "from pushcli.workers import _child_main\n"
-          "_child_main(link)\n")
-
-
-def _start_child(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes],
-                                                  mp_connection.Connection]:
-    """Start one sender process and hand it ``args`` (what ``_child_main`` reads).
-
-    SIGINT and SIGTERM are blocked while it starts, and blocked signals stay
-    blocked across exec: a Ctrl-C, or a service manager's SIGTERM to the whole
-    group, during the child's imports reaches only this process (which relays a
-    graceful stop) instead of killing the child with its requests in flight."""
-    ours, theirs = socket.socketpair()
-    masked = threading.current_thread() is threading.main_thread()
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _RELAYED) if masked else None
-    try:
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(theirs.fileno())],
-                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-    finally:
-        if before is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
-        theirs.close()  # the child has its copy; ours would hide its end-of-file
-    link = mp_connection.Connection(ours.detach())
-    try:
-        link.send(sys.path)
-        link.send(args)
-    except BaseException:
-        link.close()  # it reads end-of-file and exits without sending
-        child.wait()
-        raise
-    return child, link
-
-
-#: Signals a child leaves to the parent, which turns them into a graceful stop it relays.
-_RELAYED = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def _snapshot(stats: Stats, signer: VapidSigner,
@@ -251,7 +210,7 @@ def _child_main(link: mp_connection.Connection) -> None:
     """A child sender: read its arguments from the link, send its share, exit with
     its status (74 when the ledger failed, like the parent). A fresh process: it
     shares no state with the parent but what comes down the link."""
-    for sig in _RELAYED:  # the parent relays them as stop/abort down the link
+    for sig in RELAYED:  # the parent relays them as stop/abort down the link
         signal.signal(sig, signal.SIG_IGN)
     try:
         db_url, plan, private_pem, subject, parent_pid, run_partition = link.recv()

@@ -21,8 +21,6 @@ from pushcli.messages import DeliveryRecord
 from pushcli.store.charts import Charts, Timeline
 from pushcli.store.database import (
     BUSY_TIMEOUT_MS,
-    DB_ENV,
-    DEFAULT_DB,
     Database,
     database_url,
     known_error,
@@ -64,7 +62,7 @@ from pushcli.store.schema import (
 from pushcli.store.subscribers import IMPORT_BATCH, ImportResult, Rejection, Subscribers
 
 __all__ = [
-    "BUSY_TIMEOUT_MS", "DB_ENV", "DEFAULT_DB", "IMPORT_BATCH", "INFLIGHT", "LOCK_STALE_AFTER",
+    "BUSY_TIMEOUT_MS", "IMPORT_BATCH", "INFLIGHT", "LOCK_STALE_AFTER",
     "MAX_RUN_HISTORY", "MIGRATIONS", "PENDING", "PRUNE_LOCK", "RUN_COUNTS", "SCHEMA_VERSION",
     "CampaignInfo", "DeliveryRecord", "EventRow", "Unengaged",
     "ImportResult", "Lock", "PruneCandidate", "Rejection", "Store", "StoredSubscription",

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SAWarning
 
-from pushcli.defaults import DB_ENV, DEFAULT_DB
+from pushcli.defaults import db_setting
 from pushcli.errors import Busy, InputError, PushcliError, StoreError
 
 BUSY_TIMEOUT_MS = 30_000
@@ -37,7 +37,7 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 def database_url(value: str | os.PathLike[str] | None = None) -> str:
     """A SQLAlchemy URL from ``--db``/``PUSHCLI_DB``: a URL as is, else a SQLite path."""
-    raw = os.fspath(value) if value is not None else os.environ.get(DB_ENV) or DEFAULT_DB
+    raw = db_setting(value)
     if "://" in raw:
         for plain in ("postgresql://", "postgres://"):
             if raw.startswith(plain):  # psycopg 3 is the driver we ship, not psycopg2
