@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hmac
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import http_ece
 import pytest
@@ -93,3 +95,62 @@ def test_hmac_is_rfc_2104_hmac_sha256_for_any_key_length(key_size: int) -> None:
     for msg_size in (0, 1, 55, 64, 200):
         key, msg = rng.randbytes(key_size), rng.randbytes(msg_size)
         assert ece._hmac(key, msg) == hmac.digest(key, msg, "sha256")
+
+
+# --- the ephemeral key and ECDH on the system's libcrypto ------------------------------------
+
+@pytest.fixture(params=["libcrypto", "cryptography"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on each ECDH backend a send may use."""
+    if request.param == "cryptography":
+        monkeypatch.setattr(ece, "_native", [None])
+    return str(request.param)
+
+
+def test_libcrypto_backend_is_what_a_send_uses_on_linux() -> None:
+    """On Linux with OpenSSL 3 (every machine this suite runs on) the fast path is live:
+    without it the libcrypto tests below would only exercise the fallback."""
+    assert ece.libcrypto_ecdh() is not None
+
+
+def test_libcrypto_secret_is_the_subscribers_own_ecdh() -> None:
+    receiver, p256dh, _ = _subscriber()
+    native = ece.libcrypto_ecdh()
+    assert native is not None
+    sender_pub, shared = native.agree(p256dh)
+    assert len(sender_pub) == 65 and sender_pub[0] == 4
+    theirs = receiver.exchange(ec.ECDH(), ece.parse_public_key(sender_pub))
+    assert shared == theirs
+    again_pub, again = native.agree(p256dh)
+    assert again_pub != sender_pub and again != shared  # a new key pair every message
+
+
+def test_http_ece_decrypts_what_either_backend_makes(backend: str) -> None:
+    for size in (0, 1, 300, ece.MAX_PLAINTEXT):
+        receiver, p256dh, auth = _subscriber()
+        payload = os.urandom(size)
+        body = ece.encrypt(payload, p256dh, auth)
+        assert http_ece.decrypt(body, private_key=receiver, auth_secret=auth,
+                                version="aes128gcm") == payload, backend
+
+
+def test_either_backend_refuses_a_point_off_the_curve(backend: str) -> None:
+    _, p256dh, auth = _subscriber()
+    for bad in (p256dh[:-1] + bytes([p256dh[-1] ^ 1]), b"\x04" + bytes(64)):
+        with pytest.raises(ValueError):
+            ece.encrypt(b"x", bad, auth)
+    # the refusal leaves nothing on libcrypto's error queue, which Python's ssl and
+    # hashlib read too (a stale entry there turns a later handshake into a bogus error)
+    queue = ctypes.CDLL("libcrypto.so.3").ERR_peek_error
+    queue.restype, queue.argtypes = ctypes.c_ulong, []
+    assert queue() == 0
+
+
+def test_libcrypto_backend_keeps_one_key_per_thread() -> None:
+    """Threads encrypting at once each use their own key object: every body decrypts."""
+    subs = [_subscriber() for _ in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda s: ece.encrypt(b"hello", s[1], s[2]), subs * 5))
+    for (receiver, _, auth), body in zip(subs * 5, bodies, strict=True):
+        assert http_ece.decrypt(body, private_key=receiver, auth_secret=auth,
+                                version="aes128gcm") == b"hello"
