@@ -6,6 +6,7 @@ import ctypes
 import hmac
 import os
 import random
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import http_ece
@@ -107,10 +108,30 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return str(request.param)
 
 
-def test_libcrypto_backend_is_what_a_send_uses_on_linux() -> None:
-    """On Linux with OpenSSL 3 (every machine this suite runs on) the fast path is live:
-    without it the libcrypto tests below would only exercise the fallback."""
-    assert ece.libcrypto_ecdh() is not None
+def test_libcrypto_backend_is_what_a_send_uses_on_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux with OpenSSL 3 (the machines this suite runs on) ``encrypt`` takes the
+    libcrypto path; elsewhere there is none and it never loads a libcrypto by name."""
+    native = ece.libcrypto_ecdh()
+    assert (native is not None) == sys.platform.startswith("linux")
+    if native is None:
+        return
+    calls: list[bytes] = []
+    agree = native.agree
+    monkeypatch.setattr(native, "agree", lambda p256dh: calls.append(p256dh) or agree(p256dh))
+    receiver, p256dh, auth = _subscriber()
+    body = ece.encrypt(b"hello", p256dh, auth)
+    assert calls == [p256dh]
+    assert http_ece.decrypt(body, private_key=receiver, auth_secret=auth,
+                            version="aes128gcm") == b"hello"
+
+
+def test_libcrypto_reads_only_a_65_byte_uncompressed_point() -> None:
+    native = ece.libcrypto_ecdh()
+    assert native is not None
+    _, p256dh, _ = _subscriber()
+    for short in (p256dh[:33], p256dh[:64], b"\x02" + p256dh[1:], b""):
+        with pytest.raises(ValueError, match="not an uncompressed P-256 point"):
+            native.agree(short)
 
 
 def test_libcrypto_secret_is_the_subscribers_own_ecdh() -> None:

@@ -284,7 +284,8 @@ def send_campaign(
         if limit is not None or to is not None:
             workers = 1  # a handful of test sends is not worth splitting
         workers = senders_for(stats.total, workers)
-        ready = spares.take(workers - 1) if spares is not None else []
+        if spares is not None and workers <= 1:
+            spares.close()  # not needed: free the cores they use now
         control = Control()
         started = time.monotonic()
         with stop_on_signals(control, handle_signals):
@@ -294,7 +295,7 @@ def send_campaign(
                                    lock.heartbeat)
                 else:
                     run_workers(store, plan, signer, workers, stats, on_progress, control,
-                                lock.heartbeat, _run_partition, renderer, ready)
+                                lock.heartbeat, _run_partition, renderer, spares)
             except StoreError as exc:
                 ledger_failed = exc
                 _mark_interrupted(store, info.id)

@@ -166,6 +166,8 @@ class LibcryptoECDH:
     def agree(self, p256dh: bytes) -> tuple[bytes, bytes]:
         """(the new key's uncompressed public point, the 32-byte ECDH secret) for a
         65-byte uncompressed subscriber point; ValueError if it is not on the curve."""
+        if len(p256dh) != 65 or p256dh[0] != 4:  # what libcrypto is told it reads
+            raise ValueError("the subscriber's p256dh is not an uncompressed P-256 point")
         key, group, point, public, shared = self._state()
         lib = self._lib
         if not lib.EC_POINT_oct2point(group, point, p256dh, 65, None):  # checks the curve
@@ -186,9 +188,10 @@ _native: list[LibcryptoECDH | None] = []
 def libcrypto_ecdh() -> LibcryptoECDH | None:
     """The libcrypto backend, loaded on first use; None where there is none to trust.
 
-    Only on Linux, and only OpenSSL 3 or later: ``libcrypto.so.3`` is the library
-    Python's own ``ssl`` and ``hashlib`` are linked against, so it is already in the
-    process (loading a system libcrypto by name is unsafe elsewhere: macOS aborts).
+    Only on Linux, and only OpenSSL 3 or later: ``libcrypto.so.3`` is the library a
+    distribution's Python links its ``ssl`` and ``hashlib`` against, so it is usually
+    in the process already (loading a system libcrypto by name is unsafe elsewhere:
+    macOS aborts). A Python without it falls back to ``cryptography``.
     """
     if not _native:
         _native.append(_load_libcrypto())

@@ -29,7 +29,7 @@ from pushcli.campaign import Renderer
 from pushcli.errors import PushcliError, StoreError
 from pushcli.keys import VapidSigner
 from pushcli.messages import Stats, service_rate_limits
-from pushcli.spawn import RELAYED, Child, start_child
+from pushcli.spawn import RELAYED, Child, Spares, start_child
 from pushcli.store import Store
 
 #: ``delivery._run_partition``: sends one share of a plan in this process. ``plan`` is a
@@ -72,7 +72,7 @@ def run_workers(
     store: Store, plan: Any, signer: VapidSigner, workers: int, stats: Stats,
     on_progress: Callable[[Stats], None] | None, control: Control,
     heartbeat: Callable[[], None], run_partition: PartitionRunner, renderer: Renderer,
-    spares: list[Child] | None = None,
+    spares: Spares | None = None,
 ) -> None:
     """Run the campaign in ``workers`` senders and aggregate their progress.
 
@@ -87,8 +87,9 @@ def run_workers(
     Children are plain ``python -c`` processes (``spawn``), not multiprocessing
     ones: spawn starts a resource tracker (one more 12 MB process) and re-imports
     the parent's ``__main__``. One socket per child carries its arguments and then
-    progress up and stop/abort down. ``spares`` are children ``spawn.Spares``
-    started before the audience was counted; more are started if they are too few.
+    progress up and stop/abort down. ``spares`` holds children started before the
+    audience was counted: those needed are used (one that died meanwhile is replaced
+    by a fresh child), the others killed.
     """
     options = plan.options
     share = replace(options, concurrency=max(1, options.concurrency // workers),
@@ -140,15 +141,14 @@ def run_workers(
             on_progress(stats)
 
     own_error: StoreError | None = None
+    ready: list[Child] = []
     try:
-        ready = list(spares or ())
+        ready = spares.take(workers - 1) if spares is not None else []
         for i in range(1, workers):
-            child = children[i] = ready.pop(0) if ready else start_child()
-            child.hand((store.url, share_of(i), signer.private_pem(), signer.subject,
-                        os.getpid(), run_partition))
-            conns[i] = child.link
-        for extra in ready:
-            extra.discard()
+            args = (store.url, share_of(i), signer.private_pem(), signer.subject,
+                    os.getpid(), run_partition)
+            children[i] = _hand(ready.pop(0) if ready else None, args)
+            conns[i] = children[i].link
         try:
             run_partition(store, share_of(0), renderer, signer, mine, None, control,
                           heartbeat, poll=lambda: gather(0))
@@ -163,6 +163,8 @@ def run_workers(
                 heartbeat()
         gather(0)
     finally:
+        for unused in ready:  # a hand-over failed before they got their shares
+            unused.discard()
         for conn in conns.values():
             conn.close()  # a child reads end-of-file: it stops, and aborts
         for child in children.values():
@@ -179,6 +181,24 @@ def run_workers(
     if failed and not control.stop:
         raise PushcliError(f"a sender process exited with code {failed[0]}; "
                            "re-run the same command to finish the campaign")
+
+
+def _hand(spare: Child | None, args: tuple[Any, ...]) -> Child:
+    """Give a share to ``spare``, or to a fresh child if there is none or it has died
+    while the audience was counted (killed, out of memory): its share is never lost."""
+    if spare is not None:
+        try:
+            spare.hand(args)
+        except OSError:  # its end of the link is closed: it is gone (hand reaped it)
+            spare = None
+        else:
+            return spare
+    try:
+        child = start_child()
+        child.hand(args)
+    except OSError as exc:
+        raise PushcliError(f"a sender process could not be started: {exc}") from None
+    return child
 
 
 def _snapshot(stats: Stats, signer: VapidSigner,
