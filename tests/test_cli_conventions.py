@@ -443,3 +443,35 @@ def test_campaigns_list_without_a_terminal_prints_whole_values(world: Workspace)
     assert row[0] == LONG_NAME and row[1] == "interrupted"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[2]) and row[9] == "15"
     assert row[10:] == ["0", "-"]  # nobody waits for a send window
+
+
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``pushcli ... | head``: stdout's reader is gone; exit 0, nothing on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pushcli", "doctor", "--json"],
+                              cwd=tmp_path, env=pushcli_env(db=tmp_path / "pushcli.db"),
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_success(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A link to a child sender or a socket that breaks is a failure, said in one line:
+    before, every BrokenPipeError became exit 0, so a send whose child died said nothing
+    and succeeded."""
+    import pushcli.report
+
+    def broken(*_: object, **__: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(pushcli.report, "build_and_write", broken)
+    db = tmp_path / "pushcli.db"
+    Store.open(db).close()
+    result = support.invoke("report", "anything", db=db)
+    assert result.exit_code == 1
+    assert "a pipe or socket closed while pushcli wrote to it (Broken pipe)" in result.output

@@ -13,6 +13,7 @@ never pays for SQLAlchemy, the crypto or aiohttp.
 from __future__ import annotations
 
 import functools
+import select
 import sys
 import time
 from collections.abc import Callable
@@ -92,14 +93,30 @@ def _exit_code(exc: BaseException) -> int:
     return error.exit_code
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has exited (``pushcli ... | head``): the one
+    BrokenPipeError that means "done", not "failed"."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (tests)
+        return False
+
+
 def handle_errors(fn: F) -> F:
     """Turn library exceptions into one line on stderr and the documented exit code."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except BrokenPipeError:
-            raise typer.Exit(EXIT_OK) from None
+        except BrokenPipeError as exc:
+            if _stdout_gone():
+                raise typer.Exit(EXIT_OK) from None
+            # a link to a child sender, a socket: a failure (exit 1), not `| head`
+            raise typer.Exit(_exit_code(PushcliError(
+                f"a pipe or socket closed while pushcli wrote to it ({exc.strerror or exc})"
+            ))) from None
         except (KeyboardInterrupt, Exception) as exc:
             raise typer.Exit(_exit_code(exc)) from None
 
