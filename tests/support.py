@@ -166,6 +166,15 @@ def start_pushcli(*args: str, cwd: Path | str, env: dict[str, str],
                             start_new_session=True)
 
 
+def process_exists(pid: int) -> bool:
+    """``pid`` is still in the process table: running, or a zombie nobody has reaped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _live_in_group(pgid: int) -> bool:
     """Whether any process of group ``pgid`` still runs (zombies do not count)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from pushcli.spawn import (
     spares_for,
     start_child,
 )
-from tests.support import pushcli_env, start_pushcli, wait_for_group_exit
+from tests.support import process_exists, pushcli_env, start_pushcli, wait_for_group_exit
 
 
 def _store_of(tmp_path: Path, size: int) -> Path:
@@ -64,20 +63,12 @@ def test_spares_for_reads_pushcli_db_when_no_db_option(
     assert spares_for(None, None, cores=2) == 1
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_spares_not_taken_are_killed_at_once_and_the_rest_at_the_end() -> None:
     with Spares(3) as spares:
         pids = [c.process.pid for c in spares._waiting]
         taken = spares.take(1)
         # the two not taken are gone before the send goes on, not at its end
-        assert not _alive(pids[1]) and not _alive(pids[2])
+        assert not process_exists(pids[1]) and not process_exists(pids[2])
         assert taken[0].process.pid == pids[0] and taken[0].process.poll() is None
     taken[0].discard()
     assert taken[0].process.returncode == -signal.SIGKILL
@@ -88,7 +79,7 @@ def test_spares_are_killed_when_the_send_fails_before_it_takes_them() -> None:
         pids = [c.process.pid for c in spares._waiting]
         raise RuntimeError("the campaign file is invalid")
     # killed and reaped on the way out, still importing (not left to notice on their own)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_exists(pid) for pid in pids)
 
 
 def test_a_child_whose_parent_closes_its_link_exits_quietly() -> None:

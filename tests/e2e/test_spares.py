@@ -3,7 +3,6 @@ happens to them meanwhile, every share is sent once and no process is left behin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from pushcli.keys import VapidSigner, load_private_key
 from pushcli.messages import DeliveryOptions
 from pushcli.spawn import Spares
 from pushcli.store import Store
+from tests.support import process_exists
 
 ALLOWED = frozenset({"127.0.0.1"})
 
@@ -26,14 +26,6 @@ def _send(e2e: Any, store: Store, campaign: Path, spares: Spares, count: int) ->
                          "mailto:ops@shop.example.com")
     return send_campaign(store, load_campaign(campaign), signer, allowed_hosts=ALLOWED,
                          options=DeliveryOptions(concurrency=8), workers=count, spares=spares)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_a_spare_that_died_before_its_share_is_replaced_and_nothing_is_lost(e2e) -> None:
@@ -69,5 +61,5 @@ def test_spares_left_when_a_hand_over_fails_are_killed(
         first.process.wait()
         with pytest.raises(PushcliError, match="a sender process could not be started"):
             _send(e2e, store, campaign, spares, 3)
-        assert second.process.returncode is not None and _gone(second.process.pid)
+        assert second.process.returncode is not None and not process_exists(second.process.pid)
     assert e2e.emu.stats()["accepted"] == 0
