@@ -660,3 +660,12 @@ def test_schedule_and_frequency_cap_load_with_defaults() -> None:
 ])
 def test_bad_schedule_values_name_file_line_and_field(yaml_text: str, message: str) -> None:
     assert error_of(HEAD + yaml_text) == message
+
+
+@pytest.mark.parametrize("key", ["pushcli_token", "pushcli_events"])
+def test_data_keys_pushcli_writes_are_refused_where_they_are_written(key: str) -> None:
+    """Before, a campaign's own ``data.pushcli_token`` was silently replaced by the token."""
+    text = HEAD + f"  data:\n    order: 42\n    {key}: mine\n"
+    assert error_of(text) == (f"campaign.yml:8: notification.data.{key}: is set by pushcli in "
+                              "every payload (the engagement token and where events go); "
+                              "use another key")

@@ -200,11 +200,20 @@ def _name(value: str) -> str:
     return value
 
 
+#: ``notification.data`` keys pushcli writes into every payload (``render``): a campaign's own
+#: value there would be silently replaced, so it is refused where it is written.
+RESERVED_DATA_KEYS = ("pushcli_token", "pushcli_events")
+
+
 def _json_data(value: dict[str, Any]) -> dict[str, Any]:
     try:
         json.dumps(value, allow_nan=False)
     except ValueError:
         raise _fail("must be plain JSON (no NaN or infinity)") from None
+    for key in RESERVED_DATA_KEYS:
+        if key in value:
+            raise _fail("is set by pushcli in every payload (the engagement token and "
+                        "where events go); use another key", key)
     return value
 
 
