@@ -56,6 +56,15 @@ def test_spares_for_auto_only_a_large_sqlite_store(tmp_path: Path) -> None:
     assert spares_for(None, "postgresql://u@localhost/db", cores=2) == 0
 
 
+def test_a_test_send_runs_in_one_process_and_starts_no_spare(tmp_path: Path) -> None:
+    """``--limit``/``--to``: one sender even when ``--workers`` or the audience asks for more."""
+    large = str(_store_of(tmp_path, LARGE_STORE_BYTES))
+    assert senders_for(AUTO_WORKERS_FROM * 10, 3, limit=5, cores=2) == 1
+    assert senders_for(AUTO_WORKERS_FROM * 10, None, to="https://x.example/1", cores=2) == 1
+    assert spares_for(3, large, limit=5, cores=2) == 0
+    assert spares_for(None, large, to="https://x.example/1", cores=2) == 0
+
+
 def test_spares_for_reads_pushcli_db_when_no_db_option(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     large = _store_of(tmp_path, LARGE_STORE_BYTES)

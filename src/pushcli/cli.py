@@ -259,7 +259,7 @@ def send(
 
     # a large send starts its child senders first: they import the send path on other
     # cores while this process does (spawn.Spares; unused ones are killed)
-    early = 0 if dry_run or limit is not None or to is not None else spares_for(workers, state.db)
+    early = 0 if dry_run else spares_for(workers, state.db, limit=limit, to=to)
     with Spares(early) as spares:
         from pushcli import audience
         from pushcli.campaign import load_campaign

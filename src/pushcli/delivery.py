@@ -281,9 +281,7 @@ def send_campaign(
             stats.total = store.queued(info.id, retry_failed=retry_failed, **plan.where)
         else:
             stats.total = _pending_count(store, plan)
-        if limit is not None or to is not None:
-            workers = 1  # a handful of test sends is not worth splitting
-        workers = senders_for(stats.total, workers)
+        workers = senders_for(stats.total, workers, limit=limit, to=to)
         if spares is not None and workers <= 1:
             spares.close()  # not needed: free the cores they use now
         control = Control()

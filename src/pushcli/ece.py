@@ -14,9 +14,9 @@ The ephemeral key and the ECDH run straight on the system's libcrypto (OpenSSL
 3, through ``ctypes``) where there is one: one reused ``EC_KEY`` regenerated
 per message and one reused ``EC_POINT`` per thread, instead of four Python key
 objects a message, each exported once more from OpenSSL's legacy form to its
-provider form on first use. In a whole send that took 90-136 us off ~570 us of
-CPU a message (30,000 messages, HTTP/2, one process, alternating runs; see
-README). Elsewhere (not Linux, no OpenSSL 3, a pinned key in tests) the same
+provider form on first use. In a whole send that took a message's CPU from
+566-607 us to 509-545 us (30,000 messages, HTTP/2, one process, three
+alternating pairs; see README). Elsewhere (not Linux, no OpenSSL 3, a pinned key in tests) the same
 bytes come from ``cryptography``. Both are tested: ``http_ece`` decrypts what
 either makes, and the libcrypto secret equals the subscriber's own ECDH.
 """
@@ -95,7 +95,7 @@ def encrypt(
     if salt is None:
         salt = os.urandom(16)
     native = libcrypto_ecdh() if receiver_key is None and sender_key is None else None
-    if native is not None and len(p256dh) == 65 and p256dh[0] == 4:
+    if native is not None and _uncompressed(p256dh):
         sender_pub, shared = native.agree(p256dh)
     else:
         if receiver_key is None:
@@ -166,7 +166,7 @@ class LibcryptoECDH:
     def agree(self, p256dh: bytes) -> tuple[bytes, bytes]:
         """(the new key's uncompressed public point, the 32-byte ECDH secret) for a
         65-byte uncompressed subscriber point; ValueError if it is not on the curve."""
-        if len(p256dh) != 65 or p256dh[0] != 4:  # what libcrypto is told it reads
+        if not _uncompressed(p256dh):  # what libcrypto is told it reads
             raise ValueError("the subscriber's p256dh is not an uncompressed P-256 point")
         key, group, point, public, shared = self._state()
         lib = self._lib
@@ -180,6 +180,12 @@ class LibcryptoECDH:
             lib.ERR_clear_error()
             raise PushcliError("libcrypto could not make an ephemeral P-256 key")
         return public.raw, shared.raw
+
+
+def _uncompressed(p256dh: bytes) -> bool:
+    """65 bytes in the uncompressed form (0x04, X, Y): what RFC 8291 keys are and what
+    ``agree`` hands libcrypto. A compressed point still parses through ``cryptography``."""
+    return len(p256dh) == 65 and p256dh[0] == 4
 
 
 _native: list[LibcryptoECDH | None] = []

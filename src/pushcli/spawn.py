@@ -120,28 +120,41 @@ def start_child(warm: Sequence[str] = ()) -> Child:
     return child
 
 
-def senders_for(pending: int, workers: int | None, *, cores: int | None = None) -> int:
-    """How many sender processes a send of ``pending`` messages runs: ``--workers`` if
-    given, else one per core (at most ``AUTO_WORKERS_MAX``) from ``AUTO_WORKERS_FROM``."""
+def senders_for(pending: int, workers: int | None, *, limit: int | None = None,
+                to: str | None = None, cores: int | None = None) -> int:
+    """How many sender processes a send of ``pending`` messages runs: one for a test
+    send (``--limit``, ``--to``), else ``--workers`` if given, else one per core (at
+    most ``AUTO_WORKERS_MAX``) from ``AUTO_WORKERS_FROM``."""
+    if _test_send(limit, to):
+        return 1
     if workers is not None:
         return workers
     return 1 if pending < AUTO_WORKERS_FROM else _auto_senders(cores)
+
+
+def _test_send(limit: int | None, to: str | None) -> bool:
+    """``--limit`` or ``--to``: a handful of test sends is not worth splitting."""
+    return limit is not None or to is not None
 
 
 def _auto_senders(cores: int | None) -> int:
     return max(1, min(cores if cores is not None else os.cpu_count() or 1, AUTO_WORKERS_MAX))
 
 
-def spares_for(workers: int | None, db: str | None, *, cores: int | None = None) -> int:
+def spares_for(workers: int | None, db: str | None, *, limit: int | None = None,
+               to: str | None = None, cores: int | None = None) -> int:
     """How many child senders to start before the audience is counted.
 
-    ``--workers N`` asks for N-1 children whatever the audience (none for a value
-    out of ``WORKERS_RANGE``: the send refuses it). Without it, only a SQLite
+    None for a test send (``senders_for`` runs it in one process). ``--workers N``
+    asks for N-1 children whatever the audience (none for a value out of
+    ``WORKERS_RANGE``: the send refuses it). Without it, only a SQLite
     store of at least ``LARGE_STORE_BYTES`` gets them early: a smaller one cannot
     hold ``AUTO_WORKERS_FROM`` subscribers, and a PostgreSQL store cannot be sized
     without loading its driver. A spare that is not needed costs its imports
     (about 0.6 s of CPU on another core) and is killed.
     """
+    if _test_send(limit, to):
+        return 0
     if workers is not None:
         lo, hi = WORKERS_RANGE
         return workers - 1 if lo <= workers <= hi else 0
