@@ -294,3 +294,51 @@ def test_a_request_times_out_at_its_deadline_however_libcurl_moved_it(
     stalled, fast = asyncio.run(go())
     assert isinstance(stalled, TransportTimeout) and stalled.ambiguous
     assert all(a.status == 201 for a in fast)
+
+
+class _RecordingLoop:
+    """The four registration calls ``CurlTransport._on_socket`` makes, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def add_reader(self, fd: int, *_: object) -> None:
+        self.calls.append(("add_reader", fd))
+
+    def remove_reader(self, fd: int) -> bool:
+        self.calls.append(("remove_reader", fd))
+        return True
+
+    def add_writer(self, fd: int, *_: object) -> None:
+        self.calls.append(("add_writer", fd))
+
+    def remove_writer(self, fd: int) -> bool:
+        self.calls.append(("remove_writer", fd))
+        return True
+
+
+def test_socket_wishes_change_only_the_registrations_that_differ() -> None:
+    """An HTTP/1.1 request (nothing, reading, nothing) costs one add and one remove; a
+    repeated wish costs nothing; reading-and-writing to writing drops only the reader."""
+    import pycurl
+
+    t = _transport()
+    loop = _RecordingLoop()
+    t._loop = loop  # type: ignore[assignment]
+    try:
+        t._on_socket(pycurl.POLL_IN, 7, None, None)
+        t._on_socket(pycurl.POLL_IN, 7, None, None)
+        t._on_socket(pycurl.POLL_REMOVE, 7, None, None)
+        assert loop.calls == [("add_reader", 7), ("remove_reader", 7)]
+        loop.calls.clear()
+        t._on_socket(pycurl.POLL_OUT, 8, None, None)
+        t._on_socket(pycurl.POLL_INOUT, 8, None, None)
+        t._on_socket(pycurl.POLL_OUT, 8, None, None)
+        t._on_socket(pycurl.POLL_IN, 8, None, None)
+        t._on_socket(pycurl.POLL_REMOVE, 8, None, None)
+        assert loop.calls == [("add_writer", 8), ("add_reader", 8), ("remove_reader", 8),
+                              ("add_reader", 8), ("remove_writer", 8), ("remove_reader", 8)]
+        assert t._watching == {}
+    finally:
+        t._loop = None
+        t.close()

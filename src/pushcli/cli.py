@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from pushcli import __version__, console
+from pushcli import __version__, console, heap
 from pushcli import options as opt
 from pushcli.console import render
 from pushcli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, PushcliError, listening
@@ -453,6 +453,7 @@ def main() -> None:
     # Outside a command's handle_errors (option callbacks, typer's own
     # plumbing): still one line and the documented code, never a traceback
     # that could quote an endpoint or an auth secret.
+    heap.skip_collection_at_exit()  # ~0.3 s less between a send's last line and its exit
     try:
         app()
     except (KeyboardInterrupt, Exception) as exc:

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pushcli import eventloop
+from pushcli import eventloop, heap
 from pushcli.abrun import open_arms, sendable
 from pushcli.audience import duplicate_endpoints, validate_variants
 from pushcli.campaign import Campaign, Renderer, RenderError
@@ -390,7 +390,8 @@ def _run_partition(
             run.result()
 
     try:
-        eventloop.run(main())  # asyncio, or uvloop with PUSHCLI_EVENT_LOOP=uvloop
+        with heap.sending():  # the imported world out of the collector's walks
+            eventloop.run(main())  # asyncio, or uvloop with PUSHCLI_EVENT_LOOP=uvloop
     except asyncio.CancelledError:
         control.stop = True
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from pushcli import heap
 from pushcli.campaign import Renderer
 from pushcli.errors import PushcliError, StoreError
 from pushcli.keys import VapidSigner
@@ -232,6 +233,7 @@ def _child_main(link: mp_connection.Connection) -> None:
     shares no state with the parent but what comes down the link."""
     for sig in RELAYED:  # the parent relays them as stop/abort down the link
         signal.signal(sig, signal.SIG_IGN)
+    heap.skip_collection_at_exit()  # the parent waits for this process to end
     try:
         db_url, plan, private_pem, subject, parent_pid, run_partition = link.recv()
     except (EOFError, OSError):  # the parent died before it said what to send
