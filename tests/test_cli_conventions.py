@@ -475,3 +475,13 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_success(
     result = support.invoke("report", "anything", db=db)
     assert result.exit_code == 1
     assert "a pipe or socket closed while pushcli wrote to it (Broken pipe)" in result.output
+
+
+def test_loading_the_cli_leaves_rich_for_when_something_is_drawn() -> None:
+    """rich (~60 ms to import) loads on first use: a `send --json`, `-q` or cron run
+    reaches its first request without it."""
+    code = ("import sys, pushcli.cli\n"
+            "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'rich'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -8,18 +8,48 @@ CLI only, so no library import pulls rich in.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+
+# rich is imported on first use, not with this module: it takes ~60 ms, on the way to a
+# send's first request, and a `send --json`, `-q` or cron run never draws anything.
+@functools.cache
+def _err() -> Console:
+    """The console for progress, errors and notes (stderr)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def _out() -> Console:
+    """The console for results (stdout)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """``text`` with rich markup characters escaped (rich's ``escape``, imported on use)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def _table(*args: Any, **kwargs: Any) -> Table:
+    """A rich ``Table`` (imported on use)."""
+    from rich.table import Table
+
+    return Table(*args, **kwargs)
 
 
 def hide_flag_types() -> None:
@@ -47,8 +77,8 @@ def hide_flag_types() -> None:
 
 def print_error(message: str) -> None:
     """One ``error:`` line on stderr: red on a terminal, plain text in logs and pipes."""
-    if err.is_terminal:
-        err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    if _err().is_terminal:
+        _err().print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     else:
         print(f"error: {message}", file=sys.stderr)
 
@@ -85,7 +115,7 @@ class Progress:
         self.name = name
         self.bar: Any = None
         self.last_line = 0.0
-        if not quiet and err.is_terminal:
+        if not quiet and _err().is_terminal:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -97,7 +127,7 @@ class Progress:
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[flight]}"),
-                console=err, transient=False,
+                console=_err(), transient=False,
             )
             self.task = self.bar.add_task(name, total=None, counts="", rate="", eta="",
                                           flight="")
@@ -146,8 +176,8 @@ def _duration(seconds: float) -> str:
 
 def summary_tables(report: dict[str, Any]) -> list[Table]:
     """The human summary: outcomes, then one row per push service."""
-    outcomes = Table(title=f"Campaign {report['campaign']} ({report['status']})",
-                     title_justify="left")
+    outcomes = _table(title=f"Campaign {report['campaign']} ({report['status']})",
+                      title_justify="left")
     outcomes.add_column("outcome")
     outcomes.add_column("count", justify="right")
     for key in ("sent", "expired", "rejected", "auth", "blocked", "failed"):
@@ -171,7 +201,7 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
     if run:
         outcomes.add_row("duration", f"{run['duration_s']:.1f} s")
         outcomes.add_row("rate", f"{run['rate_per_s']:,.0f} msg/s")
-    services = Table(title="By push service", title_justify="left")
+    services = _table(title="By push service", title_justify="left")
     services.add_column("service")
     for key in ("sent", "expired", "rejected", "auth", "blocked", "failed", "total"):
         services.add_column(key, justify="right")
@@ -203,16 +233,16 @@ def engagement_tables(report: dict[str, Any]) -> list[Table]:
         eng = report.get("engagement") or {}
         if not any(eng.get(k) for k in ("shown", "clicked", "closed")):
             return []
-        table = Table(title="Engagement", title_justify="left")
+        table = _table(title="Engagement", title_justify="left")
         for key in ("sent", "shown", "clicked", "closed", "click rate (95 % interval)"):
             table.add_column(key, justify="right")
         table.add_row(*(f"{eng[k]:,}" for k in ("sent", "shown", "clicked", "closed")),
                       _rate(eng))
         return [table]
     winner = report.get("winner") or {}
-    table = Table(title="Variants", title_justify="left",
-                  caption=(escape(f"winner: {winner['variant']} ({winner['reason']})")
-                           if winner else None), caption_justify="left")
+    table = _table(title="Variants", title_justify="left",
+                   caption=(escape(f"winner: {winner['variant']} ({winner['reason']})")
+                            if winner else None), caption_justify="left")
     table.add_column("variant")
     keys = ("sent", "expired", "rejected", "failed", "shown", "clicked", "closed")
     for key in (*keys, "click rate (95 % interval)"):
@@ -226,7 +256,7 @@ def engagement_tables(report: dict[str, Any]) -> list[Table]:
 def print_summary(report: dict[str, Any]) -> None:
     """Print a campaign report's summary tables on stdout."""
     for table in summary_tables(report):
-        out.print(table)
+        _out().print(table)
 
 
 class RejectionLines:
@@ -254,12 +284,12 @@ def print_keys(info: Any, subject: str | None) -> None:
     """What ``keys generate`` wrote, and the applicationServerKey for the browser."""
     from pushcli.defaults import SUBJECT_ENV
 
-    out.print(f"Wrote {info.private_key} (mode 0600) and {info.public_key}", markup=False)
-    out.print("applicationServerKey (pass it to pushManager.subscribe):")
-    out.print(info.application_server_key, soft_wrap=True)
+    _out().print(f"Wrote {info.private_key} (mode 0600) and {info.public_key}", markup=False)
+    _out().print("applicationServerKey (pass it to pushManager.subscribe):")
+    _out().print(info.application_server_key, soft_wrap=True)
     if subject:
-        out.print(f"Subject {subject} is valid; set it with {SUBJECT_ENV} or "
-                  "vapid.subject in the campaign.")
+        _out().print(f"Subject {subject} is valid; set it with {SUBJECT_ENV} or "
+                     "vapid.subject in the campaign.")
 
 
 class SkippedRows:
@@ -284,12 +314,12 @@ def print_import(result: Any, rejected: RejectionLines, *, as_json: bool, quiet:
     if quiet and not result.rejected:
         return
     columns = ("read", "added", "updated", "unchanged", "rejected")
-    table = Table(title="Import" + ("" if result.committed else " (strict: nothing stored)"),
-                  title_justify="left")
+    table = _table(title="Import" + ("" if result.committed else " (strict: nothing stored)"),
+                   title_justify="left")
     for col in columns:
         table.add_column(col, justify="right")
     table.add_row(*(f"{getattr(result, c):,}" for c in columns))
-    out.print(table)
+    _out().print(table)
 
 
 def _ts(value: float | None) -> str:
@@ -304,20 +334,20 @@ def print_campaigns(rows: Iterable[Mapping[str, Any]]) -> None:
               r["total"], r["sent"], r["expired"], r["failed"], other_count(r), r["pending"],
               r.get("waiting", 0), _ts(r.get("next_due_at"))]
              for r in rows]
-    if not out.is_terminal:
+    if not _out().is_terminal:
         # Cron logs and pipes: whole values, one tab-separated line per campaign; a rich
         # table would be cut to 80 columns there (`campa…`, `2026-…`).
         for line in [list(columns), *cells]:
             print("\t".join(str(c) for c in line))
         return
-    table = Table(title="Campaigns", title_justify="left")
+    table = _table(title="Campaigns", title_justify="left")
     for col in columns:
         table.add_column(col, justify="left" if col in (
             "campaign", "status", "started", "finished", "next due") else "right",
             overflow="fold")
     for c in cells:
         table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in c))
-    out.print(table)
+    _out().print(table)
 
 
 #: On stderr when a send or dry run finds nobody to send to (not an error: exit 0).
@@ -333,20 +363,20 @@ def print_dry_run(found: Any, quiet: bool, *, as_json: bool = False) -> None:
     if as_json:
         emit_json(found.to_json())
     elif not quiet:
-        out.print(f"Campaign [bold]{escape(found.campaign)}[/bold]: valid; "
-                  f"{found.audience:,} subscribers, {found.variants} distinct payloads")
+        _out().print(f"Campaign [bold]{escape(found.campaign)}[/bold]: valid; "
+                     f"{found.audience:,} subscribers, {found.variants} distinct payloads")
         for svc, n in sorted(found.services.items()):
-            out.print(f"  {svc:<30} {n:>10,}")
+            _out().print(f"  {svc:<30} {n:>10,}")
         if timing:
             by = ", ".join(f"{k} {v:,}" for k, v in timing["waiting_by_reason"].items() if v)
-            out.print(f"At {_ts(timing['at'])}: {timing['due']:,} due, {timing['waiting']:,} "
-                      f"waiting{f' ({by})' if by else ''}; next due "
-                      f"{_ts(timing['next_due_at'])}"
-                      + (f"; {timing['missed']:,} missed (schedule ended)"
-                         if timing.get("missed") else ""), markup=False)
+            _out().print(f"At {_ts(timing['at'])}: {timing['due']:,} due, {timing['waiting']:,} "
+                         f"waiting{f' ({by})' if by else ''}; next due "
+                         f"{_ts(timing['next_due_at'])}"
+                         + (f"; {timing['missed']:,} missed (schedule ended)"
+                            if timing.get("missed") else ""), markup=False)
         if found.sample:
-            out.print(f"Sample payload ({len(found.sample)} bytes):")
-            out.print_json(found.sample.decode())
+            _out().print(f"Sample payload ({len(found.sample)} bytes):")
+            _out().print_json(found.sample.decode())
     if not found.audience and not quiet:
         print(EMPTY_AUDIENCE, file=sys.stderr)
     for line in found.warnings():
@@ -363,7 +393,7 @@ def print_run(report: dict[str, Any], result: Any, *, quiet: bool, as_json: bool
     elif not quiet:
         print_summary(report)
         if result.interrupted:
-            err.print("Interrupted: re-run the same command to finish the campaign.")
+            _err().print("Interrupted: re-run the same command to finish the campaign.")
 
 
 def print_prune(result: Any, dry_run: bool, quiet: bool) -> None:
@@ -383,7 +413,7 @@ def print_checks(checks: Sequence[Any], quiet: bool, *, as_json: bool = False) -
         if c.ok and quiet:
             continue
         mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
-        out.print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
+        _out().print(f"{mark} {c.name}: {escape(c.detail)}", soft_wrap=True)
 
 
 def announce_emulator(url: str) -> None:
@@ -445,7 +475,7 @@ class DemoDisplay:
         if self.plain:
             print(message, file=sys.stderr)
         else:
-            err.print(f"[bold cyan]>[/bold cyan] {escape(message)}")
+            _err().print(f"[bold cyan]>[/bold cyan] {escape(message)}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -462,11 +492,11 @@ class DemoDisplay:
 def print_demo(result: Any) -> None:
     """The demo's ending: the second campaign's summary, what happened, the files."""
     print_summary(result.second)
-    out.print(f"Sent {result.first['sent']:,} in the first campaign, {result.second['sent']:,} "
-              f"in the second; {result.second['expired']:,} expired and "
-              f"{result.pruned:,} pruned; {result.remaining:,} subscribers remain. "
-              f"({result.seconds:.1f} s)")
-    out.print("Files:")
+    _out().print(f"Sent {result.first['sent']:,} in the first campaign, {result.second['sent']:,} "
+                 f"in the second; {result.second['expired']:,} expired and "
+                 f"{result.pruned:,} pruned; {result.remaining:,} subscribers remain. "
+                 f"({result.seconds:.1f} s)")
+    _out().print("Files:")
     for name, path in result.files.items():
-        out.print(f"  {name:<32} {path}", markup=False)
-    out.print(f"Try: pushcli --db {result.files['store']} campaigns list", markup=False)
+        _out().print(f"  {name:<32} {path}", markup=False)
+    _out().print(f"Try: pushcli --db {result.files['store']} campaigns list", markup=False)
