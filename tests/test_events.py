@@ -425,6 +425,150 @@ def test_check_origins_refuses_what_is_not_an_origin() -> None:
             check_origins([bad])
 
 
+# --- events serve: connections --------------------------------------------------------
+# A real server (``serve``) on 127.0.0.1, port 0, and raw sockets on the same event loop.
+# The timeouts are small so a test waits for a close, never sleeps for one; the
+# ``wait_for`` bounds only turn a server that never closes into a failure.
+
+
+async def serving(store: Store, body, **limits: float) -> object:
+    """Run ``body(host, port)`` against ``serve(...)`` with ``limits``; the stats."""
+    import asyncio
+
+    from pushcli.collector import serve
+
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(store, "127.0.0.1", 0, stop=stop,
+                                       on_ready=ready.set_result, **limits))
+    url = await asyncio.wait_for(ready, 30)
+    try:
+        await body("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    finally:
+        stop.set()
+    return await asyncio.wait_for(server, 30)
+
+
+def raw_post(tok: str, *, close: bool = False) -> bytes:
+    body = json.dumps(doc(tok)).encode()
+    return (b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + (b"Connection: close\r\n" if close else b"")
+            + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+async def answer(reader) -> int:
+    """The status of one HTTP/1.1 answer, read to its end (the connection stays open)."""
+    import asyncio
+
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode().split("\r\n")
+    length = next(int(h.split(":")[1]) for h in lines if h.lower().startswith("content-length"))
+    await asyncio.wait_for(reader.readexactly(length), 10)
+    return int(lines[0].split()[1])
+
+
+async def closed_by_server(reader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    import asyncio
+
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+def test_serve_refuses_connections_beyond_the_cap_and_serves_the_admitted(
+        store: Store) -> None:
+    import asyncio
+
+    a, b = add_subscribers(store, 2)
+
+    async def body(host: str, port: int) -> None:
+        first = await asyncio.open_connection(host, port)
+        first[1].write(raw_post(token(store, 4, a)))
+        assert await answer(first[0]) == 202  # admitted, and kept alive
+        second = await asyncio.open_connection(host, port)
+        second[1].write(raw_post(token(store, 4, b)))
+        assert await answer(second[0]) == 202
+        third = await asyncio.open_connection(host, port)  # one more than the cap
+        refused = await closed_by_server(third[0])
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"too many connections" in refused
+        # the admitted connection is still served, on the same socket
+        first[1].write(raw_post(token(store, 5, a)))
+        assert await answer(first[0]) == 202
+        # a slot given back is a slot for the next connection (once the server saw the close)
+        second[1].close()
+        for _ in range(1000):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(raw_post(token(store, 6, b), close=True))
+            try:
+                got = await closed_by_server(reader)
+            except ConnectionResetError:  # refused while our request was on its way
+                got = b""
+            writer.close()
+            if got.startswith(b"HTTP/1.1 202 "):
+                break
+        else:
+            raise AssertionError("the closed connection's slot never came back")
+        first[1].close()
+
+    stats = asyncio.run(serving(store, body, max_connections=2))
+    assert stats.accepted == 4 and stats.stored == 4
+    assert stats.connections_refused >= 1 and stats.timed_out == 0
+    assert stored_events(store) == {(4, a, "clicked", None), (4, b, "clicked", None),
+                                    (5, a, "clicked", None), (6, b, "clicked", None)}
+
+
+def test_serve_closes_a_connection_that_sends_half_its_head(store: Store) -> None:
+    import asyncio
+
+    (a,) = add_subscribers(store, 1)
+
+    async def body(host: str, port: int) -> None:
+        slow = await asyncio.open_connection(host, port)
+        served = await asyncio.open_connection(host, port)
+        half = raw_post(token(store, 4, a))
+        slow[1].write(half[:40])  # half the head, then nothing
+        served[1].write(raw_post(token(store, 5, a), close=True))
+        assert (await closed_by_server(served[0])).startswith(b"HTTP/1.1 202 ")
+        assert await closed_by_server(slow[0]) == b""  # closed, no answer
+        slow[1].close()
+
+    stats = asyncio.run(serving(store, body, head_timeout=0.2))
+    assert (stats.timed_out, stats.accepted, stats.refused) == (1, 1, 0)
+    assert stored_events(store) == {(5, a, "clicked", None)}
+
+
+def test_serve_closes_an_idle_keep_alive_connection_and_a_slow_body(store: Store) -> None:
+    import asyncio
+
+    (a,) = add_subscribers(store, 1)
+
+    async def body(host: str, port: int) -> None:
+        idle = await asyncio.open_connection(host, port)
+        idle[1].write(raw_post(token(store, 4, a)))
+        assert await answer(idle[0]) == 202
+        assert await closed_by_server(idle[0]) == b""  # kept alive, then idle too long
+        idle[1].close()
+        slow = await asyncio.open_connection(host, port)
+        whole = raw_post(token(store, 5, a))
+        slow[1].write(whole[:-10])  # the head and most of the body; the rest never comes
+        assert await closed_by_server(slow[0]) == b""
+        slow[1].close()
+
+    stats = asyncio.run(serving(store, body, head_timeout=0.2, body_timeout=0.2))
+    assert (stats.timed_out, stats.accepted) == (2, 1)
+    assert stored_events(store) == {(4, a, "clicked", None)}
+
+
+def test_check_max_connections_takes_counts_the_process_can_open() -> None:
+    from pushcli.collector import MAX_CONNECTIONS, check_max_connections
+
+    assert check_max_connections(1) == 1 and check_max_connections(100) == 100
+    assert 1 <= check_max_connections(None) <= MAX_CONNECTIONS
+    for bad, reason in ((0, "at least 1"), (-3, "at least 1"),
+                        (10**9, "more than this process may keep open")):
+        with pytest.raises(InputError, match=reason):
+            check_max_connections(bad)
+
+
 # --- the commands ------------------------------------------------------------------------
 
 
@@ -494,6 +638,7 @@ def test_events_serve_process_stores_everything_on_ctrl_c(tmp_path: Path) -> Non
             proc.communicate()
     assert proc.returncode == 0, err
     assert "3 events accepted, 3 stored" in err
+    assert "0 connections refused (over --max-connections), 0 timed out" in err
     with Store.open(db) as store:
         assert stored_events(store) == {(9, i, "clicked", None) for i in ids}
 
@@ -506,3 +651,20 @@ def test_events_serve_refuses_a_bad_origin_or_port_before_listening(tmp_path: Pa
         res.stderr
     res = invoke("events", "serve", "--port", "70000", db=db)
     assert res.exit_code == 2 and "--port" in res.stderr
+    for bad in ("0", "-1", str(10**9)):
+        res = invoke("events", "serve", "--max-connections", bad, db=db)
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1, res.stderr
+        assert lines[0].startswith("error: --max-connections: " + bad), lines
+        assert res.stdout == ""
+
+
+def test_events_serve_help_names_the_connection_cap_and_its_default() -> None:
+    from pushcli.collector import BODY_TIMEOUT, HEAD_TIMEOUT, MAX_CONNECTIONS
+
+    res = invoke("events", "serve", "--help", env={"COLUMNS": "250"})
+    assert res.exit_code == 0
+    text = " ".join(res.stdout.split())
+    assert "--max-connections" in text and f"(default {MAX_CONNECTIONS}," in text
+    assert f"{HEAD_TIMEOUT:g} s for its request head" in text
+    assert f"{BODY_TIMEOUT:g} s more for its body" in text

@@ -365,14 +365,19 @@ def events_import(files: opt.EventFilesArg, as_json: opt.JsonOpt = False,
 
 @events_app.command("serve")
 def events_serve(host: opt.EventsHostOpt = "127.0.0.1", port: opt.PortOpt = 8091,
-                 allow_origin: opt.AllowOriginOpt = None) -> None:
-    """Collect events posted by the service worker (POST /events) until Ctrl-C."""
-    from pushcli.collector import check_origins, serve_forever
+                 allow_origin: opt.AllowOriginOpt = None,
+                 max_connections: opt.MaxConnectionsOpt = None) -> None:
+    """Collect events posted by the service worker (POST /events) until Ctrl-C.
+
+    A connection has 10 s for its request head (from opening, or from its previous
+    answer: idle keep-alive connections close then) and 10 s more for its body."""
+    from pushcli.collector import check_max_connections, check_origins, serve_forever
 
     origins = check_origins(allow_origin or ())
     opt.check_port(port)
+    cap = check_max_connections(max_connections)
     with open_store(create=False) as store, listening(host, port):
-        stats = serve_forever(store, host, port, allow_origins=origins,
+        stats = serve_forever(store, host, port, allow_origins=origins, max_connections=cap,
                               on_ready=console.announce_collector, on_problem=console.print_error)
     console.print_collector_stats(stats)
 

@@ -440,7 +440,9 @@ def print_collector_stats(stats: Any) -> None:
     """What ``events serve`` did, on stderr once it stopped."""
     print(f"stopped: {stats.accepted} events accepted, {stats.stored} stored, "
           f"{stats.duplicates} already stored, {stats.unknown} about unknown subscribers, "
-          f"{stats.refused} requests refused", file=sys.stderr, flush=True)
+          f"{stats.refused} requests refused, {stats.connections_refused} connections "
+          f"refused (over --max-connections), {stats.timed_out} timed out",
+          file=sys.stderr, flush=True)
 
 
 def print_event_import(result: Any, rejected: RejectionLines, *, as_json: bool,

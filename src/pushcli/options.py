@@ -137,6 +137,10 @@ EventsHostOpt = Annotated[str, typer.Option(
 AllowOriginOpt = Annotated[list[str] | None, typer.Option(
     "--allow-origin", help="Answer CORS for this origin, refuse others (repeatable; "
     "scheme://host[:port], or * for any).")]
+MaxConnectionsOpt = Annotated[int | None, typer.Option(
+    "--max-connections", help="Connections served at once (default 512, fewer under a "
+    "lower open-file limit); one more is answered 503 and closed. Exit 2 below 1 or "
+    "above the open-file limit.")]
 
 WebDirArg = Annotated[Path, typer.Argument(
     help="Folder to write sw.js, subscribe.js, index.html into.")]
