@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pushcli.abrun import check_test_send, winner_dropped
 from pushcli.campaign import Campaign, Renderer
 from pushcli.due import audience_matcher, preview
 from pushcli.errors import EXIT_OK, EXIT_PARTIAL, InputError, PushcliError
@@ -213,10 +214,16 @@ def count_by_service(store: Store, campaign: Campaign, allowed_hosts: frozenset[
                           renderer=renderer).services
 
 
-def _check_to(store: Store, to: str | None) -> None:
-    if to is not None and store.find_by_endpoint(to) is None:
+def _check_to(store: Store, campaign: Campaign, to: str | None) -> None:
+    """Refuse a ``--to`` endpoint the store does not hold, or whose A/B arm (holdout,
+    waiting for the winner) a test send would send nothing (``abrun.check_test_send``)."""
+    if to is None:
+        return
+    found = store.find_by_endpoint(to)
+    if found is None:
         # The endpoint itself is never named: its path is a bearer token.
         raise InputError("--to: no subscriber with this endpoint in the store (import it first)")
+    check_test_send(store, campaign, found.id)
 
 
 def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
@@ -236,12 +243,13 @@ def _refuse_topic(campaign: Campaign, services: Mapping[str, int]) -> None:
 def preflight(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
               limit: int | None = None, to: str | None = None) -> None:
     """What a send refuses before it takes its lock, in the order ``dry_run`` refuses it:
-    an unknown ``--to`` endpoint, then a topic a push service in the audience rejects.
+    an unknown ``--to`` endpoint or one in the A/B holdout, then a topic a push service
+    in the audience rejects.
 
     Cheap when nothing can be refused: the audience scan (seconds per 100k
     subscribers) runs only when the store may hold a subscriber at a service
     that refuses the topic."""
-    _check_to(store, to)
+    _check_to(store, campaign, to)
     topic = campaign.delivery.topic
     troubled = [host.lstrip(".") for svc, hosts in KNOWN_SERVICES.items()
                 if topic_problem(svc, topic) for host in hosts]
@@ -265,6 +273,9 @@ class DryRun:
     #: for a scheduled campaign, who the schedule makes due at the moment asked
     #: (``due.preview``: at, due, waiting, waiting_by_reason, next_due_at, ...)
     timing: Mapping[str, Any] = field(default_factory=dict)
+    #: pending subscribers a removed ``winner:`` held back, confirmed with --drop-winner
+    #: (``abrun.winner_dropped``): they would get variants by weight
+    winner_dropped: int = 0
 
     @property
     def audience(self) -> int:
@@ -286,6 +297,8 @@ class DryRun:
         if blocked:  # a send would record them `blocked` and exit 1: so does the dry run
             lines.append(f"{blocked:,} of {self.audience:,} subscribers would be blocked by "
                          "the endpoint policy (see: pushcli doctor; --allow-host)")
+        if self.winner_dropped:
+            lines.append(winner_dropped_line(self.winner_dropped, would=True))
         return lines
 
     def to_json(self) -> dict[str, Any]:
@@ -295,21 +308,25 @@ class DryRun:
                 "sample_payload": json.loads(sample) if sample else None,
                 "sample_payload_bytes": len(sample) if sample else None,
                 **({"variant_sizes": dict(self.variant_sizes)} if self.variant_sizes else {}),
+                **({"winner_dropped": self.winner_dropped} if self.winner_dropped else {}),
                 **self.timing}
 
 
 def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
             limit: int | None = None, to: str | None = None,
-            now: datetime | None = None) -> DryRun:
+            now: datetime | None = None, drop_winner: bool = False) -> DryRun:
     """Validate, count, render and size-check a send without sending: it refuses what
-    the send would refuse (``--to``, variants that render for nobody, the topic). Given
-    ``now`` (the moment the dry run plans for), a scheduled campaign's ``due.preview``."""
-    _check_to(store, to)
+    the send would refuse (``--to``, variants that render for nobody, the topic, a
+    removed ``winner:`` without ``drop_winner``). Given ``now`` (the moment the dry run
+    plans for), a scheduled campaign's ``due.preview``."""
+    _check_to(store, campaign, to)
     renderer = Renderer(campaign)
     variants = validate_variants(store, campaign, renderer, to=to)
     services = count_by_service(store, campaign, allowed_hosts, limit=limit, to=to,
                                 renderer=renderer)
     _refuse_topic(campaign, services)
+    dropped = winner_dropped(store, campaign, match=audience_matcher(campaign, to),
+                             confirmed=drop_winner)
     sizes: dict[str, int] = {}
     sample: bytes | None = None
     for arm in renderer.arms:  # a subscriber without attributes; defaults still render
@@ -321,7 +338,13 @@ def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
         if arm is not None:
             sizes[arm] = len(payload)
     timing = preview(store, campaign, now, to=to) if campaign.schedule and now is not None else {}
-    return DryRun(campaign.name, services, variants, sample, sizes, timing)
+    return DryRun(campaign.name, services, variants, sample, sizes, timing, dropped)
+
+
+def winner_dropped_line(count: int, *, would: bool = False) -> str:
+    """The stderr line of a run (or dry run) confirmed with --drop-winner."""
+    return (f"winner: removed (--drop-winner): {count:,} subscribers who waited for the A/B "
+            f"test's winner {'would get' if would else 'got'} variants by weight instead")
 
 __all__ = [
     "AudienceCount",
@@ -334,4 +357,5 @@ __all__ = [
     "dry_run",
     "preflight",
     "validate_variants",
+    "winner_dropped_line",
 ]

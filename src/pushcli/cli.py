@@ -238,6 +238,7 @@ def send(
     limit: opt.LimitOpt = None,
     to: opt.ToOpt = None,
     retry_failed: opt.RetryFailedOpt = False,
+    drop_winner: opt.DropWinnerOpt = False,
     on_uncertain: opt.OnUncertainOpt = None,
     concurrency: opt.ConcurrencyOpt = None,
     timeout: opt.TimeoutOpt = 10.0,
@@ -277,7 +278,8 @@ def send(
         signer = resolve_vapid(campaign, key, subject)
         with open_store() as store:
             if dry_run:
-                found = audience.dry_run(store, campaign, allowed, limit=limit, to=to, now=now)
+                found = audience.dry_run(store, campaign, allowed, limit=limit, to=to, now=now,
+                                         drop_winner=drop_winner)
                 console.print_dry_run(found, quiet, as_json=as_json)
                 raise typer.Exit(found.exit_code)
             audience.preflight(store, campaign, allowed, limit=limit, to=to)
@@ -286,7 +288,7 @@ def send(
                                        options=options, retry_failed=retry_failed, limit=limit,
                                        to=to, workers=workers, lease=lease,
                                        on_progress=progress.update, handle_signals=True, now=now,
-                                       spares=spares)
+                                       spares=spares, drop_winner=drop_winner)
             doc = build_and_write(store, campaign.name, report or (), run=result.run_summary())
         console.print_run(doc, result, quiet=quiet, as_json=as_json)
         raise typer.Exit(EXIT_INTERRUPTED if result.interrupted else exit_code_for(doc))

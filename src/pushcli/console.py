@@ -385,7 +385,8 @@ def print_dry_run(found: Any, quiet: bool, *, as_json: bool = False) -> None:
 
 def print_run(report: dict[str, Any], result: Any, *, quiet: bool, as_json: bool) -> None:
     """The end of ``send``: the report (``--json``: the document alone on stdout), a
-    note when nobody was in the audience, and how to finish an interrupted run."""
+    note when nobody was in the audience, how to finish an interrupted run, and the
+    run's warnings (``SendResult.warnings``: a removed ``winner:``) on stderr."""
     if not report["total"] and not result.stats.total and not quiet:
         print(EMPTY_AUDIENCE, file=sys.stderr)
     if as_json:
@@ -394,6 +395,9 @@ def print_run(report: dict[str, Any], result: Any, *, quiet: bool, as_json: bool
         print_summary(report)
         if result.interrupted:
             _err().print("Interrupted: re-run the same command to finish the campaign.")
+    if not quiet:
+        for line in result.warnings():
+            print(line, file=sys.stderr)
 
 
 def print_prune(result: Any, dry_run: bool, quiet: bool) -> None:

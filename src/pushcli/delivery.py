@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from pushcli import eventloop, heap
-from pushcli.abrun import open_arms, sendable
-from pushcli.audience import duplicate_endpoints, validate_variants
+from pushcli.abrun import open_arms, sendable, winner_dropped
+from pushcli.audience import duplicate_endpoints, validate_variants, winner_dropped_line
 from pushcli.campaign import Campaign, Renderer, RenderError
 from pushcli.campaign.variants import Arm, Assigner
 from pushcli.due import Gate, audience_matcher, current_time, open_gate, waiting_summary
@@ -74,6 +74,11 @@ class SendResult:
                 "by_service": stats.per_service(),
                 **({"schedule": self.schedule} if self.schedule else {}),
                 **({"ab_test": self.ab_test} if self.ab_test else {})}
+
+    def warnings(self) -> list[str]:
+        """Lines for stderr after the summary (as ``audience.DryRun.warnings``)."""
+        dropped = (self.ab_test or {}).get("winner_dropped", 0)
+        return [winner_dropped_line(dropped)] if dropped else []
 
     def history(self, at: datetime, status: str) -> dict[str, Any]:
         """This run's entry in the campaign's run history (``Store.finish_campaign``):
@@ -236,6 +241,7 @@ def send_campaign(
     handle_signals: bool = False,
     now: datetime | None = None,
     spares: Spares | None = None,
+    drop_winner: bool = False,
 ) -> SendResult:
     """Send a campaign to every pending subscriber in its audience.
 
@@ -251,6 +257,9 @@ def send_campaign(
     A ``schedule`` sends only who is due at ``now`` (``due.open_gate``; not ``--to``).
     ``spares``: child senders started before the audience was counted
     (``spawn.Spares``); those this send does not use are killed once it knows.
+    ``drop_winner`` confirms that ``winner:`` was removed while some of the rest
+    were unsent (``abrun.winner_dropped``: refused without it, before anything is
+    recorded).
     """
     renderer = Renderer(campaign)
     validate_variants(store, campaign, renderer, to=to)
@@ -260,6 +269,9 @@ def send_campaign(
     ledger_failed: StoreError | None = None
     try:
         now = now or current_time()
+        # before start_campaign stores this run's spec over the last one's winner:
+        dropped = winner_dropped(store, campaign, match=audience_matcher(campaign, to),
+                                 confirmed=drop_winner)
         # the run's clock stamps what it records (the frequency cap counts by those stamps)
         plan_clock = store.clock_offset = now.timestamp() - time.time()
         info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
@@ -269,7 +281,8 @@ def send_campaign(
             store, campaign, info.id, now, match=audience_matcher(campaign),
             allowed_hosts=allowed_hosts, retry_failed=retry_failed)
         arms = open_arms(store, campaign, info.id, now, match=audience_matcher(campaign, to),
-                         allowed_hosts=allowed_hosts)
+                         allowed_hosts=allowed_hosts, test_send=to is not None,
+                         dropped=dropped)
         plan = Plan(campaign, info.id, allowed_hosts, options, retry_failed, limit, to,
                     lease=lease if shared else None,
                     duplicates=duplicate_endpoints(store, campaign, to),

@@ -100,7 +100,12 @@ AtOpt = Annotated[str | None, typer.Option(
     "--at", help="With --dry-run: who the schedule makes due at this moment (ISO 8601 "
     "with offset, e.g. 2026-12-01T09:30:00+01:00; default now).")]
 LimitOpt = Annotated[int | None, typer.Option(help="Send to at most N subscribers.")]
-ToOpt = Annotated[str | None, typer.Option(help="Send only to this endpoint.")]
+ToOpt = Annotated[str | None, typer.Option(
+    help="Send only to this endpoint (a test send; refused, exit 2, for a subscriber in "
+    "the A/B holdout or waiting for the winner).")]
+DropWinnerOpt = Annotated[bool, typer.Option(
+    "--drop-winner", help="Confirm that winner: was removed from the campaign: subscribers "
+    "still waiting for the A/B winner get variants by weight (refused without it, exit 2).")]
 RetryFailedOpt = Annotated[bool, typer.Option(
     "--retry-failed", help="Also retry subscribers whose last attempt failed.")]
 OnUncertainOpt = Annotated[OnUncertain | None, typer.Option(
