@@ -68,3 +68,40 @@ def test_a_cycle_made_while_sending_is_still_collected() -> None:
         del node
         gc.collect()
     assert freed == ["node"]
+
+
+def test_overlapping_sends_share_one_setting_and_the_last_out_restores_it() -> None:
+    """Two sends in threads of one process: the second one in changes nothing, the
+    first one out leaves the setting to the other, the last one out restores it."""
+    before = gc.get_threshold()
+    first, second = heap.sending(), heap.sending()
+    first.__enter__()
+    frozen = gc.get_freeze_count()
+    second.__enter__()
+    assert gc.get_freeze_count() == frozen
+    first.__exit__(None, None, None)  # the first ends while the second still sends
+    assert gc.get_freeze_count() == frozen
+    assert gc.get_threshold() == (heap.SENDING_THRESHOLD, *before[1:])
+    second.__exit__(None, None, None)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, 0)
+
+
+def test_what_the_caller_set_is_left_alone() -> None:
+    """Objects the caller froze stay frozen and nothing more is frozen for it (10,000
+    lists made after its freeze stay collectable), and automatic collection it switched
+    off (threshold 0) stays off."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(0)
+    try:
+        mine = gc.get_freeze_count()
+        later = [[] for _ in range(10_000)]
+        with heap.sending():
+            assert gc.get_threshold()[0] == 0
+            assert mine - 1_000 < gc.get_freeze_count() <= mine  # not 0, not +10,000
+        assert gc.get_threshold()[0] == 0
+        assert mine - 1_000 < gc.get_freeze_count() <= mine
+        assert len(later) == 10_000
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()

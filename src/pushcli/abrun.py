@@ -161,6 +161,10 @@ def winner_dropped(store: Store, campaign: Campaign, *, match: Match,
     this run sends them variants by weight (or, without variants, the notification)
     instead. Refused (InputError, exit 2) unless ``confirmed`` (``--drop-winner``).
 
+    ``match`` is the campaign's whole audience, also for a ``--to`` test send: that
+    run stores this file as the campaign's last, so a test send let through would
+    switch the guard off for everyone.
+
     The last run's ``winner:`` comes from the spec stored with the campaign
     (``Store.start_campaign``), so call this before the run stores its own. The
     pending audience is scanned only when ``winner:`` was there and is gone.
@@ -181,7 +185,7 @@ def winner_dropped(store: Store, campaign: Campaign, *, match: Match,
     if count and not confirmed:
         raise InputError(
             f"removed while {count:,} subscribers outside its test share have not been sent "
-            "the A/B test's winner; this run would send them variants by weight instead: "
+            "the A/B test's winner; they would get variants by weight instead: "
             "put winner: back, or confirm with --drop-winner",
             file=campaign.source, line=campaign.line_of("variants"), field="winner")
     return count

@@ -325,7 +325,7 @@ def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
     services = count_by_service(store, campaign, allowed_hosts, limit=limit, to=to,
                                 renderer=renderer)
     _refuse_topic(campaign, services)
-    dropped = winner_dropped(store, campaign, match=audience_matcher(campaign, to),
+    dropped = winner_dropped(store, campaign, match=audience_matcher(campaign),
                              confirmed=drop_winner)
     sizes: dict[str, int] = {}
     sample: bytes | None = None
@@ -344,7 +344,7 @@ def dry_run(store: Store, campaign: Campaign, allowed_hosts: frozenset[str], *,
 def winner_dropped_line(count: int, *, would: bool = False) -> str:
     """The stderr line of a run (or dry run) confirmed with --drop-winner."""
     return (f"winner: removed (--drop-winner): {count:,} subscribers who waited for the A/B "
-            f"test's winner {'would get' if would else 'got'} variants by weight instead")
+            f"test's winner {'would get' if would else 'get'} variants by weight instead")
 
 __all__ = [
     "AudienceCount",

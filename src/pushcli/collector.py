@@ -151,7 +151,8 @@ def check_max_connections(value: int | None) -> int:
 class CollectorStats:
     """What a collector did: requests accepted (202) and refused (4xx/5xx), events
     stored, already stored (``duplicates``) and dropped for an unknown subscriber;
-    connections refused at the cap and closed for being too slow (``timed_out``)."""
+    connections refused at the cap and closed for being too slow (``timed_out``: mid-request
+    or before any; an idle keep-alive connection closed after an answer is not counted)."""
 
     accepted: int = 0
     refused: int = 0
@@ -232,7 +233,7 @@ class Collector:
         except web.HTTPRequestEntityTooLarge:  # chunked, without a Content-Length
             return self._refuse(413, f"an event is at most {MAX_BODY // 1024} KiB", cors)
         except ConnectionError:  # gone mid-body (the client, or its deadline): nobody reads
-            return web.Response(status=400)  # an answer; aiohttp would log a 500 otherwise
+            return self._refuse(400, "the body was cut off", cors)  # aiohttp would log a 500
         if len(self._waiting) >= MAX_WAITING:
             return self._refuse(503, "the store cannot be written; try later",
                                 {**cors, "Retry-After": "30"})
@@ -319,9 +320,10 @@ class ConnectionCap:
 class _Slot(asyncio.Protocol):
     """One accepted connection. Admitted, it hands every call to aiohttp's handler;
     beyond the cap it answers ``BUSY`` and closes (aiohttp never sees it). Its one
-    timer closes the connection when the deadline of its phase passes."""
+    timer closes the connection when the deadline of its phase passes; that counts as
+    ``timed_out`` unless the connection was only idle after an answer (keep-alive)."""
 
-    __slots__ = ("cap", "inner", "transport", "timer", "closed")
+    __slots__ = ("cap", "inner", "transport", "timer", "closed", "idle")
 
     def __init__(self, cap: ConnectionCap) -> None:
         self.cap = cap
@@ -329,6 +331,7 @@ class _Slot(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.idle = False  # answered, and no byte of another request since
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -356,10 +359,12 @@ class _Slot(asyncio.Protocol):
     def _expire(self) -> None:
         self.timer = None
         if not self.closed and self.transport is not None:
-            self.cap.stats.timed_out += 1
+            if not self.idle:  # mid-request, or never sent one: slow, not just kept alive
+                self.cap.stats.timed_out += 1
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self.idle = False
         if self.inner is not None:
             self.inner.data_received(data)
 
@@ -397,6 +402,7 @@ async def _deadlines(request: web.Request,
     try:
         return await handler(request)
     finally:
+        slot.idle = True
         slot.deadline(slot.cap.head_timeout)
 
 

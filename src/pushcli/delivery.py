@@ -270,7 +270,7 @@ def send_campaign(
     try:
         now = now or current_time()
         # before start_campaign stores this run's spec over the last one's winner:
-        dropped = winner_dropped(store, campaign, match=audience_matcher(campaign, to),
+        dropped = winner_dropped(store, campaign, match=audience_matcher(campaign),
                                  confirmed=drop_winner)
         # the run's clock stamps what it records (the frequency cap counts by those stamps)
         plan_clock = store.clock_offset = now.timestamp() - time.time()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import threading
 from collections.abc import Iterator
 
 #: Net container allocations between two collections of the youngest generation while
@@ -31,6 +32,10 @@ from collections.abc import Iterator
 SENDING_THRESHOLD = 20_000
 
 _exit_registered = False
+_lock = threading.Lock()
+_depth = 0  # sends inside ``sending`` now, in this process
+_restore: tuple[int, ...] | None = None  # the thresholds the first one found
+_froze = False  # whether the first one froze (nothing was frozen before it)
 
 
 @contextlib.contextmanager
@@ -38,16 +43,32 @@ def sending() -> Iterator[None]:
     """While a share is sent: leave what exists now out of collections, collect rarely.
 
     Restored on the way out, so an in-process caller (tests, a library user) gets its
-    collector back as it was.
+    collector back as it was. Sends that overlap (threads) or nest share one setting:
+    the first in sets it, the last out restores it. What the caller set is left alone:
+    objects it froze itself (nothing is frozen or unfrozen then), and automatic
+    collection it switched off (threshold 0).
     """
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(before[0], SENDING_THRESHOLD), *before[1:])
+    global _depth, _restore, _froze
+    with _lock:
+        if _depth == 0:
+            before = gc.get_threshold()
+            _froze = gc.get_freeze_count() == 0
+            if _froze:
+                gc.freeze()
+            _restore = before if before[0] else None
+            if _restore is not None:
+                gc.set_threshold(max(before[0], SENDING_THRESHOLD), *before[1:])
+        _depth += 1
     try:
         yield
     finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                if _restore is not None:
+                    gc.set_threshold(*_restore)
+                if _froze:
+                    gc.unfreeze()
 
 
 def skip_collection_at_exit() -> None:

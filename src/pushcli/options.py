@@ -145,7 +145,7 @@ AllowOriginOpt = Annotated[list[str] | None, typer.Option(
 MaxConnectionsOpt = Annotated[int | None, typer.Option(
     "--max-connections", help="Connections served at once (default 512, fewer under a "
     "lower open-file limit); one more is answered 503 and closed. Exit 2 below 1 or "
-    "above the open-file limit.")]
+    "above the open-file limit minus 64.")]
 
 WebDirArg = Annotated[Path, typer.Argument(
     help="Folder to write sw.js, subscribe.js, index.html into.")]

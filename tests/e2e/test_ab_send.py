@@ -199,10 +199,15 @@ def test_removing_winner_while_subscribers_wait_is_refused_unless_confirmed(e2e)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [
             f"error: {campaign}:9: winner: removed while {waiting} subscribers outside its test "
-            "share have not been sent the A/B test's winner; this run would send them "
-            "variants by weight instead: put winner: back, or confirm with --drop-winner"]
+            "share have not been sent the A/B test's winner; they would get variants by "
+            "weight instead: put winner: back, or confirm with --drop-winner"]
     # refused before anything: nothing recorded or sent, and the next run still refuses
     assert _ledger(e2e.db) == tested and e2e.emu.stats()["total_requests"] == requests
+    assert e2e.pushcli("send", str(campaign)).returncode == 2
+    # a test send is refused too: it would store the edited file and end the guard
+    sent_one = next(e for e, sid in _ids(e2e.db).items() if sid in tested)
+    proc = e2e.pushcli("send", str(campaign), "--to", sent_one)
+    assert proc.returncode == 2 and f"removed while {waiting} subscribers" in proc.stderr
     assert e2e.pushcli("send", str(campaign)).returncode == 2
     line = (f"winner: removed (--drop-winner): {waiting} subscribers who waited for the A/B "
             "test's winner {} variants by weight instead")
@@ -213,7 +218,7 @@ def test_removing_winner_while_subscribers_wait_is_refused_unless_confirmed(e2e)
     proc = e2e.pushcli("send", str(campaign), "--drop-winner", "--json")
     assert proc.returncode == 0, proc.stderr
     # after the progress lines (stderr is no terminal here), once
-    assert proc.stderr.strip().splitlines()[-1] == line.format("got")
+    assert proc.stderr.strip().splitlines()[-1] == line.format("get")
     assert proc.stderr.count("winner: removed") == 1
     report = json.loads(proc.stdout)
     assert report["run"]["ab_test"]["winner_dropped"] == waiting
