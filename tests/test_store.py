@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -138,13 +139,17 @@ def test_ledger_resume_retry_failed_and_expiry(st: Store) -> None:
     assert st.distinct_locales() == ["fr"]
 
 
-def test_partitions_split_the_audience_without_overlap(st: Store) -> None:
+def test_id_ranges_split_the_audience_without_overlap(st: Store) -> None:
     load(st, subs(100))
     c = st.start_campaign("p", {})
-    parts = [{s.id for b in st.pending(c.id, partition=(i, 3), batch_size=7) for s in b}
-             for i in range(3)]
-    assert sum(len(p) for p in parts) == 100
-    assert not (parts[0] & parts[1]) and not (parts[1] & parts[2]) and not (parts[0] & parts[2])
+    low, high = st.id_span()
+    cuts = [low - 1, low + 20, low + 21, low + 70, high]
+    ranges = list(itertools.pairwise(cuts))
+    parts = [{s.id for b in st.pending(c.id, id_range=r, batch_size=7) for s in b}
+             for r in ranges]
+    assert [len(p) for p in parts] == [21, 1, 49, 29]
+    assert set().union(*parts) == {s.id for b in st.pending(c.id) for s in b}
+    assert all(a < sid <= b for (a, b), p in zip(ranges, parts, strict=True) for sid in p)
 
 
 def test_prune_candidates_and_ledger_survives_delete(st: Store) -> None:

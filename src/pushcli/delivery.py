@@ -95,9 +95,10 @@ class SendResult:
 class Plan:
     """What one sender process sends: the campaign, its share and how to pick it up.
 
-    ``partition`` splits the audience by id (local workers on SQLite); ``lease``
-    (set on stores that support shared work) makes this sender claim batches
-    from the campaign's queue instead, cooperating with any number of others.
+    Local worker processes (SQLite) split the audience by id ranges that
+    ``workers.Dealer`` deals out while they send; ``lease`` (set on stores that
+    support shared work) makes this sender claim batches from the campaign's queue
+    instead, cooperating with any number of others.
     """
 
     campaign: Campaign
@@ -107,7 +108,6 @@ class Plan:
     retry_failed: bool = False
     limit: int | None = None
     to: str | None = None
-    partition: tuple[int, int] | None = None
     lease: float | None = None
     #: subscriber id -> the subscriber whose endpoint it repeats (duplicate_endpoints)
     duplicates: Mapping[int, int] = field(default_factory=dict)
@@ -131,19 +131,25 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _batches(store: Store, plan: Plan, control: Control,
-             keep: dict[int, Arm]) -> Iterator[list[StoredSubscription]]:
-    """This sender's work: its id partition, or batches claimed from the shared queue
-    (``keep``: the arms the partition's filter drew, ``Plan.wanted``).
+def _batches(store: Store, plan: Plan, control: Control, keep: dict[int, Arm],
+             ranges: Callable[[], tuple[int, int] | None] | None = None,
+             ) -> Iterator[list[StoredSubscription]]:
+    """This sender's work: the whole audience, the id ranges ``ranges`` deals it one
+    after another (None: no more), or batches claimed from the shared queue
+    (``keep``: the arms the audience filter drew, ``Plan.wanted``).
 
     In shared mode a sender that finds nothing to claim keeps polling while
     others still hold leases: if one of them dies, its work returns to the
     pool when the lease runs out and is finished here.
     """
     if plan.lease is None:
-        yield from store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
-                                 match=plan.wanted(keep), limit=plan.limit,
-                                 partition=plan.partition, **plan.where)
+        if ranges is None:
+            yield from store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
+                                     match=plan.wanted(keep), limit=plan.limit, **plan.where)
+            return
+        while not control.stop and (dealt := ranges()) is not None:
+            yield from store.pending(plan.campaign_id, retry_failed=plan.retry_failed,
+                                     match=plan.wanted(keep), id_range=dealt, **plan.where)
         return
     owner = _owner()
     while not control.stop:
@@ -158,9 +164,11 @@ def _batches(store: Store, plan: Plan, control: Control,
             time.sleep(min(1.0, plan.lease / 4))
 
 
-def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
-              control: Control) -> Iterator[list[Job]]:
-    """Batches of jobs for pending subscribers; refused endpoints are finished as blocked.
+def iter_jobs(store: Store, plan: Plan, renderer: Renderer, control: Control,
+              ranges: Callable[[], tuple[int, int] | None] | None = None,
+              ) -> Iterator[list[Job]]:
+    """Batches of jobs for pending subscribers (of the id ranges ``ranges`` deals, when
+    given: see ``_batches``); refused endpoints are finished as blocked.
 
     Every payload gets its subscriber's token (the variant's cached payload, the
     token spliced in); with A/B variants, each subscriber its variant's payload.
@@ -170,7 +178,7 @@ def iter_jobs(store: Store, plan: Plan, renderer: Renderer,
     arm: str | None = None
     index = 0
     kept: dict[int, Arm] = {}  # drawn by the store's filter, taken here once each
-    for batch in _batches(store, plan, control, kept):
+    for batch in _batches(store, plan, control, kept, ranges):
         jobs: list[Job] = []
         for s in batch:
             if rule is not None:
@@ -246,9 +254,9 @@ def send_campaign(
     """Send a campaign to every pending subscriber in its audience.
 
     On SQLite a send takes the campaign's lock (Busy if another run holds it);
-    ``workers > 1`` splits the audience by subscriber id over that many sender
-    processes (encryption and HTTP are CPU-bound: one process tops out on one
-    core). On PostgreSQL the audience is queued in the ledger and any number
+    ``workers > 1`` deals the audience out in subscriber-id ranges to that many
+    sender processes as they ask (``workers.Dealer``; encryption and HTTP are
+    CPU-bound: one process tops out on one core). On PostgreSQL the audience is queued in the ledger and any number
     of senders, here or on other hosts, claim batches of it with leases of
     ``lease`` seconds, so none sends to a subscriber another live one holds.
     Every outcome is recorded as it happens. On Ctrl-C (when
@@ -357,8 +365,10 @@ def _run_partition(
     store: Store, plan: Plan, renderer: Renderer, signer: VapidSigner, stats: Stats,
     on_progress: Callable[[Stats], None] | None, control: Control,
     heartbeat: Callable[[], None] | None, poll: Callable[[], None] | None = None,
+    ranges: Callable[[], tuple[int, int] | None] | None = None,
 ) -> None:
-    """Send one share of the campaign in this process, on a fresh event loop.
+    """Send one share of the campaign in this process, on a fresh event loop: the
+    whole audience, or the id ranges ``ranges`` deals (``workers.Dealer``).
 
     Every ``beat`` seconds it refreshes the campaign lock (when it holds one)
     and, in shared mode, the leases on the work it has claimed.
@@ -372,7 +382,7 @@ def _run_partition(
                     on_progress=on_progress, stats=stats, allowed_hosts=plan.allowed_hosts,
                     intents=None if os.environ.get(BENCH_NO_INTENT) else store.intent_log(
                         plan.campaign_id, _owner(), plan.lease))
-    jobs = iter_jobs(store, plan, renderer, control)
+    jobs = iter_jobs(store, plan, renderer, control, ranges)
     beat = 15.0 if plan.lease is None else min(15.0, plan.lease / 3)
     owner = _owner()
 

@@ -13,8 +13,10 @@ import back up.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing.connection as mp_connection
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -36,6 +38,51 @@ from pushcli.store import Store
 #: ``delivery._run_partition``: sends one share of a plan in this process. ``plan`` is a
 #: ``delivery.Plan`` (typed loosely: this module sits below delivery).
 PartitionRunner = Callable[..., None]
+
+#: What a child sends up its link to ask for its next id range (``Dealer.take``).
+ASK_RANGE = "range?"
+
+
+class Dealer:
+    """Deals a campaign's id space to the sender processes, range by range, as they ask.
+
+    A fixed split (half the ids each) ends with one process idle while the other
+    still sends: in a 100k send on this machine the two senders ended 0.3-2.2 s
+    apart (of ~26 s), the parent usually last. Ranges shrink as the space runs
+    out (guided self-scheduling: what is left over four times the number of
+    senders, as a child holds the range it sends and the next one it asked
+    for), down to about ``smallest`` pending subscribers; measured, the senders
+    now end 0.04-0.05 s apart. Ranges are ``(lo, hi]``; each id is dealt once,
+    so no two senders ever share a subscriber. Thread-safe: the parent's feed
+    thread and its progress loop both take ranges.
+    """
+
+    def __init__(self, low: int, high: int, *, senders: int, pending: int,
+                 smallest: int = 250) -> None:
+        self._next = low - 1
+        self._high = high
+        self._senders = max(1, senders)
+        span = high - low + 1
+        # ids that hold about ``smallest`` pending subscribers (the audience may be sparse)
+        self._smallest = (max(smallest, math.ceil(smallest * span / pending))
+                          if pending > 0 and span > 0 else max(1, span))
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[int, int] | None:
+        """The next range ``(lo, hi]`` of ids to send to; None when all are dealt."""
+        with self._lock:
+            left = self._high - self._next
+            if left <= 0:
+                return None
+            size = min(left, max(self._smallest, math.ceil(left / (4 * self._senders))))
+            lo = self._next
+            self._next += size
+            return lo, self._next
+
+    def close(self) -> None:
+        """Deal nothing more (a stop): every sender ends with the range it holds."""
+        with self._lock:
+            self._next = self._high
 
 
 class Control:
@@ -80,7 +127,8 @@ def run_workers(
     This process sends share 0 itself and ``workers - 1`` child processes send
     the others: a parent that only watched would hold a whole Python, its store
     and the send path's imports (about 70 MB) for nothing, and start one process
-    more. Each share is an id partition (or, in shared mode, claims from the queue).
+    more. Each sender asks a ``Dealer`` for id range after id range until none is left
+    (in shared mode it claims batches from the queue instead).
     Children ignore SIGINT and SIGTERM; this process relays stop/abort down each child's link,
     so one Ctrl-C at a terminal (which signals the whole process group) counts
     once. A child whose parent dies stops by itself: the lock died with the parent.
@@ -88,7 +136,8 @@ def run_workers(
     Children are plain ``python -c`` processes (``spawn``), not multiprocessing
     ones: spawn starts a resource tracker (one more 12 MB process) and re-imports
     the parent's ``__main__``. One socket per child carries its arguments and then
-    progress up and stop/abort down. ``spares`` holds children started before the
+    progress up and stop/abort down, and its range requests up and their answers
+    down (the first range goes with the arguments). ``spares`` holds children started before the
     audience was counted: those needed are used (one that died meanwhile is replaced
     by a fresh child), the others killed.
     """
@@ -97,9 +146,9 @@ def run_workers(
                     rate_limit=options.rate_limit / workers if options.rate_limit else None,
                     rate_limits={s: r / workers for s, r in service_rate_limits(options).items()})
 
-    def share_of(i: int) -> Any:
-        return replace(plan, options=share,
-                       partition=None if plan.lease is not None else (i, workers))
+    shared_plan = replace(plan, options=share)
+    dealer = (None if plan.lease is not None else
+              Dealer(*store.id_span(), senders=workers, pending=stats.total))
 
     children: dict[int, Child] = {}
     conns: dict[int, mp_connection.Connection] = {}
@@ -128,11 +177,17 @@ def run_workers(
                 conn.close()
                 del conns[index]
                 continue
+            if snapshot == ASK_RANGE:
+                with contextlib.suppress(OSError):  # gone: its end-of-file is read next
+                    conn.send((ASK_RANGE, dealer.take() if dealer is not None else None))
+                continue
             latest[index] = snapshot
             if snapshot.get("store_error"):
                 store_errors.append(snapshot["store_error"])
                 control.stop = True  # the others write to the same ledger: stop them too
         if control.stop:
+            if dealer is not None:
+                dealer.close()
             tell("stop")
         if control.abort:
             tell("abort")
@@ -146,13 +201,14 @@ def run_workers(
     try:
         ready = spares.take(workers - 1) if spares is not None else []
         for i in range(1, workers):
-            args = (store.url, share_of(i), signer.private_pem(), signer.subject,
-                    os.getpid(), run_partition)
+            args = (store.url, shared_plan, signer.private_pem(), signer.subject,
+                    os.getpid(), run_partition, dealer.take() if dealer is not None else None)
             children[i] = _hand(ready.pop(0) if ready else None, args)
             conns[i] = children[i].link
         try:
-            run_partition(store, share_of(0), renderer, signer, mine, None, control,
-                          heartbeat, poll=lambda: gather(0))
+            run_partition(store, shared_plan, renderer, signer, mine, None, control,
+                          heartbeat, poll=lambda: gather(0),
+                          ranges=dealer.take if dealer is not None else None)
         except StoreError as exc:  # said after the children have stopped
             own_error = exc
             control.stop = True
@@ -227,6 +283,45 @@ def _merge(stats: Stats, snapshots: Iterable[dict[str, Any]]) -> None:
     stats.merge_snapshots([snap.get("transport", {}) for snap in snapshots])
 
 
+class RangesFromParent:
+    """A child's ``ranges``: the range it holds, while the next is already asked for.
+
+    ``first`` came with the child's share (None: the parent had nothing left to deal).
+
+    The answer comes back through the child's progress loop (``talk`` reads the
+    link every 0.1 s) and the parent's (likewise): asking one range ahead hides
+    that wait. None once the parent has nothing left, or on a stop.
+    """
+
+    def __init__(self, first: tuple[int, int] | None, ask: Callable[[], None],
+                 answers: queue.SimpleQueue[tuple[int, int] | None], control: Control) -> None:
+        self._next: tuple[int, int] | None = first
+        self._asked = False
+        self._ask, self._answers, self._control = ask, answers, control
+
+    def __call__(self) -> tuple[int, int] | None:
+        if self._asked:
+            self._next = self._answer()
+            self._asked = False
+        current, self._next = self._next, None
+        if current is None or self._control.stop:
+            return None
+        try:
+            self._ask()
+        except OSError:  # the parent is gone: this range is the last
+            return current
+        self._asked = True
+        return current
+
+    def _answer(self) -> tuple[int, int] | None:
+        while True:
+            try:
+                return self._answers.get(timeout=0.2)
+            except queue.Empty:
+                if self._control.stop:
+                    return None
+
+
 def _child_main(link: mp_connection.Connection) -> None:
     """A child sender: read its arguments from the link, send its share, exit with
     its status (74 when the ledger failed, like the parent). A fresh process: it
@@ -235,7 +330,7 @@ def _child_main(link: mp_connection.Connection) -> None:
         signal.signal(sig, signal.SIG_IGN)
     heap.skip_collection_at_exit()  # the parent waits for this process to end
     try:
-        db_url, plan, private_pem, subject, parent_pid, run_partition = link.recv()
+        db_url, plan, private_pem, subject, parent_pid, run_partition, first = link.recv()
     except (EOFError, OSError):  # the parent died before it said what to send
         return
     from py_vapid import Vapid02
@@ -246,6 +341,11 @@ def _child_main(link: mp_connection.Connection) -> None:
     last_sent = 0.0
 
     link_lock = threading.Lock()  # a Connection is not thread-safe; Queue.put was
+    answers: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+
+    def ask() -> None:
+        with link_lock:
+            link.send(ASK_RANGE)
 
     def report(s: Stats, force: bool = False, store_error: str | None = None) -> None:
         with link_lock:
@@ -257,12 +357,16 @@ def _child_main(link: mp_connection.Connection) -> None:
         try:
             while not orphaned and link.poll():
                 command = link.recv()
+                if isinstance(command, tuple):  # (ASK_RANGE, the next range or None)
+                    answers.put(command[1])
+                    continue
                 control.stop = True
                 control.abort = control.abort or command == "abort"
         except (EOFError, OSError):  # the parent's end closed: it died, and its lock with it
             orphaned = True
         if orphaned:
             control.stop = control.abort = True
+            answers.put(None)  # a range request waits no more
             return
         now = time.monotonic()
         if force or now - last_sent > 0.2:
@@ -277,7 +381,10 @@ def _child_main(link: mp_connection.Connection) -> None:
     try:
         with Store.open(db_url) as store:
             run_partition(store, plan, Renderer(plan.campaign), signer, stats, report,
-                           control, None, poll=lambda: report(stats))
+                           control, None, poll=lambda: report(stats),
+                           # shared mode claims from the queue; else the parent deals ids
+                           ranges=None if plan.lease is not None else
+                           RangesFromParent(first, ask, answers, control))
     except StoreError as exc:  # the parent says it in one line and exits 74
         report(stats, force=True, store_error=str(exc))
         raise SystemExit(exc.exit_code) from None

@@ -150,7 +150,7 @@ class Ledger(Database):
         batch_size: int = 500,
         match: Callable[[StoredSubscription], bool] | None = None,
         limit: int | None = None,
-        partition: tuple[int, int] | None = None,
+        id_range: tuple[int, int] | None = None,
         zones: Sequence[str] | None = None,
         default_zone: str = "UTC",
     ) -> Iterator[list[StoredSubscription]]:
@@ -158,15 +158,17 @@ class Ledger(Database):
 
         One short keyset query per batch, so the whole audience is never in
         memory and no read transaction stays open across the send.
-        ``partition=(i, k)`` keeps the subscribers with ``id % k == i``, so k
-        sender processes split a campaign without ever sharing a subscriber.
+        ``id_range=(lo, hi)`` keeps the subscribers with ``lo < id <= hi`` (the share
+        ``workers.Dealer`` gave one sender process), starting the scan at ``lo``.
         ``zones`` keeps the subscribers whose time zone (``default_zone`` when
         they have none) is one of them: the due zones of a scheduled send.
         """
         s = subscriptions
-        part = [] if partition is None else [s.c.id % partition[1] == partition[0]]
-        part += _in_zones(zones, default_zone)
+        part = _in_zones(zones, default_zone)
         after = 0
+        if id_range is not None:
+            after = id_range[0]
+            part.append(s.c.id <= id_range[1])
         given = 0
         while True:
             stmt = (

@@ -317,6 +317,15 @@ class Subscribers(Database):
                 subscriptions.c.status == "active",
                 or_(*(endpoint.like(p) for p in patterns))).limit(1)).first() is not None
 
+    def id_span(self) -> tuple[int, int]:
+        """(lowest, highest) subscriber id ((0, 0) in an empty store): the id space
+        ``workers.Dealer`` deals out to sender processes. Two primary-key lookups (any
+        status: the pending query filters, and rows at the edges only cost an empty scan)."""
+        s = subscriptions
+        with self._read() as conn:
+            low, high = conn.execute(select(func.min(s.c.id), func.max(s.c.id))).one()
+        return (int(low), int(high)) if low is not None else (0, 0)
+
     def iter_endpoints(self, *, batch_size: int = 5000) -> Iterator[tuple[int, str]]:
         """(id, endpoint) of every active subscriber in id order: a light scan for send's
         duplicate check, which needs nothing else from the row."""
