@@ -664,3 +664,19 @@ def test_shared_senders_starting_the_same_campaign_at_once_all_start(backend: st
     finally:
         for st in stores:
             st.close()
+
+
+def test_a_tags_column_is_decoded_once_and_a_bad_one_refused_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pushcli.store import rows
+
+    monkeypatch.setattr(rows, "_TAGS_SEEN", {})
+    monkeypatch.setattr(rows, "_TAGS_SEEN_MAX", 2)
+    first = rows._json_tags('["news","fr"]')
+    assert first == ("news", "fr") and rows._json_tags('["news","fr"]') is first
+    for _ in range(2):
+        with pytest.raises(ValueError, match="tags: not a JSON array of strings"):
+            rows._json_tags('["news", 1]')
+    rows._json_tags('["a"]')
+    rows._json_tags('["b"]')  # full: the seen ones are dropped, never more than the bound
+    assert len(rows._TAGS_SEEN) <= 2 and rows._json_tags('["news","fr"]') == ("news", "fr")

@@ -256,9 +256,10 @@ def send_campaign(
     On SQLite a send takes the campaign's lock (Busy if another run holds it);
     ``workers > 1`` deals the audience out in subscriber-id ranges to that many
     sender processes as they ask (``workers.Dealer``; encryption and HTTP are
-    CPU-bound: one process tops out on one core). On PostgreSQL the audience is queued in the ledger and any number
-    of senders, here or on other hosts, claim batches of it with leases of
-    ``lease`` seconds, so none sends to a subscriber another live one holds.
+    CPU-bound: one process tops out on one core). On PostgreSQL the audience is
+    queued in the ledger and any number of senders, here or on other hosts,
+    claim batches of it with leases of ``lease`` seconds, so none sends to a
+    subscriber another live one holds.
     Every outcome is recorded as it happens. On Ctrl-C (when
     ``handle_signals``) it stops taking new work, lets in-flight requests
     finish and returns ``interrupted=True``; a second Ctrl-C aborts them too.
