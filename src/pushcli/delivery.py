@@ -398,20 +398,27 @@ def _run_partition(
         run = asyncio.ensure_future(engine.run(jobs))
         last_beat = time.monotonic()
         stopped = False
-        while not run.done():
-            await asyncio.wait([run], timeout=0.1)
-            if poll is not None:
-                poll()
-            if control.stop and not stopped:
-                stopped = True
-                engine.stop()
-            if control.abort and not run.done():
-                run.cancel()
-            if time.monotonic() - last_beat > beat:
-                last_beat = time.monotonic()
-                await loop.run_in_executor(None, keep_alive)
-        if not run.cancelled():
-            run.result()
+        try:
+            while not run.done():
+                await asyncio.wait([run], timeout=0.1)
+                if poll is not None:
+                    poll()
+                if control.stop and not stopped:
+                    stopped = True
+                    engine.stop()
+                if control.abort and not run.done():
+                    run.cancel()
+                if time.monotonic() - last_beat > beat:
+                    last_beat = time.monotonic()
+                    await loop.run_in_executor(None, keep_alive)
+            if not run.cancelled():
+                run.result()
+        except BaseException:
+            # failed (the ledger gave up): asyncio joins the thread loading the next
+            # batch before this returns, and that thread may be waiting for what only
+            # ``poll`` reads (a child's next id range) or polling a shared queue: stop it
+            control.stop = True
+            raise
 
     try:
         with heap.sending():  # the imported world out of the collector's walks

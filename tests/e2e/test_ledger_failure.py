@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
 import sqlite3
 import threading
 from pathlib import Path
@@ -14,14 +15,15 @@ import pytest
 from sqlalchemy import delete, event, select
 
 import pushcli.store as store_mod
-from pushcli.campaign import load_campaign
-from pushcli.delivery import send_campaign
+from pushcli.campaign import Renderer, load_campaign
+from pushcli.delivery import Plan, _run_partition, send_campaign
 from pushcli.errors import StoreError
 from pushcli.keys import VapidSigner, load_private_key
 from pushcli.messages import DeliveryOptions, DeliveryRecord, Stats
 from pushcli.pushservices import Outcome
 from pushcli.report import build_report, write_csv_rows
 from pushcli.store import INFLIGHT, Store, deliveries, locks
+from pushcli.workers import Control, RangesFromParent
 
 ALLOWED = frozenset({"127.0.0.1"})
 
@@ -222,3 +224,47 @@ def test_inflight_rows_are_not_outcomes_in_reports(e2e) -> None:
         report = build_report(store, "half")
     assert outcomes == {1: "sent", 2: INFLIGHT, 3: INFLIGHT, 4: INFLIGHT, 5: INFLIGHT}
     assert report["total"] == 1 and report["sent"] == 1
+
+
+def test_a_child_waiting_for_its_next_range_ends_when_its_ledger_fails(e2e) -> None:
+    """A child sender's feed thread waits for the parent's next id range, which only its
+    progress loop reads off the link; when the ledger gives up that loop has ended, and
+    asyncio joins the feed thread before the run returns. Before: it waited forever (the
+    child never exited, the parent waited for it), instead of the child exiting 74.
+    Here the answer is still on its way when the ledger gives up mid-range."""
+    subs = e2e.subscribe(200)
+    e2e.add_subscribers(subs)
+    e2e.emu.add_fault("slow", rate=1.0, delay=0.05)  # the range takes seconds to send
+    campaign = load_campaign(e2e.campaign("stuck"))
+    signer = VapidSigner(load_private_key(e2e.key), "mailto:ops@shop.example.com")
+    control = Control()
+    asked: list[int] = []
+    # the answer to its request never reaches the queue: nothing reads the link any more
+    ranges = RangesFromParent((0, 200), lambda: asked.append(1), queue.SimpleQueue(), control)
+    failed: list[BaseException] = []
+    with Store.open(e2e.db) as store:
+        info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
+        plan = Plan(campaign, info.id, ALLOWED,
+                    DeliveryOptions(concurrency=2, ledger_retry_budget=0.2))
+
+        def unwritable(*_: Any, **__: Any) -> None:
+            raise StoreError("database is locked")
+
+        store.record = unwritable  # type: ignore[method-assign]
+
+        def run() -> None:
+            try:
+                _run_partition(store, plan, Renderer(campaign), signer, Stats(), None,
+                               control, None, ranges=ranges)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                failed.append(exc)
+
+        sender = threading.Thread(target=run, daemon=True)
+        sender.start()
+        sender.join(30)  # a bound on a hang, not a timing figure: it ends in ~1 s
+        hung = sender.is_alive()
+        control.press()  # let a hung sender go, so that this process can exit
+        sender.join()
+    assert not hung, "the sender still waited for a range nobody answers"
+    assert asked == [1]  # it did ask for the next range while it sent the first
+    assert len(failed) == 1 and isinstance(failed[0], StoreError)
