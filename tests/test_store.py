@@ -150,6 +150,8 @@ def test_id_ranges_split_the_audience_without_overlap(st: Store) -> None:
     assert [len(p) for p in parts] == [21, 1, 49, 29]
     assert set().union(*parts) == {s.id for b in st.pending(c.id) for s in b}
     assert all(a < sid <= b for (a, b), p in zip(ranges, parts, strict=True) for sid in p)
+    load(st, subs(3))  # imported while the campaign is sent: above the span
+    assert len([s for b in st.pending(c.id, id_range=(high, None)) for s in b]) == 3
 
 
 def test_prune_candidates_and_ledger_survives_delete(st: Store) -> None:

@@ -39,6 +39,9 @@ from pushcli.store import Store
 #: ``delivery.Plan`` (typed loosely: this module sits below delivery).
 PartitionRunner = Callable[..., None]
 
+#: Subscriber ids ``lo < id <= hi`` (no upper end when ``hi`` is None): one dealt share.
+IdRange = tuple[int, int | None]
+
 #: What a child sends up its link to ask for its next id range (``Dealer.take``).
 ASK_RANGE = "range?"
 
@@ -53,8 +56,10 @@ class Dealer:
     senders, as a child holds the range it sends and the next one it asked
     for), down to about ``smallest`` pending subscribers; measured, the senders
     now end 0.04-0.05 s apart. Ranges are ``(lo, hi]``; each id is dealt once,
-    so no two senders ever share a subscriber. Thread-safe: the parent's feed
-    thread and its progress loop both take ranges.
+    so no two senders ever share a subscriber. The last range has no upper end
+    (``(highest, None)``): subscribers imported while the campaign is sent are
+    sent too, as a one-process send's id scan would. Thread-safe: the parent's
+    feed thread and its progress loop both take ranges.
     """
 
     def __init__(self, low: int, high: int, *, senders: int, pending: int,
@@ -67,13 +72,17 @@ class Dealer:
         self._smallest = (max(smallest, math.ceil(smallest * span / pending))
                           if pending > 0 and span > 0 else max(1, span))
         self._lock = threading.Lock()
+        self._done = False
 
-    def take(self) -> tuple[int, int] | None:
+    def take(self) -> IdRange | None:
         """The next range ``(lo, hi]`` of ids to send to; None when all are dealt."""
         with self._lock:
+            if self._done:
+                return None
             left = self._high - self._next
             if left <= 0:
-                return None
+                self._done = True
+                return self._high, None
             size = min(left, max(self._smallest, math.ceil(left / (4 * self._senders))))
             lo = self._next
             self._next += size
@@ -82,7 +91,7 @@ class Dealer:
     def close(self) -> None:
         """Deal nothing more (a stop): every sender ends with the range it holds."""
         with self._lock:
-            self._next = self._high
+            self._done = True
 
 
 class Control:
@@ -171,20 +180,19 @@ def run_workers(
         and show the sum of every share's progress."""
         for conn in mp_connection.wait(list(conns.values()), timeout=timeout):
             index = next(i for i, c in conns.items() if c is conn)
-            try:
-                snapshot = conn.recv()
-            except (EOFError, OSError):
+            said, closed = _read_waiting(conn)  # all of it: a range request waits for none
+            for snapshot in said:
+                if snapshot == ASK_RANGE:
+                    with contextlib.suppress(OSError):  # gone: its end-of-file is read next
+                        conn.send((ASK_RANGE, dealer.take() if dealer is not None else None))
+                    continue
+                latest[index] = snapshot
+                if snapshot.get("store_error"):
+                    store_errors.append(snapshot["store_error"])
+                    control.stop = True  # the others write to the same ledger: stop them too
+            if closed:
                 conn.close()
                 del conns[index]
-                continue
-            if snapshot == ASK_RANGE:
-                with contextlib.suppress(OSError):  # gone: its end-of-file is read next
-                    conn.send((ASK_RANGE, dealer.take() if dealer is not None else None))
-                continue
-            latest[index] = snapshot
-            if snapshot.get("store_error"):
-                store_errors.append(snapshot["store_error"])
-                control.stop = True  # the others write to the same ledger: stop them too
         if control.stop:
             if dealer is not None:
                 dealer.close()
@@ -240,6 +248,19 @@ def run_workers(
                            "re-run the same command to finish the campaign")
 
 
+def _read_waiting(conn: mp_connection.Connection) -> tuple[list[Any], bool]:
+    """Every message waiting on a child's link (at least one: it is readable), and
+    whether its end has closed (the child exited or died)."""
+    said: list[Any] = []
+    try:
+        while True:
+            said.append(conn.recv())
+            if not conn.poll():
+                return said, False
+    except (EOFError, OSError):
+        return said, True
+
+
 def _hand(spare: Child | None, args: tuple[Any, ...]) -> Child:
     """Give a share to ``spare``, or to a fresh child if there is none or it has died
     while the audience was counted (killed, out of memory): its share is never lost."""
@@ -293,13 +314,13 @@ class RangesFromParent:
     that wait. None once the parent has nothing left, or on a stop.
     """
 
-    def __init__(self, first: tuple[int, int] | None, ask: Callable[[], None],
-                 answers: queue.SimpleQueue[tuple[int, int] | None], control: Control) -> None:
-        self._next: tuple[int, int] | None = first
+    def __init__(self, first: IdRange | None, ask: Callable[[], None],
+                 answers: queue.SimpleQueue[IdRange | None], control: Control) -> None:
+        self._next: IdRange | None = first
         self._asked = False
         self._ask, self._answers, self._control = ask, answers, control
 
-    def __call__(self) -> tuple[int, int] | None:
+    def __call__(self) -> IdRange | None:
         if self._asked:
             self._next = self._answer()
             self._asked = False
@@ -313,7 +334,7 @@ class RangesFromParent:
         self._asked = True
         return current
 
-    def _answer(self) -> tuple[int, int] | None:
+    def _answer(self) -> IdRange | None:
         while True:
             try:
                 return self._answers.get(timeout=0.2)
@@ -341,7 +362,7 @@ def _child_main(link: mp_connection.Connection) -> None:
     last_sent = 0.0
 
     link_lock = threading.Lock()  # a Connection is not thread-safe; Queue.put was
-    answers: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    answers: queue.SimpleQueue[IdRange | None] = queue.SimpleQueue()
 
     def ask() -> None:
         with link_lock:

@@ -150,7 +150,7 @@ class Ledger(Database):
         batch_size: int = 500,
         match: Callable[[StoredSubscription], bool] | None = None,
         limit: int | None = None,
-        id_range: tuple[int, int] | None = None,
+        id_range: tuple[int, int | None] | None = None,
         zones: Sequence[str] | None = None,
         default_zone: str = "UTC",
     ) -> Iterator[list[StoredSubscription]]:
@@ -158,8 +158,9 @@ class Ledger(Database):
 
         One short keyset query per batch, so the whole audience is never in
         memory and no read transaction stays open across the send.
-        ``id_range=(lo, hi)`` keeps the subscribers with ``lo < id <= hi`` (the share
-        ``workers.Dealer`` gave one sender process), starting the scan at ``lo``.
+        ``id_range=(lo, hi)`` keeps the subscribers with ``lo < id <= hi`` (no upper
+        end when ``hi`` is None; the share ``workers.Dealer`` gave one sender
+        process), starting the scan at ``lo``.
         ``zones`` keeps the subscribers whose time zone (``default_zone`` when
         they have none) is one of them: the due zones of a scheduled send.
         """
@@ -168,7 +169,8 @@ class Ledger(Database):
         after = 0
         if id_range is not None:
             after = id_range[0]
-            part.append(s.c.id <= id_range[1])
+            if id_range[1] is not None:
+                part.append(s.c.id <= id_range[1])
         given = 0
         while True:
             stmt = (
