@@ -1,4 +1,4 @@
-"""Sending a campaign: lock it, queue or partition its audience, render,
+"""Sending a campaign: lock it, queue or deal out its audience, render,
 block refused endpoints, run the engine in one or more processes, and record
 every outcome in the ledger as it happens.
 
