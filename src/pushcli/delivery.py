@@ -40,7 +40,7 @@ from pushcli.pushservices import (
 from pushcli.spawn import WORKERS_RANGE, Spares, senders_for
 from pushcli.store import Lock, Store, StoredSubscription, campaign_lock, is_prune_lock
 from pushcli.tokens import TokenSigner
-from pushcli.workers import Control, run_workers, stop_on_signals
+from pushcli.workers import Control, IdRange, run_workers, stop_on_signals
 
 #: How long a send waits for a running prune (prunes are short) before refusing.
 PRUNE_WAIT = 10.0
@@ -132,7 +132,7 @@ def _owner() -> str:
 
 
 def _batches(store: Store, plan: Plan, control: Control, keep: dict[int, Arm],
-             ranges: Callable[[], tuple[int, int | None] | None] | None = None,
+             ranges: Callable[[], IdRange | None] | None = None,
              ) -> Iterator[list[StoredSubscription]]:
     """This sender's work: the whole audience, the id ranges ``ranges`` deals it one
     after another (None: no more), or batches claimed from the shared queue
@@ -165,7 +165,7 @@ def _batches(store: Store, plan: Plan, control: Control, keep: dict[int, Arm],
 
 
 def iter_jobs(store: Store, plan: Plan, renderer: Renderer, control: Control,
-              ranges: Callable[[], tuple[int, int | None] | None] | None = None,
+              ranges: Callable[[], IdRange | None] | None = None,
               ) -> Iterator[list[Job]]:
     """Batches of jobs for pending subscribers (of the id ranges ``ranges`` deals, when
     given: see ``_batches``); refused endpoints are finished as blocked.
@@ -366,7 +366,7 @@ def _run_partition(
     store: Store, plan: Plan, renderer: Renderer, signer: VapidSigner, stats: Stats,
     on_progress: Callable[[Stats], None] | None, control: Control,
     heartbeat: Callable[[], None] | None, poll: Callable[[], None] | None = None,
-    ranges: Callable[[], tuple[int, int | None] | None] | None = None,
+    ranges: Callable[[], IdRange | None] | None = None,
 ) -> None:
     """Send one share of the campaign in this process, on a fresh event loop: the
     whole audience, or the id ranges ``ranges`` deals (``workers.Dealer``).

@@ -175,7 +175,7 @@ def _json_tags(text: str | None) -> tuple[str, ...]:
 
 def _decode_tags(text: str) -> tuple[str, ...]:
     try:
-        value = json.loads(text or "[]")
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"tags: not valid JSON ({exc.msg})") from None
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
