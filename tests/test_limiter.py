@@ -14,7 +14,7 @@ import pytest
 from pushcli.encoding import b64_decode
 from pushcli.engine import Engine
 from pushcli.keys import VapidSigner, generate_keys, load_private_key
-from pushcli.limiter import INITIAL_LIMIT, ConcurrencyLimit, Pacer, Signal
+from pushcli.limiter import INITIAL_LIMIT, SATURATED_CAP, ConcurrencyLimit, Pacer, Signal
 from pushcli.messages import DeliveryOptions, DeliveryRecord, Job, LatencyHistogram, Stats
 from pushcli.pushservices import Outcome, check_endpoint
 from pushcli.testing import PushServiceEmulator
@@ -84,6 +84,76 @@ def test_slow_start_ends_when_latency_starts_rising_then_grows_gently() -> None:
     assert limit.limit == 72 + 8  # and gently from then on
     run_window(limit, clock, 0.040)  # 2x: queueing
     assert limit.limit == 72  # x0.9
+
+
+class LoopWaits:
+    """The event loop's waiting time: advances with the clock while the loop is idle."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def __call__(self) -> float:
+        return self.waited
+
+
+def run_saturated_window(limit: ConcurrencyLimit, clock: Clock, waits: LoopWaits,
+                         latency: float, idle_share: float = 0.0) -> None:
+    """A round trip during which the loop waited ``idle_share`` of the time."""
+    n = limit.limit
+    starts = [limit.start() for _ in range(n)]
+    clock.now += latency
+    waits.waited += idle_share * latency
+    for started in starts:
+        limit.finish(started, Signal.OK)
+
+
+def test_a_cpu_bound_sender_grows_to_the_saturated_cap_and_holds_whatever_its_latency() -> None:
+    """On loopback the latency is the sender's own queue: 10-120 ms while the old rule
+    sent the limit 32 -> 256 -> 32; a loop that never waited must not read it as the
+    service's."""
+    clock, waits = Clock(), LoopWaits()
+    limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
+    seen = []
+    for latency in (0.02, 0.03, 0.08, 0.2, 0.5, 0.02, 0.3):
+        run_saturated_window(limit, clock, waits, latency)
+        seen.append(limit.limit)
+    assert seen == [64, SATURATED_CAP] + [SATURATED_CAP] * 5
+    assert limit.saturated_windows == 7 and limit.baseline is None and limit.cuts == 0
+
+
+def test_a_saturated_loop_keeps_a_limit_above_the_cap_that_the_network_needed() -> None:
+    """60 ms away the limit grew past 128 before the loop saturated: it holds there."""
+    clock, waits = Clock(), LoopWaits()
+    limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
+    for _ in range(3):
+        run_saturated_window(limit, clock, waits, 0.06, idle_share=0.5)  # waiting: slow start
+    assert limit.limit == 256
+    for latency in (0.2, 0.4):  # now CPU-bound: the latency is ours
+        run_saturated_window(limit, clock, waits, latency)
+    assert limit.limit == 256 and limit.saturated_windows == 2
+
+
+def test_a_loop_that_waits_again_reads_latency_as_the_services() -> None:
+    clock, waits = Clock(), LoopWaits()
+    limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
+    run_saturated_window(limit, clock, waits, 0.02, idle_share=0.5)
+    run_saturated_window(limit, clock, waits, 0.02, idle_share=0.5)
+    assert limit.limit == 128 and limit.baseline == pytest.approx(0.02)
+    run_saturated_window(limit, clock, waits, 0.3)  # saturated: no cut
+    assert limit.limit == 128
+    run_saturated_window(limit, clock, waits, 0.3, idle_share=0.1)  # waited: queueing there
+    assert limit.limit == 115
+
+
+@pytest.mark.parametrize("signal", [Signal.THROTTLED, Signal.TIMEOUT])
+def test_a_saturated_loop_still_halves_on_throttling(signal: Signal) -> None:
+    clock, waits = Clock(), LoopWaits()
+    limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
+    run_saturated_window(limit, clock, waits, 0.02)
+    run_saturated_window(limit, clock, waits, 0.02)
+    assert limit.limit == SATURATED_CAP
+    run_window(limit, clock, 0.02, signal)
+    assert limit.limit == SATURATED_CAP // 2 and limit.cuts == 1
 
 
 @pytest.mark.parametrize("signal", [Signal.THROTTLED, Signal.TIMEOUT])

@@ -1,5 +1,11 @@
 """Which asyncio event loop a send runs on: asyncio's own, or uvloop when asked for.
 
+asyncio's loop runs on a selector that adds up the time the loop spent waiting
+for the network (:func:`waited_clock`). The adaptive in-flight limit reads it:
+a loop that never waited was saturated (busy with its own work every turn),
+and then the latency it measures is its own queue, not the push service's
+(``limiter.ConcurrencyLimit``).
+
 ``PUSHCLI_EVENT_LOOP=uvloop`` runs sends on uvloop (libuv) where it is
 installed (``pip install uvloop``, Linux). Measured here (README, Performance):
 uvloop spent ~8 % less CPU per message than asyncio's loop, but its sends were
@@ -12,6 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
+import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -20,14 +29,56 @@ from pushcli.defaults import EVENT_LOOP_ENV
 T = TypeVar("T")
 
 
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop constructor when asked for and importable, else None (asyncio's)."""
-    if os.environ.get(EVENT_LOOP_ENV, "").strip().lower() != "uvloop":
+class _WaitTimingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The platform's selector, adding up the seconds ``select`` blocked.
+
+    asyncio asks with a zero timeout while callbacks are ready, so only the calls
+    that may block count: the time the loop had nothing to do but wait."""
+
+    waited = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0:
+            return super().select(timeout)
+        began = time.monotonic()
+        try:
+            return super().select(timeout)
+        finally:
+            self.waited += time.monotonic() - began
+
+
+#: Loops made by :func:`new_asyncio_loop` -> their selector.
+_SELECTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WaitTimingSelector] = (
+    weakref.WeakKeyDictionary())
+
+
+def new_asyncio_loop() -> asyncio.AbstractEventLoop:
+    """asyncio's own loop, on a selector that times its waits (see :func:`waited_clock`)."""
+    selector = _WaitTimingSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    _SELECTORS[loop] = selector
+    return loop
+
+
+def waited_clock() -> Callable[[], float] | None:
+    """Seconds the running loop has spent waiting for the network so far, as a clock to
+    read (compare two readings with ``time.monotonic``); None when the loop does not
+    say (uvloop, or a loop made elsewhere, such as a test's ``asyncio.run``)."""
+    selector = _SELECTORS.get(asyncio.get_running_loop())
+    if selector is None:
         return None
+    return lambda: selector.waited
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop constructor when asked for and importable, else asyncio's own loop
+    on a wait-timing selector."""
+    if os.environ.get(EVENT_LOOP_ENV, "").strip().lower() != "uvloop":
+        return new_asyncio_loop
     try:
         import uvloop
     except ImportError:
-        return None
+        return new_asyncio_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 

@@ -19,6 +19,17 @@ link's capacity:
   like TCP's HyStart, so the first overshoot is not a whole doubling past the
   knee. (2.0 and no early exit, measured on loopback with the sender CPU-bound:
   p50 latency 75-83 ms and 2,252-2,311/s; 1.5: 39-51 ms and 2,407-2,850/s.)
+- A window in which the event loop never waited for the network (it waited less
+  than ``SATURATED`` of the window, 2 %) says nothing about the push service: the
+  sender was CPU-bound, and the latency it measured is its own queue (on
+  loopback the window means ran 10-120 ms while the limit wandered 32-256 and
+  back to 32; a fixed limit of 80-160 a process sent 5-10 % more at 5-10 % less
+  CPU a message). Such a window neither cuts the limit nor sets the baseline;
+  the limit still grows while it is below ``SATURATED_CAP`` (128), because a
+  fuller loop turn handles more answers per system call (one process, pinned
+  at 32 against 128: 3-4 % more CPU a message in three of three pairs), and
+  holds from there. When the loop says nothing (uvloop, tests) every window
+  counts.
 - A throttling answer (429, WNS 406, 503) or a timeout halves it, at most once
   per round trip: only a request started after the previous cut can cut again,
   so one burst of 429s from the same window counts once.
@@ -45,6 +56,11 @@ from collections.abc import Callable
 
 #: Requests in flight an adaptive limit starts from, per origin.
 INITIAL_LIMIT = 32
+#: A window in which the loop waited for the network less than this share of its time
+#: was CPU-bound: its latency is the sender's own queue.
+SATURATED = 0.02
+#: A CPU-bound sender's limit grows to this and holds (see the module docstring).
+SATURATED_CAP = 128
 
 
 class Signal(enum.Enum):
@@ -61,7 +77,10 @@ class ConcurrencyLimit:
 
     def __init__(self, ceiling: int, *, adaptive: bool = True, initial: int = INITIAL_LIMIT,
                  latency_tolerance: float = 1.5, latency_slack: float = 0.005,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 waited: Callable[[], float] | None = None) -> None:
+        """``waited``: seconds the event loop has waited for the network so far, on
+        ``clock``'s scale (``eventloop.waited_clock``); None counts every window."""
         if ceiling < 1:
             raise ValueError("ceiling must be at least 1")
         self.ceiling = ceiling
@@ -72,6 +91,8 @@ class ConcurrencyLimit:
         self._rising = 1 + (latency_tolerance - 1) / 2  # where slow start ends
         self._slack = latency_slack
         self._clock = clock
+        self._waited = waited
+        self.saturated_windows = 0  # windows in which the loop never waited (CPU-bound)
         self.in_flight = 0
         self.peak_in_flight = 0  # the concurrency this origin actually reached
         self.peak_limit = self.initial
@@ -114,6 +135,16 @@ class ConcurrencyLimit:
             return
         mean = self._window_latency / self._window_count
         busy = self._window_busiest >= self.limit - max(1, self.limit // 10)
+        if self._saturated(now):
+            # CPU-bound: the latency is our own queue, the service's is unknown
+            self.saturated_windows += 1
+            if busy and self._limit < SATURATED_CAP:
+                step = self._limit if self._slow_start else max(1.0, math.sqrt(self._limit))
+                cap = min(self.ceiling, SATURATED_CAP)
+                self._limit = max(self._limit, min(float(cap), self._limit + step))
+                self.peak_limit = max(self.peak_limit, self.limit)
+            self._reset_window()
+            return
         if self.baseline is None or mean < self.baseline:
             self.baseline = mean
         if mean > self.baseline * self._tolerance + self._slack:
@@ -143,10 +174,19 @@ class ConcurrencyLimit:
         self.lowest_after_cut = self.limit if low is None else min(low, self.limit)
         self._reset_window()
 
+    def _saturated(self, now: float) -> bool:
+        """Whether the loop waited for the network less than ``SATURATED`` of the window."""
+        if self._waited is None:
+            return False
+        span = now - self._window_began
+        return span > 0 and self._waited() - self._window_waited < SATURATED * span
+
     def _reset_window(self) -> None:
         self._window_count = 0
         self._window_latency = 0.0
         self._window_busiest = self.in_flight
+        self._window_began = self._clock()
+        self._window_waited = self._waited() if self._waited is not None else 0.0
 
 
 class Pacer:
