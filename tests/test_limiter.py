@@ -121,16 +121,39 @@ def test_a_cpu_bound_sender_grows_to_the_saturated_cap_and_holds_whatever_its_la
     assert limit.saturated_windows == 7 and limit.baseline is None and limit.cuts == 0
 
 
-def test_a_saturated_loop_keeps_a_limit_above_the_cap_that_the_network_needed() -> None:
-    """60 ms away the limit grew past 128 before the loop saturated: it holds there."""
+def test_a_saturated_loop_brings_a_limit_grown_past_the_cap_back_to_it() -> None:
+    """Windows in which the loop waited (start-up, or a service far away) grew the limit;
+    once the loop saturates, more in flight only queues in the sender: back to 128,
+    gently, and not below."""
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
     for _ in range(3):
         run_saturated_window(limit, clock, waits, 0.06, idle_share=0.5)  # waiting: slow start
     assert limit.limit == 256
-    for latency in (0.2, 0.4):  # now CPU-bound: the latency is ours
+    seen = []
+    for latency in (0.2, 0.4, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2):  # now CPU-bound
         run_saturated_window(limit, clock, waits, latency)
-    assert limit.limit == 256 and limit.saturated_windows == 2
+        seen.append(limit.limit)
+    assert seen[:3] == [230, 207, 186]  # x0.9 a window
+    assert seen[-1] == SATURATED_CAP and min(seen) == SATURATED_CAP
+    assert limit.saturated_windows == 9 and limit.cuts == 0
+
+
+def test_a_limit_hovers_where_the_loop_just_saturates() -> None:
+    """150 ms away, 128 in flight leaves the loop waiting: the latency rule grows the
+    limit in those windows, and the saturated ones bring it back towards 128."""
+    clock, waits = Clock(), LoopWaits()
+    limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
+    for _ in range(2):
+        run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)
+    run_saturated_window(limit, clock, waits, 0.15)  # saturated at 128: stays
+    assert limit.limit == 128
+    run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)  # waiting again: grows
+    assert limit.limit == 256  # still in slow start: latency held
+    run_saturated_window(limit, clock, waits, 0.3)  # saturated: past the knee
+    assert limit.limit == 230
+    run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)
+    assert limit.limit == 230 + 15  # after the knee, sqrt(limit) a window
 
 
 def test_a_loop_that_waits_again_reads_latency_as_the_services() -> None:

@@ -24,12 +24,15 @@ link's capacity:
   sender was CPU-bound, and the latency it measured is its own queue (on
   loopback the window means ran 10-120 ms while the limit wandered 32-256 and
   back to 32; a fixed limit of 80-160 a process sent 5-10 % more at 5-10 % less
-  CPU a message). Such a window neither cuts the limit nor sets the baseline;
-  the limit still grows while it is below ``SATURATED_CAP`` (128), because a
-  fuller loop turn handles more answers per system call (one process, pinned
-  at 32 against 128: 3-4 % more CPU a message in three of three pairs), and
-  holds from there. When the loop says nothing (uvloop, tests) every window
-  counts.
+  CPU a message). Such a window does not set the baseline, and it moves the
+  limit towards ``SATURATED_CAP`` (128): up while below it, because a fuller
+  loop turn handles more answers per system call (one process, pinned at 32
+  against 128: 3-4 % more CPU a message in three of three pairs), and down
+  (x0.9) while above it, because the sender is past its knee. A service far
+  enough away that 128 in flight leaves the loop waiting (128 / 150 ms is ~850/s)
+  gives unsaturated windows, and there the latency rule grows it further: the
+  limit hovers where the loop just saturates. When the loop says nothing
+  (uvloop, tests) every window counts.
 - A throttling answer (429, WNS 406, 503) or a timeout halves it, at most once
   per round trip: only a request started after the previous cut can cut again,
   so one burst of 429s from the same window counts once.
@@ -59,7 +62,7 @@ INITIAL_LIMIT = 32
 #: A window in which the loop waited for the network less than this share of its time
 #: was CPU-bound: its latency is the sender's own queue.
 SATURATED = 0.02
-#: A CPU-bound sender's limit grows to this and holds (see the module docstring).
+#: A CPU-bound sender's limit moves towards this (see the module docstring).
 SATURATED_CAP = 128
 
 
@@ -138,10 +141,13 @@ class ConcurrencyLimit:
         if self._saturated(now):
             # CPU-bound: the latency is our own queue, the service's is unknown
             self.saturated_windows += 1
-            if busy and self._limit < SATURATED_CAP:
+            cap = float(min(self.ceiling, SATURATED_CAP))
+            if self._limit > cap:  # past the knee: more in flight only queues here
+                self._slow_start = False
+                self._limit = max(cap, self._limit * 0.9)
+            elif busy:
                 step = self._limit if self._slow_start else max(1.0, math.sqrt(self._limit))
-                cap = min(self.ceiling, SATURATED_CAP)
-                self._limit = max(self._limit, min(float(cap), self._limit + step))
+                self._limit = min(cap, self._limit + step)
                 self.peak_limit = max(self.peak_limit, self.limit)
             self._reset_window()
             return
