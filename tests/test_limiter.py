@@ -117,43 +117,43 @@ def test_a_cpu_bound_sender_grows_to_the_saturated_cap_and_holds_whatever_its_la
     for latency in (0.02, 0.03, 0.08, 0.2, 0.5, 0.02, 0.3):
         run_saturated_window(limit, clock, waits, latency)
         seen.append(limit.limit)
-    assert seen == [64, SATURATED_CAP] + [SATURATED_CAP] * 5
+    assert seen == [64, 128, SATURATED_CAP] + [SATURATED_CAP] * 4
     assert limit.saturated_windows == 7 and limit.baseline is None and limit.cuts == 0
 
 
 def test_a_saturated_loop_brings_a_limit_grown_past_the_cap_back_to_it() -> None:
     """Windows in which the loop waited (start-up, or a service far away) grew the limit;
-    once the loop saturates, more in flight only queues in the sender: back to 128,
+    once the loop saturates, more in flight only queues in the sender: back to the cap,
     gently, and not below."""
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
-    for _ in range(3):
+    for _ in range(4):
         run_saturated_window(limit, clock, waits, 0.06, idle_share=0.5)  # waiting: slow start
-    assert limit.limit == 256
+    assert limit.limit == 512
     seen = []
     for latency in (0.2, 0.4, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2):  # now CPU-bound
         run_saturated_window(limit, clock, waits, latency)
         seen.append(limit.limit)
-    assert seen[:3] == [230, 207, 186]  # x0.9 a window
-    assert seen[-1] == SATURATED_CAP and min(seen) == SATURATED_CAP
+    assert seen[:3] == [460, 414, 373]  # x0.9 a window
+    assert seen[-1] == SATURATED_CAP == 256 and min(seen) == SATURATED_CAP
     assert limit.saturated_windows == 9 and limit.cuts == 0
 
 
 def test_a_limit_hovers_where_the_loop_just_saturates() -> None:
-    """150 ms away, 128 in flight leaves the loop waiting: the latency rule grows the
-    limit in those windows, and the saturated ones bring it back towards 128."""
+    """150 ms away the loop still waits at some limit: the latency rule grows it in those
+    windows, and the saturated ones bring it back towards the cap."""
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
-    for _ in range(2):
+    for _ in range(3):
         run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)
-    run_saturated_window(limit, clock, waits, 0.15)  # saturated at 128: stays
-    assert limit.limit == 128
+    run_saturated_window(limit, clock, waits, 0.15)  # saturated at the cap: stays
+    assert limit.limit == SATURATED_CAP
     run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)  # waiting again: grows
-    assert limit.limit == 256  # still in slow start: latency held
+    assert limit.limit == 512  # still in slow start: latency held
     run_saturated_window(limit, clock, waits, 0.3)  # saturated: past the knee
-    assert limit.limit == 230
+    assert limit.limit == 460
     run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)
-    assert limit.limit == 230 + 15  # after the knee, sqrt(limit) a window
+    assert limit.limit == int(460.8 + 460.8 ** 0.5)  # after the knee, sqrt(limit) a window
 
 
 def test_a_loop_that_waits_again_reads_latency_as_the_services() -> None:
@@ -162,18 +162,18 @@ def test_a_loop_that_waits_again_reads_latency_as_the_services() -> None:
     run_saturated_window(limit, clock, waits, 0.02, idle_share=0.5)
     run_saturated_window(limit, clock, waits, 0.02, idle_share=0.5)
     assert limit.limit == 128 and limit.baseline == pytest.approx(0.02)
-    run_saturated_window(limit, clock, waits, 0.3)  # saturated: no cut
-    assert limit.limit == 128
+    run_saturated_window(limit, clock, waits, 0.3)  # saturated: no cut (grows to the cap)
+    assert limit.limit == 256
     run_saturated_window(limit, clock, waits, 0.3, idle_share=0.1)  # waited: queueing there
-    assert limit.limit == 115
+    assert limit.limit == 230
 
 
 @pytest.mark.parametrize("signal", [Signal.THROTTLED, Signal.TIMEOUT])
 def test_a_saturated_loop_still_halves_on_throttling(signal: Signal) -> None:
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
-    run_saturated_window(limit, clock, waits, 0.02)
-    run_saturated_window(limit, clock, waits, 0.02)
+    for _ in range(3):
+        run_saturated_window(limit, clock, waits, 0.02)
     assert limit.limit == SATURATED_CAP
     run_window(limit, clock, 0.02, signal)
     assert limit.limit == SATURATED_CAP // 2 and limit.cuts == 1
