@@ -348,6 +348,58 @@ def test_engine_shrinks_on_429_and_loses_nothing(tmp_path: Path) -> None:
         assert svc["concurrency_reached"] >= 1 and svc["latency_p50_ms"] is not None
 
 
+def test_stats_say_how_often_the_sender_was_the_bottleneck_summed_over_workers() -> None:
+    a, b = Stats(), Stats()
+    a.windows["fcm"], a.saturated_windows["fcm"] = 10, 9
+    b.windows["fcm"], b.saturated_windows["fcm"] = 10, 1
+    b.windows["apple"] = 4  # measured, never saturated
+    merged = Stats()
+    merged.merge_snapshots([a.snapshot(), b.snapshot()])
+    figures = merged.per_service()
+    assert figures["fcm"]["sender_bound_pct"] == 50.0
+    assert figures["apple"]["sender_bound_pct"] == 0.0
+    merged.concurrency["mozilla"] = 8  # pinned or unmeasured: no windows, no figure
+    assert merged.per_service()["mozilla"]["sender_bound_pct"] is None
+
+
+def _emulator_jobs(tmp_path: Path, emu: PushServiceEmulator, n: int) -> tuple[VapidSigner,
+                                                                               list[Job]]:
+    key = generate_keys(tmp_path).application_server_key
+    signer = VapidSigner(load_private_key(tmp_path / "vapid_private.pem"),
+                         "mailto:ops@shop.example.com")
+    jobs = []
+    for i, s in enumerate(emu.create_subscriptions(n, key), start=1):
+        ep = check_endpoint(s["endpoint"], ALLOWED)
+        jobs.append(Job(i, ep.url, ep.origin, ep.service, b64_decode(s["keys"]["p256dh"]),
+                        b64_decode(s["keys"]["auth"]), b'{"title":"hi"}'))
+    return signer, jobs
+
+
+@pytest.mark.parametrize("loop", ["pushcli", "asyncio.run"])
+def test_the_engine_reports_the_windows_its_loop_measured(tmp_path: Path, loop: str) -> None:
+    """On pushcli's loop (``eventloop.run``) every adaptive window is measured and the
+    report says how many were sender-bound; on a loop that does not time its waits the
+    figure is absent rather than a guess."""
+    from pushcli import eventloop
+
+    with PushServiceEmulator(port=0, seed=5) as emu:
+        signer, jobs = _emulator_jobs(tmp_path, emu, 300)
+        engine = Engine(signer, DeliveryOptions(), lambda recs: None, allowed_hosts=ALLOWED)
+        batches = iter([jobs[i:i + 100] for i in range(0, len(jobs), 100)])
+        run = eventloop.run if loop == "pushcli" else asyncio.run
+        stats = run(engine.run(batches))
+    (host,) = engine._hosts.values()
+    service = jobs[0].service
+    assert stats.outcomes["sent"] == 300
+    figure = stats.per_service()[service]["sender_bound_pct"]
+    if loop == "pushcli":
+        assert host.limit.windows >= 2 and stats.windows[service] == host.limit.windows
+        assert stats.saturated_windows[service] == host.limit.saturated_windows
+        assert figure is not None and 0.0 <= figure <= 100.0
+    else:
+        assert host.limit.windows == host.limit.saturated_windows == 0 and figure is None
+
+
 # --- where the limits come from -----------------------------------------------------------
 
 CAMPAIGN = """\

@@ -207,7 +207,7 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
         services.add_column(key, justify="right")
     transport = (run or report.get("last_run") or {}).get("by_service") or {}
     if transport:
-        for key in ("p50 ms", "p95 ms", "concurrency"):
+        for key in ("p50 ms", "p95 ms", "concurrency", "sender-bound"):
             services.add_column(key, justify="right")
     for service, row in report["by_service"].items():
         cells = [f"{row.get(k, 0):,}" for k in (
@@ -216,6 +216,8 @@ def summary_tables(report: dict[str, Any]) -> list[Table]:
             t = transport.get(service, {})
             cells += ["" if t.get(k) is None else f"{t[k]:,}" for k in (
                 "latency_p50_ms", "latency_p95_ms", "concurrency_reached")]
+            bound = t.get("sender_bound_pct")
+            cells.append("" if bound is None else f"{bound:.0f} %")
         services.add_row(service, *cells)
     return [outcomes, services, *engagement_tables(report)]
 

@@ -61,10 +61,12 @@ class _HostState:
     """One push-service origin: its failure counters, Retry-After pause, adaptive
     in-flight limit, learnt pacing, and the jobs waiting for one of its workers."""
 
-    __slots__ = ("not_before", "transport_failures", "auth_failures", "stopped", "limit",
-                 "pacer", "waiting", "workers", "resume", "auth", "headers", "header_lines")
+    __slots__ = ("service", "not_before", "transport_failures", "auth_failures", "stopped",
+                 "limit", "pacer", "waiting", "workers", "resume", "auth", "headers",
+                 "header_lines")
 
-    def __init__(self, limit: ConcurrencyLimit, pacer: Pacer) -> None:
+    def __init__(self, service: str, limit: ConcurrencyLimit, pacer: Pacer) -> None:
+        self.service = service
         self.not_before = 0.0
         self.transport_failures = 0
         self.auth_failures = 0
@@ -202,6 +204,9 @@ class Engine:
             await asyncio.gather(flusher, return_exceptions=True)
             await self._final_writes()
         self.stats.signatures = self.signer.signatures
+        for host in self._hosts.values():  # was pushcli or the push service the bottleneck?
+            self.stats.windows[host.service] += host.limit.windows
+            self.stats.saturated_windows[host.service] += host.limit.saturated_windows
         if self._ledger_error is not None:
             raise self._ledger_error
         return self.stats
@@ -322,11 +327,12 @@ class Engine:
 
     # --- workers --------------------------------------------------------------------
 
-    def _host(self, origin: str) -> _HostState:
-        host = self._hosts.get(origin)
+    def _host(self, job: Job) -> _HostState:
+        host = self._hosts.get(job.origin)
         if host is None:
             opts = self.options
-            host = self._hosts[origin] = _HostState(
+            host = self._hosts[job.origin] = _HostState(
+                job.service,
                 ConcurrencyLimit(opts.concurrency, adaptive=opts.adaptive_concurrency,
                                  clock=self._clock,
                                  # the loop's waits are real seconds: not comparable
@@ -337,7 +343,7 @@ class Engine:
 
     def _enqueue(self, job: Job) -> None:
         """Queue a job for its origin and start a worker for it if the limit allows."""
-        host = self._host(job.origin)
+        host = self._host(job)
         host.waiting.append(job)
         self._queued += 1
         self._top_up(host)
@@ -423,7 +429,7 @@ class Engine:
         return self._plain
 
     async def _attempt(self, job: Job) -> None:
-        host = self._host(job.origin)
+        host = self._host(job)
         if host.stopped:
             # Held back, never asked: ``failed`` so --retry-failed sends it, marked
             # ``held`` so prune never counts it against the subscriber.

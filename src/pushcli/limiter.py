@@ -96,7 +96,8 @@ class ConcurrencyLimit:
         self._slack = latency_slack
         self._clock = clock
         self._waited = waited
-        self.saturated_windows = 0  # windows in which the loop never waited (CPU-bound)
+        self.windows = 0  # windows measured with the loop's waits (adaptive)
+        self.saturated_windows = 0  # of those, windows in which the loop never waited
         self.in_flight = 0
         self.peak_in_flight = 0  # the concurrency this origin actually reached
         self.peak_limit = self.initial
@@ -138,6 +139,8 @@ class ConcurrencyLimit:
         if self._window_count < max(self.limit, 4):
             return
         mean = self._window_latency / self._window_count
+        if self._waited is not None:
+            self.windows += 1
         busy = self._window_busiest >= self.limit - max(1, self.limit // 10)
         if self._saturated(now):
             # CPU-bound: the latency is our own queue, the service's is unknown

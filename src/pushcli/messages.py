@@ -131,7 +131,10 @@ class Stats:
     """Live counters the progress display reads.
 
     Per push service: requests in flight now, the most that were in flight at
-    once (the concurrency the adaptive limit reached), and request latencies.
+    once (the concurrency the adaptive limit reached), request latencies, and
+    the adaptive limit's windows: how many were measured with the event loop's
+    waits, and in how many it never waited (pushcli, not the service, was the
+    bottleneck: more cores would send faster).
     """
 
     total: int = 0
@@ -144,6 +147,8 @@ class Stats:
     in_flight: Counter[str] = field(default_factory=Counter)
     concurrency: dict[str, int] = field(default_factory=dict)
     latency: dict[str, LatencyHistogram] = field(default_factory=dict)
+    windows: Counter[str] = field(default_factory=Counter)
+    saturated_windows: Counter[str] = field(default_factory=Counter)
     _marks: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64),
                                              repr=False)
 
@@ -185,28 +190,36 @@ class Stats:
     def per_service(self) -> dict[str, dict[str, Any]]:
         """Latency p50/p95 (ms) and the concurrency reached, per push service (the report)."""
         out: dict[str, dict[str, Any]] = {}
-        for service in sorted(set(self.latency) | set(self.concurrency)):
+        for service in sorted(set(self.latency) | set(self.concurrency) | set(self.windows)):
             histogram = self.latency.get(service, LatencyHistogram())
             p50, p95 = histogram.quantile(0.5), histogram.quantile(0.95)
             out[service] = {
                 "latency_p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
                 "latency_p95_ms": round(p95 * 1000, 1) if p95 is not None else None,
                 "concurrency_reached": self.concurrency.get(service, 0),
+                # None: pinned (--concurrency), or a loop that does not time its waits
+                "sender_bound_pct": (round(100 * self.saturated_windows[service]
+                                           / self.windows[service], 1)
+                                     if self.windows[service] else None),
             }
         return out
 
     def snapshot(self) -> dict[str, Any]:
         """The transport figures in a picklable form (a worker process's progress message)."""
         return {"in_flight": dict(self.in_flight), "concurrency": dict(self.concurrency),
-                "latency": {s: dict(h.counts) for s, h in self.latency.items()}}
+                "latency": {s: dict(h.counts) for s, h in self.latency.items()},
+                "windows": dict(self.windows), "saturated_windows": dict(self.saturated_windows)}
 
     def merge_snapshots(self, snapshots: list[dict[str, Any]]) -> None:
         """Replace the transport figures with the sum of the workers' ``snapshot`` ones.
 
         Concurrency adds up: each worker has its own limit per origin."""
         self.in_flight, self.concurrency, self.latency = Counter(), {}, {}
+        self.windows, self.saturated_windows = Counter(), Counter()
         for snap in snapshots:
             self.in_flight.update(snap.get("in_flight", {}))
+            self.windows.update(snap.get("windows", {}))
+            self.saturated_windows.update(snap.get("saturated_windows", {}))
             for service, n in snap.get("concurrency", {}).items():
                 self.concurrency[service] = self.concurrency.get(service, 0) + n
             for service, counts in snap.get("latency", {}).items():

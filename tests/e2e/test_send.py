@@ -44,6 +44,8 @@ def test_every_subscriber_receives_exactly_the_rendered_payload(e2e) -> None:
     figures = report["run"]["by_service"]["127.0.0.1"]
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p95_ms"]
     assert 1 <= figures["concurrency_reached"] <= 150
+    # measured on pushcli's own loop: how often the sender, not the service, set the pace
+    assert figures["sender_bound_pct"] is not None and 0 <= figures["sender_bound_pct"] <= 100
     later = json.loads(e2e.pushcli("report", "e2e", "--json", check=True).stdout)
     assert later["last_run"]["by_service"] == report["run"]["by_service"]
     renderer = Renderer(load_campaign(campaign))
