@@ -24,16 +24,25 @@ link's capacity:
   sender was CPU-bound, and the latency it measured is its own queue (on
   loopback the window means ran 10-120 ms while the limit wandered 32-256 and
   back to 32; a fixed limit of 80-160 a process sent 5-10 % more at 5-10 % less
-  CPU a message). Such a window does not set the baseline, and it moves the
-  limit towards ``SATURATED_CAP`` (256): up while below it, because a fuller
-  loop turn handles more answers per system call (one process, pinned at 32
-  against 128: 3-4 % more CPU a message in three of three pairs; at 60 ms a cap
-  of 128 sent 6-8 % less than the old rule in two pairs, 256 as much), and down
-  (x0.9) while above it, because the sender is past its knee. A service far
-  enough away that 256 in flight leave the loop waiting (256 / 150 ms is
-  ~1,700/s) gives unsaturated windows, and there the latency rule grows it
-  further: the limit hovers where the loop just saturates. When the loop says
-  nothing (uvloop, tests) every window counts.
+  CPU a message). Such a window never cuts on latency; it moves the limit
+  towards ``SATURATED_CAP`` (192): up while below it, because a fuller loop turn
+  handles more answers per system call (one process, pinned at 32 against 128:
+  3-4 % more CPU a message in three of three pairs; at 60 ms over HTTP/1.1 a cap
+  of 128 sent 6-8 % less than the old rule in two pairs), and down (x0.9) while
+  above it, because the sender is past its knee. Over HTTP/1.1 every request in
+  flight is a connection (~110 KB here): a cap of 256 put the 1,000,000 send's
+  sender tree at 250 MB.
+- A service far enough away that the cap leaves the loop waiting (192 / 150 ms is
+  ~1,300/s) gives unsaturated windows, and there the latency rule grows it
+  further, but only while the loop waited at least ``NEAR_SATURATED`` (10 %) of
+  the window (closer to the knee, growing buys at most that idle share, at a
+  cost in memory and queueing) and latency holds against the lowest mean of
+  any window, saturated ones included (a sender's own queue only adds latency,
+  so none is below the service's). Without these two, windows in which the
+  loop waited for its own threads (loading the next batch, writing the ledger)
+  ratcheted the limit up: at 1,000,000 on loopback to the ceiling, 500 a
+  process, and 317 MB for the sender tree. When the loop says nothing (uvloop,
+  tests) every window counts.
 - A throttling answer (429, WNS 406, 503) or a timeout halves it, at most once
   per round trip: only a request started after the previous cut can cut again,
   so one burst of 429s from the same window counts once.
@@ -63,8 +72,11 @@ INITIAL_LIMIT = 32
 #: A window in which the loop waited for the network less than this share of its time
 #: was CPU-bound: its latency is the sender's own queue.
 SATURATED = 0.02
+#: Below this share of waiting the loop is near its knee: the limit grows no further
+#: than the cap (see the module docstring).
+NEAR_SATURATED = 0.10
 #: A CPU-bound sender's limit moves towards this (see the module docstring).
-SATURATED_CAP = 256
+SATURATED_CAP = 192
 
 
 class Signal(enum.Enum):
@@ -142,7 +154,12 @@ class ConcurrencyLimit:
         if self._waited is not None:
             self.windows += 1
         busy = self._window_busiest >= self.limit - max(1, self.limit // 10)
-        if self._saturated(now):
+        waited = self._waited_share(now)
+        # the lowest mean of any window, saturated or not: a sender's own queue only ever
+        # adds latency, so no window's mean is below the service's
+        if self.baseline is None or mean < self.baseline:
+            self.baseline = mean
+        if waited is not None and waited < SATURATED:
             # CPU-bound: the latency is our own queue, the service's is unknown
             self.saturated_windows += 1
             cap = float(min(self.ceiling, SATURATED_CAP))
@@ -155,8 +172,6 @@ class ConcurrencyLimit:
                 self.peak_limit = max(self.peak_limit, self.limit)
             self._reset_window()
             return
-        if self.baseline is None or mean < self.baseline:
-            self.baseline = mean
         if mean > self.baseline * self._tolerance + self._slack:
             # queueing: more in flight no longer buys throughput
             self._slow_start = False
@@ -169,9 +184,14 @@ class ConcurrencyLimit:
             # latency has started to rise: doubling again would overshoot the knee by
             # a whole window (memory and queueing), so grow gently from here
             self._slow_start = False
-        if busy:
+        top = float(self.ceiling)
+        if waited is not None and waited < NEAR_SATURATED:
+            # near the knee: growing buys at most the loop's idle share, at the cost of
+            # memory and queueing; up to the cap, and no further
+            top = min(top, max(float(SATURATED_CAP), self._limit))
+        if busy and self._limit < top:
             step = self._limit if self._slow_start else max(1.0, math.sqrt(self._limit))
-            self._limit = min(float(self.ceiling), self._limit + step)
+            self._limit = min(top, self._limit + step)
             self.peak_limit = max(self.peak_limit, self.limit)
         self._reset_window()
 
@@ -184,12 +204,13 @@ class ConcurrencyLimit:
         self.lowest_after_cut = self.limit if low is None else min(low, self.limit)
         self._reset_window()
 
-    def _saturated(self, now: float) -> bool:
-        """Whether the loop waited for the network less than ``SATURATED`` of the window."""
-        if self._waited is None:
-            return False
+    def _waited_share(self, now: float) -> float | None:
+        """The share of this window the loop spent waiting for the network (None: the
+        loop does not say, or no time passed)."""
         span = now - self._window_began
-        return span > 0 and self._waited() - self._window_waited < SATURATED * span
+        if self._waited is None or span <= 0:
+            return None
+        return (self._waited() - self._window_waited) / span
 
     def _reset_window(self) -> None:
         self._window_count = 0
