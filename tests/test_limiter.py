@@ -28,12 +28,26 @@ class Clock:
         return self.now
 
 
+class LoopWaits:
+    """The event loop's waiting time: advances with the clock while the loop is idle."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def __call__(self) -> float:
+        return self.waited
+
+
 def run_window(limit: ConcurrencyLimit, clock: Clock, latency: float,
-               signal: Signal = Signal.OK, fill: bool = True) -> None:
-    """One round trip: fill the limit (or send 4), advance ``latency``, finish them all."""
+               signal: Signal = Signal.OK, fill: bool = True,
+               waits: LoopWaits | None = None, idle_share: float = 0.0) -> None:
+    """One round trip: fill the limit (or send 4), advance ``latency``, finish them all;
+    with ``waits``, the event loop waited ``idle_share`` of that time."""
     n = limit.limit if fill else 4
     starts = [limit.start() for _ in range(n)]
     clock.now += latency
+    if waits is not None:
+        waits.waited += idle_share * latency
     for started in starts:
         limit.finish(started, signal)
 
@@ -86,27 +100,6 @@ def test_slow_start_ends_when_latency_starts_rising_then_grows_gently() -> None:
     assert limit.limit == 72  # x0.9
 
 
-class LoopWaits:
-    """The event loop's waiting time: advances with the clock while the loop is idle."""
-
-    def __init__(self) -> None:
-        self.waited = 0.0
-
-    def __call__(self) -> float:
-        return self.waited
-
-
-def run_saturated_window(limit: ConcurrencyLimit, clock: Clock, waits: LoopWaits,
-                         latency: float, idle_share: float = 0.0) -> None:
-    """A round trip during which the loop waited ``idle_share`` of the time."""
-    n = limit.limit
-    starts = [limit.start() for _ in range(n)]
-    clock.now += latency
-    waits.waited += idle_share * latency
-    for started in starts:
-        limit.finish(started, Signal.OK)
-
-
 def test_a_cpu_bound_sender_grows_to_the_saturated_cap_and_holds_whatever_its_latency() -> None:
     """On loopback the latency is the sender's own queue: 10-120 ms while the old rule
     sent the limit 32 -> 256 -> 32; a loop that never waited must not read it as the
@@ -115,7 +108,7 @@ def test_a_cpu_bound_sender_grows_to_the_saturated_cap_and_holds_whatever_its_la
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
     seen = []
     for latency in (0.02, 0.03, 0.08, 0.2, 0.5, 0.02, 0.3):
-        run_saturated_window(limit, clock, waits, latency)
+        run_window(limit, clock, latency, waits=waits)
         seen.append(limit.limit)
     assert seen == [64, 128, SATURATED_CAP] + [SATURATED_CAP] * 4
     assert limit.saturated_windows == 7 and limit.cuts == 0
@@ -129,11 +122,11 @@ def test_a_saturated_loop_brings_a_limit_grown_past_the_cap_back_to_it() -> None
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
     for _ in range(4):
-        run_saturated_window(limit, clock, waits, 0.06, idle_share=0.5)  # waiting: slow start
+        run_window(limit, clock, 0.06, waits=waits, idle_share=0.5)  # waiting: slow start
     assert limit.limit == 512
     seen = []
     for latency in (0.2, 0.4) + (0.2,) * 10:  # now CPU-bound
-        run_saturated_window(limit, clock, waits, latency)
+        run_window(limit, clock, latency, waits=waits)
         seen.append(limit.limit)
     assert seen[:3] == [460, 414, 373]  # x0.9 a window
     assert seen[-1] == SATURATED_CAP and min(seen) == SATURATED_CAP
@@ -146,16 +139,16 @@ def test_a_limit_hovers_where_the_loop_just_saturates() -> None:
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
     for _ in range(2):
-        run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)
-    run_saturated_window(limit, clock, waits, 0.15)  # saturated at 128: up to the cap
-    run_saturated_window(limit, clock, waits, 0.15)  # at the cap: stays
+        run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)
+    run_window(limit, clock, 0.15, waits=waits)  # saturated at 128: up to the cap
+    run_window(limit, clock, 0.15, waits=waits)  # at the cap: stays
     assert limit.limit == SATURATED_CAP
-    run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)  # waiting again: grows
+    run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)  # waiting again: grows
     assert limit.limit == 2 * SATURATED_CAP  # still in slow start: latency held
-    run_saturated_window(limit, clock, waits, 0.3)  # saturated: past the knee
+    run_window(limit, clock, 0.3, waits=waits)  # saturated: past the knee
     after_knee = 2 * SATURATED_CAP * 0.9
     assert limit.limit == int(after_knee)
-    run_saturated_window(limit, clock, waits, 0.15, idle_share=0.3)
+    run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)
     assert limit.limit == int(after_knee + after_knee ** 0.5)  # sqrt(limit) a window
 
 
@@ -167,11 +160,11 @@ def test_waits_for_its_own_threads_do_not_ratchet_the_limit_up() -> None:
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
     for _ in range(3):
-        run_saturated_window(limit, clock, waits, 0.02)
+        run_window(limit, clock, 0.02, waits=waits)
     assert limit.limit == SATURATED_CAP
     seen = []
     for k in range(20):
-        run_saturated_window(limit, clock, waits, 0.12, idle_share=0.5 if k % 3 == 0 else 0.0)
+        run_window(limit, clock, 0.12, waits=waits, idle_share=0.5 if k % 3 == 0 else 0.0)
         seen.append(limit.limit)
     assert max(seen) <= SATURATED_CAP
     assert seen[0] == int(SATURATED_CAP * 0.9)  # the waiting window cut it
@@ -185,24 +178,24 @@ def test_near_the_knee_the_limit_grows_to_the_cap_and_no_further() -> None:
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
     seen = []
     for _ in range(4):
-        run_saturated_window(limit, clock, waits, 0.06, idle_share=0.05)
+        run_window(limit, clock, 0.06, waits=waits, idle_share=0.05)
         seen.append(limit.limit)
     assert seen == [64, 128, SATURATED_CAP, SATURATED_CAP]
-    run_saturated_window(limit, clock, waits, 0.06, idle_share=0.5)  # waiting: grows on
+    run_window(limit, clock, 0.06, waits=waits, idle_share=0.5)  # waiting: grows on
     assert limit.limit == 2 * SATURATED_CAP
-    run_saturated_window(limit, clock, waits, 0.06, idle_share=0.05)  # near: holds there
+    run_window(limit, clock, 0.06, waits=waits, idle_share=0.05)  # near: holds there
     assert limit.limit == 2 * SATURATED_CAP and limit.saturated_windows == 0
 
 
 def test_a_loop_that_waits_again_reads_latency_as_the_services() -> None:
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
-    run_saturated_window(limit, clock, waits, 0.02, idle_share=0.5)
-    run_saturated_window(limit, clock, waits, 0.02, idle_share=0.5)
+    run_window(limit, clock, 0.02, waits=waits, idle_share=0.5)
+    run_window(limit, clock, 0.02, waits=waits, idle_share=0.5)
     assert limit.limit == 128 and limit.baseline == pytest.approx(0.02)
-    run_saturated_window(limit, clock, waits, 0.3)  # saturated: no cut (grows to the cap)
+    run_window(limit, clock, 0.3, waits=waits)  # saturated: no cut (grows to the cap)
     assert limit.limit == SATURATED_CAP
-    run_saturated_window(limit, clock, waits, 0.3, idle_share=0.1)  # waited: queueing there
+    run_window(limit, clock, 0.3, waits=waits, idle_share=0.1)  # waited: queueing there
     assert limit.limit == int(SATURATED_CAP * 0.9)
 
 
@@ -211,7 +204,7 @@ def test_a_saturated_loop_still_halves_on_throttling(signal: Signal) -> None:
     clock, waits = Clock(), LoopWaits()
     limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
     for _ in range(3):
-        run_saturated_window(limit, clock, waits, 0.02)
+        run_window(limit, clock, 0.02, waits=waits)
     assert limit.limit == SATURATED_CAP
     run_window(limit, clock, 0.02, signal)
     assert limit.limit == SATURATED_CAP // 2 and limit.cuts == 1
