@@ -167,9 +167,7 @@ class ConcurrencyLimit:
                 self._slow_start = False
                 self._limit = max(cap, self._limit * 0.9)
             elif busy:
-                step = self._limit if self._slow_start else max(1.0, math.sqrt(self._limit))
-                self._limit = min(cap, self._limit + step)
-                self.peak_limit = max(self.peak_limit, self.limit)
+                self._grow(cap)
             self._reset_window()
             return
         if mean > self.baseline * self._tolerance + self._slack:
@@ -189,11 +187,17 @@ class ConcurrencyLimit:
             # near the knee: growing buys at most the loop's idle share, at the cost of
             # memory and queueing; up to the cap, and no further
             top = min(top, max(float(SATURATED_CAP), self._limit))
-        if busy and self._limit < top:
+        if busy:
+            self._grow(top)
+        self._reset_window()
+
+    def _grow(self, top: float) -> None:
+        """One window's growth, not past ``top``: doubling in slow start, + sqrt(limit)
+        after it."""
+        if self._limit < top:
             step = self._limit if self._slow_start else max(1.0, math.sqrt(self._limit))
             self._limit = min(top, self._limit + step)
             self.peak_limit = max(self.peak_limit, self.limit)
-        self._reset_window()
 
     def _cut(self, now: float, factor: float, *, floor: int) -> None:
         self._limit = max(float(floor), self._limit * factor)
