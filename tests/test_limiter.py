@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -343,17 +344,9 @@ ALLOWED = frozenset({"127.0.0.1"})
 def test_engine_shrinks_on_429_and_loses_nothing(tmp_path: Path) -> None:
     """429s without Retry-After (so no pause): the origin's limit is cut, every
     subscriber still ends sent, each message arrives once."""
-    key = generate_keys(tmp_path).application_server_key
-    signer = VapidSigner(load_private_key(tmp_path / "vapid_private.pem"),
-                         "mailto:ops@shop.example.com")
     n = 600
     with PushServiceEmulator(port=0, seed=3) as emu:
-        subs = emu.create_subscriptions(n, key)
-        jobs = []
-        for i, s in enumerate(subs, start=1):
-            ep = check_endpoint(s["endpoint"], ALLOWED)
-            jobs.append(Job(i, ep.url, ep.origin, ep.service, b64_decode(s["keys"]["p256dh"]),
-                            b64_decode(s["keys"]["auth"]), b'{"title":"hi"}'))
+        signer, subs, jobs = _emulator_jobs(tmp_path, emu, n)
         emu.add_fault(429, rate=0.25, retry_after=-1, times=40)
         outcomes: dict[int, Outcome] = {}
 
@@ -393,17 +386,19 @@ def test_stats_say_how_often_the_sender_was_the_bottleneck_summed_over_workers()
     assert merged.per_service()["mozilla"]["sender_bound_pct"] is None
 
 
-def _emulator_jobs(tmp_path: Path, emu: PushServiceEmulator, n: int) -> tuple[VapidSigner,
-                                                                               list[Job]]:
+def _emulator_jobs(tmp_path: Path, emu: PushServiceEmulator,
+                   n: int) -> tuple[VapidSigner, list[dict[str, Any]], list[Job]]:
+    """A signer, ``n`` subscriptions at the emulator, and a job for each."""
     key = generate_keys(tmp_path).application_server_key
     signer = VapidSigner(load_private_key(tmp_path / "vapid_private.pem"),
                          "mailto:ops@shop.example.com")
+    subs = emu.create_subscriptions(n, key)
     jobs = []
-    for i, s in enumerate(emu.create_subscriptions(n, key), start=1):
+    for i, s in enumerate(subs, start=1):
         ep = check_endpoint(s["endpoint"], ALLOWED)
         jobs.append(Job(i, ep.url, ep.origin, ep.service, b64_decode(s["keys"]["p256dh"]),
                         b64_decode(s["keys"]["auth"]), b'{"title":"hi"}'))
-    return signer, jobs
+    return signer, subs, jobs
 
 
 @pytest.mark.parametrize("loop", ["pushcli", "asyncio.run"])
@@ -414,7 +409,7 @@ def test_the_engine_reports_the_windows_its_loop_measured(tmp_path: Path, loop: 
     from pushcli import eventloop
 
     with PushServiceEmulator(port=0, seed=5) as emu:
-        signer, jobs = _emulator_jobs(tmp_path, emu, 300)
+        signer, _, jobs = _emulator_jobs(tmp_path, emu, 300)
         engine = Engine(signer, DeliveryOptions(), lambda recs: None, allowed_hosts=ALLOWED)
         batches = iter([jobs[i:i + 100] for i in range(0, len(jobs), 100)])
         run = eventloop.run if loop == "pushcli" else asyncio.run
