@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pushcli import eventloop
+from pushcli.defaults import EVENT_LOOP_ENV
 from pushcli.resolver import GuardedResolver, PrivateAddress
 from pushcli.testing import make_self_signed_cert
 from pushcli.transport import Answer, CurlTransport, TransportError, TransportTimeout
@@ -103,6 +105,58 @@ def test_body_and_headers_arrive_byte_for_byte(sink: tuple[str, str],
     answer = asyncio.run(go())
     assert answer.status == 400 and answer.http2
     assert answer.body == f"60 aes128gcm {len(body)}:".encode() + body
+
+
+def test_posts_on_uvloop_as_on_asyncio(sink: tuple[str, str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """PUSHCLI_EVENT_LOOP=uvloop: for a deadline already passed, uvloop's ``call_at`` gives
+    a plain Handle, without ``when()``; libcurl's timer keeps its own deadline, so every
+    request after the first is not refused (it was: "curl_multi_add_handle() failed")."""
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    monkeypatch.setenv(EVENT_LOOP_ENV, "uvloop")
+
+    async def go() -> tuple[str, list[Answer]]:
+        t = _transport()
+        try:
+            answers = await asyncio.gather(*(t.post(f"{base}/push/{i}", os.urandom(200),
+                                                    HEADERS) for i in range(50)))
+        finally:
+            t.close()
+        return type(asyncio.get_running_loop()).__module__, answers
+
+    module, answers = eventloop.run(go())
+    assert module.startswith("uvloop")
+    assert [a.status for a in answers] == [201] * 50 and all(a.http2 for a in answers)
+
+
+def test_a_request_libcurl_refuses_to_start_fails_unsent(sink: tuple[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callback of libcurl's that fails makes ``add_handle`` refuse: the request never
+    went out (not ambiguous), and closing the transport after it still works."""
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+
+    class TimerFails(CurlTransport):
+        def _on_timer(self, ms: int) -> None:
+            raise RuntimeError("the loop could not arm a timer")
+
+    async def go() -> TransportError:
+        guard = GuardedResolver(frozenset({"localhost"}))
+
+        async def resolve(host: str, port: int) -> list[str]:
+            return await guard.resolve(host, port, socket.AF_INET)
+
+        t = TimerFails(resolve, timeout=5.0, connect_timeout=5.0)
+        try:
+            with pytest.raises(TransportError) as err:
+                await t.post(f"{base}/push/1", b"x" * 200, HEADERS)
+        finally:
+            t.close()
+        return err.value
+
+    error = asyncio.run(go())
+    assert error.ambiguous is False and "refused the request" in str(error)
 
 
 def test_untrusted_certificate_fails_before_sending(

@@ -161,7 +161,9 @@ class CurlTransport:
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0  # when ``_timer`` fires, in loop time (uvloop's handle for a
+        # deadline already passed is a plain Handle, without ``when()``)
         self._deadline: float | None = None  # libcurl's last deadline, in loop time
         self._pending: dict[pycurl.Curl, tuple[asyncio.Future[Answer], _Handle]] = {}
         self._idle: list[_Handle] = []
@@ -181,8 +183,13 @@ class CurlTransport:
         handle.prepare(url, body, header_lines, pin)
         curl = handle.curl
         future: asyncio.Future[Answer] = self._loop.create_future()
+        try:
+            self._multi.add_handle(curl)  # may call _on_socket/_on_timer, never _settle
+        except pycurl.error as exc:  # a callback failed: nothing went out
+            curl.close()  # in an unknown state: never reused
+            raise TransportError(f"libcurl refused the request: {exc}"[:300],
+                                 ambiguous=False) from exc
         self._pending[curl] = (future, handle)
-        self._multi.add_handle(curl)
         self._kick()
         try:
             return await future
@@ -298,9 +305,10 @@ class CurlTransport:
         self._deadline = deadline = loop.time() + ms / 1000
         timer = self._timer
         if timer is not None:
-            if timer.when() <= deadline:
+            if self._timer_at <= deadline:
                 return
             timer.cancel()
+        self._timer_at = deadline
         self._timer = loop.call_at(deadline, self._on_deadline)
 
     def _on_deadline(self) -> None:
@@ -308,6 +316,7 @@ class CurlTransport:
         self._act(pycurl.SOCKET_TIMEOUT, 0)
         deadline = self._deadline
         if self._timer is None and deadline is not None and self._loop is not None:
+            self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._on_deadline)
 
     def _kick(self) -> None:
