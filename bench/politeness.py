@@ -98,6 +98,9 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=20_000)
     ap.add_argument("--latency-ms", type=int, default=60)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--figures", metavar="FILE", type=Path,
+                    help="also write the run's figures to FILE as JSON (bench/goals.py reads "
+                    "them)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pushcli-politeness-"))
     sink = RateLimitedSink(args.limit, args.latency_ms / 1000)
@@ -167,6 +170,13 @@ def main() -> None:
     for service, fig in (report.get("run", {}).get("by_service") or {}).items():
         print(f"transport          {service}: {fig['concurrency_reached']:,} in flight at most, "
               f"latency p50 {fig['latency_p50_ms']} ms, p95 {fig['latency_p95_ms']} ms")
+    if args.figures:
+        args.figures.write_text(json.dumps({
+            "limit": args.limit, "subscribers": args.subscribers,
+            "offered_vs_limit_pct": 100 * (offered_steady / args.limit - 1),
+            "accepted_steady": accepted_steady, "throttled": throttled,
+            "requests": len(arrivals), "lost": lost, "duplicated": twice,
+            "load": os.getloadavg()[0]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -210,6 +210,9 @@ def main() -> None:
                     help="first send the same audience four times, without, with, with and "
                     "without the intent log (each its own campaign, same store), to measure "
                     "what the intent writes cost")
+    ap.add_argument("--figures", metavar="FILE", type=Path,
+                    help="also write the run's figures to FILE as JSON (bench/goals.py reads "
+                    "them)")
     args = ap.parse_args()
     if args.pg:
         from tests.support import fresh_database, postgres_server
@@ -392,6 +395,22 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             print(f"report during send {len(latencies)} runs, slowest {max(latencies):.2f} s "
                   "(process start included)")
         print(f"load average       {os.getloadavg()[0]:.2f} (2 cores; other work on the machine)")
+        if args.figures:
+            services = run_info.get("by_service") or {}
+            node_rate = peer[1]["sent"] / peer[0] if peer is not None else None
+            args.figures.write_text(json.dumps({
+                "subscribers": args.subscribers, "latency_ms": args.latency_ms,
+                "http2": args.http2, "sent": report["sent"], "failed": report["failed"],
+                "wall_rate": report["sent"] / t_send,
+                "engine_rate": report["sent"] / run_info["duration_s"],
+                "cpu_us": 1e6 * cpu_ours / sent, "sink_us": 1e6 * sink_ours / sent,
+                "node_rate": node_rate,
+                "node_cpu_us": 1e6 * cpu_node / max(peer[1]["sent"], 1) if peer else None,
+                "ratio": report["sent"] / t_send / node_rate if node_rate else None,
+                "in_flight": max((f["concurrency_reached"] for f in services.values()),
+                                 default=0),
+                "tree_mb": peak_sum / 2**20, "largest_mb": peak_one / 2**20,
+                "load": os.getloadavg()[0]}, indent=1))
 
 
 def cleanup(work: Path, keep: bool) -> None:
