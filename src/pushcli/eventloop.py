@@ -8,10 +8,11 @@ and then the latency it measures is its own queue, not the push service's
 
 ``PUSHCLI_EVENT_LOOP=uvloop`` runs sends on uvloop (libuv) where it is
 installed (``pip install uvloop``, Linux). Measured here (README, Performance):
-uvloop spent ~8 % less CPU per message than asyncio's loop, but its sends were
-not faster in wall time on this loaded 2-core machine (slower in 3 of 4
-paired runs), so it is not the default. ``bench/send_bench.py --compare-loops``
-measures both in one run, for re-checking on a quieter machine.
+on the libcurl transport, three alternating pairs of 100,000-message sends came
+out even (means 3,896/s on uvloop, 3,907/s on asyncio's loop), and uvloop cannot
+say when it waited, so the in-flight limit loses its saturation signal there: it
+is not the default. ``bench/send_bench.py --compare-loops`` measures both in one
+run, for re-checking on a quieter machine.
 """
 
 from __future__ import annotations
