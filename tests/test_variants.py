@@ -317,3 +317,42 @@ def test_the_send_path_draws_each_arm_once_and_sends_what_it_did_before(
     assert got == want
     assert len(calls) == len(set(calls))  # nobody drawn twice
     assert set(calls) >= {i for i, _ in want}
+
+
+def test_decide_after_counts_from_the_first_real_run_not_a_test_send(tmp_path) -> None:
+    """A ``send --to`` preview hours before the real send starts neither the A/B test's
+    clock nor the schedule's: both count from the first real run (``started_at``)."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from pushcli.abrun import open_arms
+    from pushcli.due import first_run_at
+    from pushcli.store import Store
+    from pushcli.subscriptions import make_subscription
+    from tests.support import real_subscription
+
+    c = parse_campaign(AB + "winner: {test_share: 50%, decide_after: 2h}\n")
+    spec = c.model_dump(mode="json")
+    preview = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    real = preview + timedelta(hours=3)  # past decide_after, counted from the preview
+
+    def run(store: Store, at: datetime, *, test_send: bool) -> tuple[int, object]:
+        store.clock_offset = at.timestamp() - time.time()  # what send_campaign does
+        info = store.start_campaign(c.name, spec, test_send=test_send)
+        return info.id, open_arms(store, c, info.id, at, match=None,
+                                  allowed_hosts=frozenset(), test_send=test_send)
+
+    with Store.open(tmp_path / "s.db") as store:
+        store.import_subscriptions(("f", make_subscription(real_subscription()))
+                                   for _ in range(20))
+        cid, gate = run(store, preview, test_send=True)
+        assert first_run_at(store, c, cid) is None and gate.winner is None
+        cid, gate = run(store, real, test_send=False)
+        assert first_run_at(store, c, cid) == pytest.approx(real.timestamp(), abs=1)
+        assert gate.winner is None and gate.waiting > 0  # not decided: the clock just started
+        assert gate.decide_at == pytest.approx((real + timedelta(hours=2)).timestamp(), abs=1)
+        # a later preview moves nothing; the first real run after the window decides
+        run(store, real + timedelta(hours=1), test_send=True)
+        assert first_run_at(store, c, cid) == pytest.approx(real.timestamp(), abs=1)
+        _, gate = run(store, real + timedelta(hours=2, minutes=1), test_send=False)
+        assert gate.winner is not None and gate.winner["variant"] in ("a", "b")

@@ -2,9 +2,10 @@
 
 The assignment itself is pure (``campaign.variants.Assigner``); this module adds
 what needs the store: the winner, decided once by the first run at or after
-``decide_after`` (counted from the campaign's first run) and then read by every
-run and sender; and the holdout, recorded as the final outcome ``holdout``
-before anything is sent, so it is never sent, retried or counted by prune.
+``decide_after`` (counted from the campaign's first run that is not a ``--to`` test
+send: ``started_at``) and then read by every run and sender; and the holdout,
+recorded as the final outcome ``holdout`` before anything is sent, so it is never
+sent, retried or counted by prune.
 Subscribers outside the test group while no winner is decided wait: they are
 neither recorded nor sent, and a later run sends them the winner.
 
@@ -38,7 +39,7 @@ from pushcli import abtest
 from pushcli.campaign import Campaign
 from pushcli.campaign.model import percent
 from pushcli.campaign.variants import Arm, Assigner
-from pushcli.due import service_of
+from pushcli.due import first_run_at, service_of
 from pushcli.errors import InputError
 from pushcli.messages import DeliveryRecord, VariantResult
 from pushcli.pushservices import Outcome
@@ -203,8 +204,7 @@ def open_arms(store: Store, campaign: Campaign, campaign_id: int, now: datetime,
     """
     gate = ArmGate(dropped=dropped)
     if campaign.winner is not None:
-        info = store.get_campaign(campaign.name)
-        first = info.created_at if info is not None and info.id == campaign_id else None
+        first = first_run_at(store, campaign, campaign_id)
         if test_send:
             gate.winner = store.get_winner(campaign_id)
         else:

@@ -283,7 +283,8 @@ def send_campaign(
                                  confirmed=drop_winner)
         # the run's clock stamps what it records (the frequency cap counts by those stamps)
         plan_clock = store.clock_offset = now.timestamp() - time.time()
-        info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"))
+        info = store.start_campaign(campaign.name, campaign.model_dump(mode="json"),
+                                    test_send=to is not None)
         if not shared:  # holding the campaign's lock: what a dead run left in flight
             store.adopt_intents(info.id, everything=True)
         gate = Gate() if to is not None else open_gate(

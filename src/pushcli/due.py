@@ -90,10 +90,20 @@ class Gate:
                                               "default_zone": self.default_zone}
 
 
-def _first_run(store: Store, campaign_id: int, campaign: Campaign) -> datetime:
+def first_run_at(store: Store, campaign: Campaign, campaign_id: int) -> float | None:
+    """When the campaign's first real run started (Unix time), None before one.
+
+    What a ``schedule`` and an A/B test's ``decide_after`` count from. A ``send --to``
+    test send is not a real run (``Ledger.start_campaign``): previewing a campaign on one
+    device hours before the real send starts neither clock.
+    """
     info = store.get_campaign(campaign.name)
-    created = info.created_at if info is not None and info.id == campaign_id else None
-    return datetime.fromtimestamp(created, UTC) if created else datetime.now(UTC)
+    return info.started_at if info is not None and info.id == campaign_id else None
+
+
+def _first_run(store: Store, campaign_id: int, campaign: Campaign) -> datetime:
+    first = first_run_at(store, campaign, campaign_id)
+    return datetime.fromtimestamp(first, UTC) if first else datetime.now(UTC)
 
 
 def service_of(endpoint: str, allowed_hosts: frozenset[str]) -> str:
@@ -212,8 +222,8 @@ def preview(store: Store, campaign: Campaign, now: datetime, *,
     if spec is None:
         return {"at": round(now.timestamp()), "due": sum(counts.values()), "waiting": 0,
                 "waiting_by_reason": dict.fromkeys(WAITING_REASONS, 0), "next_due_at": None}
-    first = (datetime.fromtimestamp(info.created_at, UTC) if info is not None else now)
-    schedule = spec.resolve(first)
+    started = info.started_at if info is not None else None  # None: no real run yet
+    schedule = spec.resolve(datetime.fromtimestamp(started, UTC) if started else now)
     plan = plan_zones(schedule, sorted(counts), now)
     doc: dict[str, Any] = {"at": round(now.timestamp()),
                            "due": 0 if plan.closed else sum(counts[z] for z in plan.due)}
@@ -222,5 +232,5 @@ def preview(store: Store, campaign: Campaign, now: datetime, *,
     return doc
 
 
-__all__ = ["NOW_ENV", "Gate", "audience_matcher", "current_time", "open_gate", "parse_moment",
-           "preview", "service_of", "waiting_summary"]
+__all__ = ["NOW_ENV", "Gate", "audience_matcher", "current_time", "first_run_at", "open_gate",
+           "parse_moment", "preview", "service_of", "waiting_summary"]

@@ -159,9 +159,13 @@ def test_a_test_send_never_changes_the_experiment(e2e) -> None:
     assert json.loads(raw)["notification"]["title"] == "Title A"
     assert _ledger(e2e.db) == {ids[tried]: ("sent", "a")}
     assert report["variants"]["a"]["sent"] == 1 and report["holdout"] == 0
+    with Store.open(e2e.db) as store:  # decide_after's clock starts with the real send
+        assert store.get_campaign("ab").started_at is None
     # the real send: the holdout recorded, the test share sent once, the rest waiting
     code, report = e2e.send(campaign)
     assert code == 0 and report["status"] == "waiting", report
+    with Store.open(e2e.db) as store:
+        assert store.get_campaign("ab").started_at is not None
     ledger = _ledger(e2e.db)
     assert {e for e in ids if ledger.get(ids[e], ("",))[0] == "holdout"} == set(arms["holdout"])
     assert {e for e in ids if ledger.get(ids[e], ("",))[0] == "sent"} == set(arms["a"] + arms["b"])

@@ -54,9 +54,16 @@ class Ledger(Database):
         return time.time() + self.clock_offset
 
     @retry_deadlocks
-    def start_campaign(self, name: str, spec: Mapping[str, Any]) -> CampaignInfo:
-        """Create the campaign on its first run, or mark a re-run; returns its row."""
+    def start_campaign(self, name: str, spec: Mapping[str, Any], *,
+                       test_send: bool = False) -> CampaignInfo:
+        """Create the campaign on its first run, or mark a re-run; returns its row.
+
+        ``started_at`` is the first run that is not a ``test_send`` (``send --to``): an
+        A/B test's ``decide_after`` counts from it, so previewing a campaign on one device
+        hours before the real send does not start the experiment's clock.
+        """
         now = self.run_clock()
+        started = None if test_send else now
         for attempt in (1, 2):
             try:
                 with self._write(passthrough=(IntegrityError,)) as conn:
@@ -64,13 +71,14 @@ class Ledger(Database):
                                        .where(campaigns.c.name == name)).first()
                     if row is None:
                         conn.execute(campaigns.insert().values(
-                            name=name, created_at=now, started_at=now, status="running",
+                            name=name, created_at=now, started_at=started, status="running",
                             runs=1, spec=dumps(dict(spec)),
                         ))
                     else:
                         conn.execute(update(campaigns).where(campaigns.c.id == row[0]).values(
                             status="running", runs=campaigns.c.runs + 1, finished_at=None,
                             spec=dumps(dict(spec)),
+                            started_at=func.coalesce(campaigns.c.started_at, started),
                         ))
                 break
             except IntegrityError as exc:
