@@ -308,16 +308,19 @@ class CurlTransport:
             if self._timer_at <= deadline:
                 return
             timer.cancel()
-        self._timer_at = deadline
-        self._timer = loop.call_at(deadline, self._on_deadline)
+        self._arm(loop, deadline)
 
     def _on_deadline(self) -> None:
         self._timer = None
         self._act(pycurl.SOCKET_TIMEOUT, 0)
         deadline = self._deadline
         if self._timer is None and deadline is not None and self._loop is not None:
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_deadline)
+            self._arm(self._loop, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Arm the timer for ``deadline`` (loop time), and remember when it fires."""
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._on_deadline)
 
     def _kick(self) -> None:
         """After adding a handle: let libcurl start it on the next loop turn."""
