@@ -339,6 +339,14 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             cpu0, sink0 = children_cpu(), sink_cpu(sink.pid)
             peer = run_node_peer(work / "node-job.json", cert, args.peer_concurrency, work)
             cpu_node, sink_node = children_cpu() - cpu0, sink_cpu(sink.pid) - sink0
+        # each figure once: printed below, and written with --figures
+        sent = max(report["sent"], 1)
+        wall_rate, engine_rate = report["sent"] / t_send, report["sent"] / run_info["duration_s"]
+        cpu_us, sink_us = 1e6 * cpu_ours / sent, 1e6 * sink_ours / sent
+        node_rate = node_cpu_us = None
+        if peer is not None:
+            node_rate = peer[1]["sent"] / peer[0]
+            node_cpu_us = 1e6 * cpu_node / max(peer[1]["sent"], 1)
         print(f"store              {'PostgreSQL' if db_url else 'SQLite'}, "
               f"{args.workers or 'auto'} sender process(es)")
         print(f"subscribers        {args.subscribers:,}")
@@ -347,12 +355,10 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"import             {t_import:.1f} s ({args.subscribers / t_import:,.0f} rows/s)")
         print(f"send wall time     {t_send:.1f} s (process start to exit)")
         print(f"send engine time   {run_info['duration_s']:.1f} s")
-        print(f"messages/s         {report['sent'] / run_info['duration_s']:,.0f} (engine), "
-              f"{report['sent'] / t_send:,.0f} (wall)")
+        print(f"messages/s         {engine_rate:,.0f} (engine), {wall_rate:,.0f} (wall)")
         print(f"sent / failed      {report['sent']:,} / {report['failed']:,}")
-        sent = max(report["sent"], 1)
-        print(f"CPU per message    {1e6 * cpu_ours / sent:,.0f} us pushcli (whole tree, start-up "
-              f"included), {1e6 * sink_ours / sent:,.0f} us the nginx sink; both cores' "
+        print(f"CPU per message    {cpu_us:,.0f} us pushcli (whole tree, start-up "
+              f"included), {sink_us:,.0f} us the nginx sink; both cores' "
               f"ceiling at that cost {2 * sent / (cpu_ours + sink_ours):,.0f}/s")
         if intent_cost:
             def mean(with_intent: bool, i: int) -> float:
@@ -368,19 +374,18 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
             t_loop, lrep = uv_loop
             print(f"uvloop             {lrep['sent'] / lrep['run']['duration_s']:,.0f} messages/s "
                   f"(engine), {lrep['sent'] / t_loop:,.0f} (wall), run first; "
-                  f"{(lrep['sent'] / t_loop) / (report['sent'] / t_send):.2f}x the default "
+                  f"{(lrep['sent'] / t_loop) / wall_rate:.2f}x the default "
                   "loop's wall rate")
-        if peer is not None:
-            t_node, nrep = peer
-            ours, theirs = report["sent"] / t_send, nrep["sent"] / t_node
-            print(f"node web-push      {theirs:,.0f} messages/s (wall, whole process, "
+        if peer is not None and node_rate is not None:
+            nrep = peer[1]
+            print(f"node web-push      {node_rate:,.0f} messages/s (wall, whole process, "
                   f"{args.peer_concurrency} in flight, keep-alive), sent / failed "
                   f"{nrep['sent']:,} / {nrep['failed']:,}"
                   + (f" (first error: {nrep['first_error']})" if nrep["failed"] else ""))
-            print(f"node CPU / message {1e6 * cpu_node / max(nrep['sent'], 1):,.0f} us node, "
+            print(f"node CPU / message {node_cpu_us:,.0f} us node, "
                   f"{1e6 * sink_node / max(nrep['sent'], 1):,.0f} us the nginx sink")
-            print(f"pushcli vs node    {ours / theirs:.2f}x (whole process, start-up included, "
-                  "same subscriptions and sink, this run)")
+            print(f"pushcli vs node    {wall_rate / node_rate:.2f}x (whole process, start-up "
+                  "included, same subscriptions and sink, this run)")
         for service, fig in (run_info.get("by_service") or {}).items():
             print(f"transport          {service}: {fig['concurrency_reached']:,} in flight at "
                   f"most ({'pinned' if args.concurrency else 'adaptive'}), latency p50 "
@@ -397,16 +402,13 @@ def bench(args: argparse.Namespace, db_url: str | None) -> None:
         print(f"load average       {os.getloadavg()[0]:.2f} (2 cores; other work on the machine)")
         if args.figures:
             services = run_info.get("by_service") or {}
-            node_rate = peer[1]["sent"] / peer[0] if peer is not None else None
             args.figures.write_text(json.dumps({
                 "subscribers": args.subscribers, "latency_ms": args.latency_ms,
                 "http2": args.http2, "sent": report["sent"], "failed": report["failed"],
-                "wall_rate": report["sent"] / t_send,
-                "engine_rate": report["sent"] / run_info["duration_s"],
-                "cpu_us": 1e6 * cpu_ours / sent, "sink_us": 1e6 * sink_ours / sent,
-                "node_rate": node_rate,
-                "node_cpu_us": 1e6 * cpu_node / max(peer[1]["sent"], 1) if peer else None,
-                "ratio": report["sent"] / t_send / node_rate if node_rate else None,
+                "wall_rate": wall_rate, "engine_rate": engine_rate,
+                "cpu_us": cpu_us, "sink_us": sink_us,
+                "node_rate": node_rate, "node_cpu_us": node_cpu_us,
+                "ratio": wall_rate / node_rate if node_rate else None,
                 "in_flight": max((f["concurrency_reached"] for f in services.values()),
                                  default=0),
                 "tree_mb": peak_sum / 2**20, "largest_mb": peak_one / 2**20,
