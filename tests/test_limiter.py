@@ -53,6 +53,12 @@ def run_window(limit: ConcurrencyLimit, clock: Clock, latency: float,
         limit.finish(started, signal)
 
 
+def throttle(pacer: Pacer, n: int) -> None:
+    """``n`` throttling answers at once (one burst)."""
+    for _ in range(n):
+        pacer.throttled()
+
+
 def test_starts_modest_and_doubles_while_latency_holds() -> None:
     clock = Clock()
     limit = ConcurrencyLimit(1000, clock=clock)
@@ -228,6 +234,24 @@ def test_throttling_or_timeouts_halve_once_per_round_trip(signal: Signal) -> Non
     assert limit.limit == 72
 
 
+def test_a_steady_few_percent_of_throttling_does_not_cut_the_limit() -> None:
+    """3 % of every window's answers are 503s or timeouts, whatever is in flight: no
+    load signal, so the limit grows as without them; 10 % of one window cuts it."""
+    clock = Clock()
+    limit = ConcurrencyLimit(1000, clock=clock)
+    for _ in range(4):
+        starts = [limit.start() for _ in range(limit.limit)]
+        clock.now += 0.06
+        for i, started in enumerate(starts):
+            limit.finish(started, Signal.THROTTLED if i % 33 == 32 else Signal.OK)
+    assert limit.cuts == 0 and limit.limit == 512
+    starts = [limit.start() for _ in range(limit.limit)]
+    clock.now += 0.06
+    for i, started in enumerate(starts):
+        limit.finish(started, Signal.TIMEOUT if i % 10 == 9 else Signal.OK)
+    assert limit.cuts == 1 and limit.limit == 256
+
+
 def test_repeated_throttling_goes_down_to_one_request_but_not_zero() -> None:
     clock = Clock()
     limit = ConcurrencyLimit(1000, clock=clock)
@@ -281,9 +305,11 @@ def test_pacer_learns_the_rate_the_origin_takes_and_probes_up_slowly() -> None:
     for _ in range(1000):  # the origin takes 1,000 in the last second, then throttles
         clock.now += 0.001
         pacer.accepted()
-    pacer.throttled()
+    throttle(pacer, 40)  # 40 of ~1,000 answers in the last second (4 %): not yet
+    assert pacer.rate is None and pacer.cuts == 0
+    throttle(pacer, 20)  # past 5 %
     assert pacer.rate == pytest.approx(900, rel=0.01)
-    pacer.throttled()  # the rest of the same burst: once per second
+    throttle(pacer, 100)  # the rest of the same burst: once per second
     assert pacer.cuts == 1
     for _ in range(1000):  # 10 s of more demand than the learnt rate allows
         clock.now += 0.01
@@ -294,7 +320,7 @@ def test_pacer_learns_the_rate_the_origin_takes_and_probes_up_slowly() -> None:
     for _ in range(1000):
         clock.now += 0.001
         capped.accepted()
-    capped.throttled()
+    throttle(capped, 60)
     assert capped.rate == 500  # the ceiling still holds
 
 
@@ -306,15 +332,75 @@ def test_pacer_without_a_measure_cuts_what_it_had_learnt() -> None:
     for _ in range(100):
         clock.now += 0.01
         pacer.accepted()
-    pacer.throttled()
+    throttle(pacer, 6)  # 6 of 106 answers
     assert pacer.rate == pytest.approx(90, rel=0.02)
     clock.now += 5  # nothing accepted in the last second
-    pacer.throttled()
+    pacer.throttled()  # one alone is a stray
+    assert pacer.rate == pytest.approx(90, rel=0.02)
+    throttle(pacer, 2)
     assert pacer.rate == pytest.approx(63, rel=0.02)  # -30 % at most
     for _ in range(20):
         clock.now += 5
+        throttle(pacer, 3)
+    # never below a quarter of the best second measured (100/s), however long it goes on
+    assert pacer.rate == pytest.approx(Pacer.PEAK_FLOOR * 100, rel=0.02)
+    slow = Pacer(None, adaptive=True, clock=clock)
+    for _ in range(20):  # 20/s accepted: a quarter of it is below the absolute floor
+        clock.now += 0.05
+        slow.accepted()
+    throttle(slow, 3)  # 3 of 23
+    assert slow.rate is not None and slow.rate < 20
+    for _ in range(30):
+        clock.now += 5
+        throttle(slow, 3)
+    assert slow.rate == Pacer.MIN_RATE
+
+
+def test_pacer_ignores_a_steady_few_percent_of_throttling() -> None:
+    """A service that answers 3 % 503 whatever the rate is no quota: before, each such
+    answer (one a second at most) cut the rate 10 %, down to the floor within a minute."""
+    clock = Clock()
+    pacer = Pacer(None, adaptive=True, clock=clock)
+    for i in range(60_000):  # a minute at 1,000/s, every 33rd answer a 503
+        clock.now += 0.001
+        if i % 33 == 32:
+            pacer.throttled()
+        else:
+            pacer.accepted()
+    assert pacer.rate is None and pacer.cuts == 0
+    for _ in range(100):  # then a quota: 10 % of a second's answers are 429s
+        clock.now += 0.001
         pacer.throttled()
-    assert pacer.rate == Pacer.MIN_RATE
+    # 90 % of the ~950 it accepted in that second
+    assert pacer.cuts == 1 and 800 < pacer.rate < 900
+
+
+def test_pacer_undoes_a_cut_that_left_the_share_of_throttling_as_it_was() -> None:
+    """Per-subscriber 429s or a fixed share of 503s: 8 % whatever the rate. The first cut
+    is undone by the next second's check, and the same share cuts no more."""
+    clock = Clock()
+    pacer = Pacer(None, adaptive=True, clock=clock)
+    for sent in range(1, 10_001):  # 10 s; the pace that the pacer allows, or 1,000/s
+        rate = pacer.rate or 1000.0
+        clock.now += 1 / rate
+        if sent % 12 == 0:
+            pacer.throttled()
+        else:
+            pacer.accepted()
+    assert pacer.cuts == 1 and pacer.reverted == 1
+    assert pacer.rate is None  # unpaced again, as before the cut
+    quota = Pacer(None, adaptive=True, clock=clock)
+    for _ in range(1000):  # a quota: 1,000/s taken, then 10 % more answered 429
+        clock.now += 0.001
+        quota.accepted()
+    throttle(quota, 100)
+    assert quota.cuts == 1
+    learnt = quota.rate
+    for _ in range(4000):  # paced at the learnt rate the 429s stop for a few seconds
+        clock.now += 0.001
+        quota.accepted()
+    throttle(quota, 100)  # the probe reached the quota again: a new cut, not an undo
+    assert quota.cuts == 2 and quota.reverted == 0 and quota.rate <= learnt
 
 
 def test_latency_histogram_quantiles_within_five_percent_and_merge() -> None:
@@ -477,16 +563,18 @@ def test_a_retry_after_pause_is_not_measured_as_a_low_rate() -> None:
     for _ in range(1000):
         clock.now += 0.001
         pacer.accepted()
-    pacer.throttled()
+    throttle(pacer, 60)
     assert pacer.rate == pytest.approx(900, rel=0.01)
     pacer.pause(clock.now + 1.0)  # Retry-After: 1
-    clock.now += 1.05  # resumed 50 ms ago; a 429 again: too soon to measure
-    pacer.throttled()
+    clock.now += 1.05  # resumed 50 ms ago; 429s again: too soon to measure
+    pacer.throttled()  # one alone is a stray
+    assert pacer.rate == pytest.approx(900, rel=0.01)
+    throttle(pacer, 2)
     assert pacer.rate == pytest.approx(810, rel=0.01)  # -10 % of the pace that went over
     pacer.pause(clock.now + 1.0)
     clock.now += 1.0
     for _ in range(800):  # 800 accepted in the second after the pause
         clock.now += 0.00125
         pacer.accepted()
-    pacer.throttled()
+    throttle(pacer, 45)
     assert pacer.rate == pytest.approx(720, rel=0.02)  # 90 % of 800/s, the pause not counted
