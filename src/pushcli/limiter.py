@@ -56,21 +56,22 @@ link's capacity:
 
 ``Pacer`` spaces request starts: a fixed ceiling (``rate_limit``, a push
 service's quota such as FCM's 600,000/min) and, when adaptive, a rate learnt
-from throttling: once 429/406/503 answers pass ``THROTTLE_SHARE`` of the last
-second's answers (and number at least three) it drops to 90 % of what the
-origin accepted in that second (at most 30 % less a second, never below a
-quarter of the best second's rate or 10/s), then creeps up 1 % per second
-while it is what holds the send back (each 429 costs a whole Retry-After
-pause, so probing slowly keeps more of the quota). A quota answers 429 to the
-share sent above it, which passes 5 % at 5 % over: within the politeness goal
-(10 %), and a cut brings that share down. Throttling that stays at its share
-after a cut (a fixed fraction of 503s, 429s scripted per subscriber) is no
-quota: the next cut within ``VERIFY`` seconds is undone instead, and only a
-share half as high again cuts after that. Cutting for such throttling
-ratcheted the rate down ~10 % a second to the floor: the 20,000-subscriber
-fault matrix at the defaults took more than 600 s against 61 s pinned at 64 in
-flight. A concurrency limit alone cannot be polite to a rate quota: a service
-60 ms away that allows 1,000/s is over it with 61 requests in flight.
+from throttling. A quota answers 429 (WNS 406, autopush 503) to everything in
+flight at once, so a burst of them (at least three, more than ``BURST_SHARE``,
+20 %, of the answers of the last 0.1-0.2 s) drops the pace to 90 % of what the
+origin accepted in the last second (in the second before the Retry-After pause
+when the burst paused it; at most 30 % less a second, never below a quarter of
+the best second's rate or 10/s); the pace then creeps up 1 % per second while
+it is what holds the send back (each 429 costs a whole Retry-After pause, so
+probing slowly keeps more of the quota). A steady few percent of 503s, or 429s
+scripted per subscriber, are no burst; and a cut after which the share of
+throttling answers did not halve by the next burst (within ``VERIFY`` seconds)
+is undone, and only a share half as high again cuts after that. Cutting at
+every throttling answer (once a second) ratcheted the pace down ~10 % a second
+to the floor: the 20,000-subscriber fault matrix at the defaults took more
+than 600 s against 61 s pinned at 64 in flight. A concurrency limit alone
+cannot be polite to a rate quota: a service 60 ms away that allows 1,000/s is
+over it with 61 requests in flight.
 
 Pure bookkeeping with an injected clock: the engine decides when to call it.
 """
@@ -267,6 +268,9 @@ class Pacer:
     #: A quota answers many requests at once; fewer throttling answers in a second than
     #: this are strays (after a Retry-After pause the first answers are a tiny sample).
     MIN_THROTTLES = 3
+    #: Throttling answers must be more than this share of the answers in the last
+    #: 0.1-0.2 s to cut: a quota's burst is most of them, a steady fault rate a few percent.
+    BURST_SHARE = 0.2
     #: A cut is checked by the next one within this many seconds: if the share of
     #: throttling answers did not at least halve, the cut is undone.
     VERIFY = 3.0
@@ -295,11 +299,12 @@ class Pacer:
         self._throttles = [0] * self._BUCKETS
         self._bucket = int(self._next_at * self._BUCKETS)
         self._peak = 0.0  # the highest rate measured at a throttling answer
-        self._tolerated = THROTTLE_SHARE  # throttling share that does not cut (raised by
-        # a cut that did not lower it)
+        self._tolerated = self.BURST_SHARE  # a throttling share that does not cut (raised
+        # by a cut that did not lower it)
         self._verify: tuple[float, float, float | None] | None = None  # the last cut:
         # (when, the share it answered, the learnt rate before it)
         self.reverted = 0  # cuts undone because the share did not follow the rate
+        self._paused_rate: float | None = None  # accepted/s in the second before a pause
 
     @property
     def rate(self) -> float | None:
@@ -340,15 +345,18 @@ class Pacer:
         the pause itself is no measure of the rate: the count starts again."""
         now = self._clock()
         self._advance()
-        span = min(1.0, now - max(self._first_accepted, self._resumed_at))
-        if span >= 0.5:  # the rate it took up to the pause
-            self._peak = max(self._peak, sum(self._counts) / span)
+        if now >= self._resumed_at:  # not already paused: the rate it took up to the pause
+            span = min(1.0, now - max(self._first_accepted, self._resumed_at))
+            self._paused_rate = sum(self._counts) / span if span >= 0.2 else None
+            if span >= 0.5 and self._paused_rate is not None:
+                self._peak = max(self._peak, self._paused_rate)
         self._resumed_at = max(self._resumed_at, until)
         self._counts = [0] * self._BUCKETS
 
     def throttled(self) -> None:
-        """A throttling answer: once they pass ``THROTTLE_SHARE`` of the last second's
-        answers and ``MIN_THROTTLES``, learn 90 % of what the origin accepted in it."""
+        """A throttling answer: once they are a burst (``MIN_THROTTLES``, more than
+        ``BURST_SHARE`` of the latest answers), learn 90 % of what the origin accepted
+        in the last second."""
         if not self.adaptive:
             return
         now = self._clock()
@@ -364,10 +372,13 @@ class Pacer:
             self._peak = max(self._peak, taken / span)
         if now - self._last_cut < self.CUT_EVERY:
             return
-        throttles = sum(self._throttles)
-        share = throttles / sum(self._answers)
+        # a quota answers everything in flight at once: judge the last 0.1-0.2 s, where a
+        # steady few percent stays a few percent and a burst stands out
+        here, prev = self._bucket % self._BUCKETS, (self._bucket - 1) % self._BUCKETS
+        throttles = self._throttles[here] + self._throttles[prev]
+        share = throttles / (self._answers[here] + self._answers[prev])
         if throttles < self.MIN_THROTTLES or share <= self._tolerated:
-            return  # a stray one or a steady few percent: not a quota
+            return  # strays, or a steady share: not a quota
         self._last_cut = now
         last = self._verify
         self._verify = None
@@ -378,12 +389,17 @@ class Pacer:
             # let only a clearly higher share cut again (just after a Retry-After pause
             # the sample is too small to tell)
             self.learnt = last[2]
-            self._tolerated = min(0.5, max(self._tolerated, 1.5 * share))
+            self._tolerated = min(0.9, max(self._tolerated, 1.5 * share))
             self.reverted += 1
             return
         self._verify = (now, share, self.learnt)
         before = self.rate
-        if span < 0.2 and before is not None:
+        if now < self._resumed_at and self._paused_rate is not None:
+            # the rest of the burst that paused the origin: what it took before the pause
+            self.learnt = 0.9 * self._paused_rate
+            if before is not None:
+                self.learnt = max(self.learnt, 0.7 * before)
+        elif span < 0.2 and before is not None:
             # just resumed: too short to measure, so the pace that was kept is what
             # went over
             self.learnt = 0.9 * before
