@@ -375,6 +375,23 @@ def test_pacer_ignores_a_steady_few_percent_of_throttling() -> None:
     assert pacer.cuts == 1 and 800 < pacer.rate < 900
 
 
+def test_a_burst_that_paused_the_origin_is_learnt_from_the_second_before_the_pause() -> None:
+    """The engine pauses the origin at the first 429 with Retry-After, and the rest of
+    the burst arrives during the pause. Before, the pause had cleared the count and
+    nothing was learnt: 10-11 % of the politeness run's requests were answered 429."""
+    clock = Clock()
+    pacer = Pacer(None, adaptive=True, clock=clock)
+    for _ in range(1000):
+        clock.now += 0.001
+        pacer.accepted()
+    pacer.throttled()  # the first of the burst: a stray so far
+    pacer.pause(clock.now + 1.0)
+    assert pacer.rate is None
+    clock.now += 0.01
+    throttle(pacer, 50)  # the rest of what was in flight
+    assert pacer.cuts == 1 and pacer.rate == pytest.approx(900, rel=0.02)
+
+
 def test_pacer_undoes_a_cut_that_left_the_share_of_throttling_as_it_was() -> None:
     """A third of the answers are 503s whatever the rate (a sick service, not a quota):
     the first cut is undone by the next second's check, and that share cuts no more."""

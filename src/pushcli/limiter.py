@@ -93,8 +93,8 @@ SATURATED = 0.02
 NEAR_SATURATED = 0.10
 #: A CPU-bound sender's limit moves towards this (see the module docstring).
 SATURATED_CAP = 192
-#: Throttling answers and timeouts cut the limit or the rate only above this share of the
-#: answers (a window's, a second's): below it they are a steady fraction, not a load signal.
+#: Throttling answers and timeouts cut the in-flight limit only above this share of a
+#: window's answers: below it they are a steady fraction, not a load signal.
 THROTTLE_SHARE = 0.05
 
 
@@ -265,8 +265,8 @@ class Pacer:
     #: throttling that does not follow the rate must not bring a send to a crawl.
     MIN_RATE = 10.0
     PEAK_FLOOR = 0.25
-    #: A quota answers many requests at once; fewer throttling answers in a second than
-    #: this are strays (after a Retry-After pause the first answers are a tiny sample).
+    #: A quota answers many requests at once; fewer throttling answers in the last
+    #: 0.1-0.2 s than this are strays.
     MIN_THROTTLES = 3
     #: Throttling answers must be more than this share of the answers in the last
     #: 0.1-0.2 s to cut: a quota's burst is most of them, a steady fault rate a few percent.
@@ -298,7 +298,7 @@ class Pacer:
         self._answers = [0] * self._BUCKETS
         self._throttles = [0] * self._BUCKETS
         self._bucket = int(self._next_at * self._BUCKETS)
-        self._peak = 0.0  # the highest rate measured at a throttling answer
+        self._peak = 0.0  # the highest accepted rate measured at a throttle or a pause
         self._tolerated = self.BURST_SHARE  # a throttling share that does not cut (raised
         # by a cut that did not lower it)
         self._verify: tuple[float, float, float | None] | None = None  # the last cut:
@@ -346,7 +346,7 @@ class Pacer:
         now = self._clock()
         self._advance()
         if now >= self._resumed_at:  # not already paused: the rate it took up to the pause
-            span = min(1.0, now - max(self._first_accepted, self._resumed_at))
+            span = self._span(now)
             self._paused_rate = sum(self._counts) / span if span >= 0.2 else None
             if span >= 0.5 and self._paused_rate is not None:
                 self._peak = max(self._peak, self._paused_rate)
@@ -364,10 +364,7 @@ class Pacer:
         self._throttles[self._bucket % self._BUCKETS] += 1
         self._answers[self._bucket % self._BUCKETS] += 1
         taken = float(sum(self._counts))
-        # the buckets span 0.9 s plus the part of the current one gone by (less when the
-        # origin answered for less than a second)
-        span = min(0.9 + (now * self._BUCKETS - self._bucket) / self._BUCKETS,
-                   now - max(self._first_accepted, self._resumed_at))
+        span = self._span(now)
         if span >= 0.5:
             self._peak = max(self._peak, taken / span)
         if now - self._last_cut < self.CUT_EVERY:
@@ -413,6 +410,12 @@ class Pacer:
             self.learnt = max(self.MIN_RATE, self.PEAK_FLOOR * self._peak, self.learnt)
         self._grown_at = now
         self.cuts += 1
+
+    def _span(self, now: float) -> float:
+        """Seconds the accepted count covers: the buckets span 0.9 s plus the part of the
+        current one gone by (less when the origin answered for less than a second)."""
+        return min(0.9 + (now * self._BUCKETS - self._bucket) / self._BUCKETS,
+                   now - max(self._first_accepted, self._resumed_at))
 
     def _advance(self) -> None:
         bucket = int(self._clock() * self._BUCKETS)
