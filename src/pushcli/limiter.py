@@ -274,6 +274,9 @@ class Pacer:
     #: A cut is checked by the next one within this many seconds: if the share of
     #: throttling answers did not at least halve, the cut is undone.
     VERIFY = 3.0
+    #: Seconds of answers that measure a rate (the best one, a cut's share); shorter
+    #: spans, such as just after a Retry-After pause, are too small a sample.
+    MEASURED = 0.5
     #: How fast a learnt rate probes upwards while it holds the send back, per second.
     PROBE = 0.01
     _BUCKETS = 10  # accepted answers in 0.1 s buckets over the last second
@@ -346,10 +349,9 @@ class Pacer:
         now = self._clock()
         self._advance()
         if now >= self._resumed_at:  # not already paused: the rate it took up to the pause
-            span = self._span(now)
-            self._paused_rate = sum(self._counts) / span if span >= 0.2 else None
-            if span >= 0.5 and self._paused_rate is not None:
-                self._peak = max(self._peak, self._paused_rate)
+            span, taken = self._span(now), sum(self._counts)
+            self._paused_rate = taken / span if span >= 0.2 else None
+            self._note_peak(taken, span)
         self._resumed_at = max(self._resumed_at, until)
         self._counts = [0] * self._BUCKETS
 
@@ -365,8 +367,7 @@ class Pacer:
         self._answers[self._bucket % self._BUCKETS] += 1
         taken = float(sum(self._counts))
         span = self._span(now)
-        if span >= 0.5:
-            self._peak = max(self._peak, taken / span)
+        self._note_peak(taken, span)
         if now - self._last_cut < self.CUT_EVERY:
             return
         # a quota answers everything in flight at once: judge the last 0.1-0.2 s, where a
@@ -379,7 +380,7 @@ class Pacer:
         self._last_cut = now
         last = self._verify
         self._verify = None
-        if (last is not None and now - last[0] <= self.VERIFY and span >= 0.5
+        if (last is not None and now - last[0] <= self.VERIFY and span >= self.MEASURED
                 and share >= 0.5 * last[1]):
             # the last cut left the share as it was: this throttling does not follow the
             # rate (a fixed fraction of 503s, per-subscriber 429s), so undo that cut and
@@ -410,6 +411,12 @@ class Pacer:
             self.learnt = max(self.MIN_RATE, self.PEAK_FLOOR * self._peak, self.learnt)
         self._grown_at = now
         self.cuts += 1
+
+    def _note_peak(self, taken: float, span: float) -> None:
+        """``taken`` accepted over ``span`` seconds: the best rate yet, if it measures one
+        (the floor of any learnt rate is a share of it)."""
+        if span >= self.MEASURED:
+            self._peak = max(self._peak, taken / span)
 
     def _span(self, now: float) -> float:
         """Seconds the accepted count covers: the buckets span 0.9 s plus the part of the
