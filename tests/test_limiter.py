@@ -150,13 +150,35 @@ def test_a_limit_hovers_where_the_loop_just_saturates() -> None:
     run_window(limit, clock, 0.15, waits=waits)  # saturated at 128: up to the cap
     run_window(limit, clock, 0.15, waits=waits)  # at the cap: stays
     assert limit.limit == SATURATED_CAP
-    run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)  # waiting again: grows
-    assert limit.limit == 2 * SATURATED_CAP  # still in slow start: latency held
-    run_window(limit, clock, 0.3, waits=waits)  # saturated: past the knee
-    after_knee = 2 * SATURATED_CAP * 0.9
-    assert limit.limit == int(after_knee)
+    run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)  # waiting again: grows,
+    # gently: the sender was CPU-bound at the cap, its knee, which ended slow start (a
+    # doubling from there put 384 a process in flight, see the next test)
+    grown = SATURATED_CAP + SATURATED_CAP ** 0.5
+    assert limit.limit == int(grown)
     run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)
-    assert limit.limit == int(after_knee + after_knee ** 0.5)  # sqrt(limit) a window
+    assert limit.limit == int(grown + grown ** 0.5)  # sqrt(limit) a window
+    run_window(limit, clock, 0.3, waits=waits)  # saturated: past the knee, x0.9
+    assert limit.limit == int((grown + grown ** 0.5) * 0.9)
+    run_window(limit, clock, 0.3, waits=waits)
+    assert limit.limit == SATURATED_CAP  # and not below the cap
+
+
+def test_a_loop_waiting_for_its_own_threads_does_not_grow_the_limit_past_the_cap() -> None:
+    """At 100,000 on loopback a window in which the loop waited 15 % of the time (for its
+    batch loader) with latency within 1.25x of the lowest doubled the limit from the cap,
+    192 -> 384 a process: the 1,000,000 send's 537 in flight and 251 MB. Twice what the
+    service's latency needs at the window's rate (2,133/s x 25 ms x 2 = 107 in flight)
+    is below the cap, so more in flight could only queue."""
+    clock, waits = Clock(), LoopWaits()
+    limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
+    for _ in range(3):
+        run_window(limit, clock, 0.025, waits=waits)  # CPU-bound: up to the cap
+    assert limit.limit == SATURATED_CAP and limit.baseline == pytest.approx(0.025)
+    for _ in range(10):
+        clock.now += 0.06  # the loop waits for its loader with nothing in flight...
+        waits.waited += 0.06
+        run_window(limit, clock, 0.03, waits=waits)  # ...then fills the limit: 30 ms
+    assert limit.limit == SATURATED_CAP and limit.peak_limit == SATURATED_CAP
 
 
 def test_waits_for_its_own_threads_do_not_ratchet_the_limit_up() -> None:

@@ -93,6 +93,10 @@ SATURATED = 0.02
 NEAR_SATURATED = 0.10
 #: A CPU-bound sender's limit moves towards this (see the module docstring).
 SATURATED_CAP = 192
+#: Past the cap the limit grows only while below this many times the requests in flight
+#: the service's latency needs at the window's rate (rate x lowest mean latency, Little's
+#: law; BBR keeps twice that bandwidth-delay product in flight).
+BDP_GAIN = 2.0
 #: Throttling answers and timeouts cut the in-flight limit only above this share of a
 #: window's answers: below it they are a steady fraction, not a load signal.
 THROTTLE_SHARE = 0.05
@@ -189,7 +193,7 @@ class ConcurrencyLimit:
             # CPU-bound: the latency is our own queue, the service's is unknown
             self.saturated_windows += 1
             cap = float(min(self.ceiling, SATURATED_CAP))
-            if self._limit > cap:  # past the knee: more in flight only queues here
+            if self._limit >= cap:  # at or past the knee: more in flight only queues here
                 self._slow_start = False
                 self._limit = max(cap, self._limit * 0.9)
             elif busy:
@@ -209,8 +213,12 @@ class ConcurrencyLimit:
             # a whole window (memory and queueing), so grow gently from here
             self._slow_start = False
         top = float(self.ceiling)
-        if waited is not None and waited < NEAR_SATURATED:
-            # near the knee: growing buys at most the loop's idle share, at the cost of
+        span = now - self._window_began
+        needed = (BDP_GAIN * (self._window_count + self._window_throttled) / span
+                  * self.baseline) if span > 0 else math.inf
+        if (waited is not None and waited < NEAR_SATURATED) or self._limit >= needed:
+            # near the knee, or already more in flight than the service's latency needs
+            # at this rate: growing buys at most the loop's idle share, at the cost of
             # memory and queueing; up to the cap, and no further
             top = min(top, max(float(SATURATED_CAP), self._limit))
         if busy:

@@ -165,6 +165,7 @@ class CurlTransport:
         self._timer_at = 0.0  # when ``_timer`` fires, in loop time (uvloop's handle for a
         # deadline already passed is a plain Handle, without ``when()``)
         self._deadline: float | None = None  # libcurl's last deadline, in loop time
+        self._kicked = False  # an ``_on_kick`` is scheduled for the next loop turn
         self._pending: dict[pycurl.Curl, tuple[asyncio.Future[Answer], _Handle]] = {}
         self._idle: list[_Handle] = []
         self._targets: dict[str, tuple[str, int]] = {}  # origin -> (host, port)
@@ -245,6 +246,11 @@ class CurlTransport:
         curl.setopt(pycurl.CONNECTTIMEOUT_MS, self._connect_ms)
         curl.setopt(pycurl.NOSIGNAL, 1)
         curl.setopt(pycurl.USERAGENT, "")
+        # libcurl's smallest upload buffer (its default is 64 KB, allocated per handle for
+        # the whole transfer): a push body is at most 4 KB, and over HTTP/1.1 a send keeps
+        # one handle per request in flight (300 TLS transfers held open: 153 KB each with
+        # the default, 112 KB with this; bench/conn_memory.py)
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16 * 1024)
         return curl
 
     async def _pinned(self, host: str, port: int) -> tuple[float, str]:
@@ -323,9 +329,20 @@ class CurlTransport:
         self._timer = loop.call_at(deadline, self._on_deadline)
 
     def _kick(self) -> None:
-        """After adding a handle: let libcurl start it on the next loop turn."""
-        assert self._loop is not None
-        self._loop.call_soon(self._act, pycurl.SOCKET_TIMEOUT, 0)
+        """After adding a handle: let libcurl start it on the next loop turn.
+
+        Once per turn, however many handles were added in it: ``add_handle`` marks each
+        due at once, and one ``socket_action(SOCKET_TIMEOUT)`` starts every handle due.
+        The answers a turn takes start as many posts in the next: 30,000 messages over
+        HTTP/1.1 made 15,293 posts in one process and 128 kicks, not one each."""
+        if not self._kicked:
+            self._kicked = True
+            assert self._loop is not None
+            self._loop.call_soon(self._on_kick)
+
+    def _on_kick(self) -> None:
+        self._kicked = False
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, event: int) -> None:
         while True:
