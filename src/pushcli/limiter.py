@@ -29,20 +29,29 @@ link's capacity:
   handles more answers per system call (one process, pinned at 32 against 128:
   3-4 % more CPU a message in three of three pairs; at 60 ms over HTTP/1.1 a cap
   of 128 sent 6-8 % less than the old rule in two pairs), and down (x0.9) while
-  above it, because the sender is past its knee. Over HTTP/1.1 every request in
-  flight is a connection (~110 KB here): a cap of 256 put the 1,000,000 send's
-  sender tree at 250 MB.
+  above it, because the sender is past its knee. Reaching the cap CPU-bound ends
+  slow start: the sender's knee is found, and a doubling from there (one window
+  in which the loop waited for its own threads) put 384 a process in flight.
+  Over HTTP/1.1 every request in flight is a connection (~113 KB here,
+  ``bench/conn_memory.py``): a cap of 256 put the 1,000,000 send's sender tree
+  at 250 MB.
 - A service far enough away that the cap leaves the loop waiting (192 / 150 ms is
   ~1,300/s) gives unsaturated windows, and there the latency rule grows it
   further, but only while the loop waited at least ``NEAR_SATURATED`` (10 %) of
   the window (closer to the knee, growing buys at most that idle share, at a
-  cost in memory and queueing) and latency holds against the lowest mean of
-  any window, saturated ones included (a sender's own queue only adds latency,
-  so none is below the service's). Without these two, windows in which the
-  loop waited for its own threads (loading the next batch, writing the ledger)
-  ratcheted the limit up: at 1,000,000 on loopback to the ceiling, 500 a
-  process, and 317 MB for the sender tree. When the loop says nothing (uvloop,
-  tests) every window counts.
+  cost in memory and queueing), latency holds against the lowest mean of any
+  window, saturated ones included (a sender's own queue only adds latency, so
+  none is below the service's), and the limit is below ``BDP_GAIN`` (2) times
+  what the service's latency needs at the window's rate (rate x that lowest
+  mean, by Little's law; BBR keeps twice this bandwidth-delay product in
+  flight). Without these, windows in which the loop waited for its own threads
+  (loading the next batch, writing the ledger) ratcheted the limit up: at
+  1,000,000 on loopback to the ceiling, 500 a process, and 317 MB for the sender
+  tree; and with the first two alone, one such window at 100,000 (15 % waited,
+  2,121/s, lowest mean 27 ms: 114 needed at twice) doubled 192 to 384. 60 ms
+  away the same test lets a process grow to 205-241 (~2,500/s at 70 ms: 350
+  needed at twice). When the loop says nothing (uvloop, tests) every window
+  counts.
 - Throttling answers (429, WNS 406, 503) and timeouts halve it, at most once per
   round trip, once they pass ``THROTTLE_SHARE`` (5 %) of a window: more than
   that many of one window's worth of answers (``limit``), counting only requests
