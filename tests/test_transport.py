@@ -321,6 +321,31 @@ def test_a_reused_handle_sends_each_request_as_given_and_answers_only_its_own(
     assert (gone.status, gone.body) == (410, b"gone for good")
 
 
+def test_requests_added_in_one_loop_turn_are_started_by_one_kick(
+        sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty posts begun in the same loop turn schedule one ``socket_action`` between
+    them (one call starts every handle due), not one each, and all are answered."""
+    base, cert = sink
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+
+    async def go() -> tuple[list[int], int]:
+        t = _transport()
+        try:
+            await t.post(f"{base}/push/first", b"x", HEADERS)  # the guard's answer, cached
+            kicks: list[None] = []
+            kick = t._on_kick
+            monkeypatch.setattr(t, "_on_kick", lambda: (kicks.append(None), kick()))
+            answers = await asyncio.gather(*(t.post(f"{base}/push/{i}", os.urandom(200),
+                                                    HEADERS) for i in range(20)))
+            return [a.status for a in answers], len(kicks)
+        finally:
+            t.close()
+
+    statuses, kicks = asyncio.run(go())
+    assert statuses == [201] * 20
+    assert kicks == 1
+
+
 @pytest.mark.parametrize("others", [0, 1, 20])
 def test_a_request_times_out_at_its_deadline_however_libcurl_moved_it(
         sink: tuple[str, str], monkeypatch: pytest.MonkeyPatch, others: int) -> None:
