@@ -150,17 +150,30 @@ def test_a_limit_hovers_where_the_loop_just_saturates() -> None:
     run_window(limit, clock, 0.15, waits=waits)  # saturated at 128: up to the cap
     run_window(limit, clock, 0.15, waits=waits)  # at the cap: stays
     assert limit.limit == SATURATED_CAP
-    run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)  # waiting again: grows,
-    # gently: the sender was CPU-bound at the cap, its knee, which ended slow start (a
-    # doubling from there put 384 a process in flight, see the next test)
-    grown = SATURATED_CAP + SATURATED_CAP ** 0.5
-    assert limit.limit == int(grown)
+    run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)  # waiting again: grows
+    # still in slow start: latency held, and at the cap 150 ms away needs more in flight
+    # (192 at 1,280/s x 150 ms x 2 = 384), so the CPU-bound windows did not end it
+    assert limit.limit == 2 * SATURATED_CAP
+    run_window(limit, clock, 0.3, waits=waits)  # saturated: past the knee
+    after_knee = 2 * SATURATED_CAP * 0.9
+    assert limit.limit == int(after_knee)
     run_window(limit, clock, 0.15, waits=waits, idle_share=0.3)
-    assert limit.limit == int(grown + grown ** 0.5)  # sqrt(limit) a window
-    run_window(limit, clock, 0.3, waits=waits)  # saturated: past the knee, x0.9
-    assert limit.limit == int((grown + grown ** 0.5) * 0.9)
-    run_window(limit, clock, 0.3, waits=waits)
-    assert limit.limit == SATURATED_CAP  # and not below the cap
+    assert limit.limit == int(after_knee + after_knee ** 0.5)  # sqrt(limit) a window
+
+
+def test_reaching_the_cap_cpu_bound_ends_slow_start_only_when_near_enough() -> None:
+    """On loopback the windows at the cap are CPU-bound with latency well above the
+    lowest (the sender's queue): the rate needs fewer than the cap in flight, so
+    doubling is over, and a later window in which the loop waited grows it by
+    sqrt(limit), not to twice the cap."""
+    clock, waits = Clock(), LoopWaits()
+    limit = ConcurrencyLimit(1000, clock=clock, waited=waits)
+    for _ in range(3):
+        run_window(limit, clock, 0.02, waits=waits)  # CPU-bound: up to the cap
+    assert limit.limit == SATURATED_CAP
+    run_window(limit, clock, 0.06, waits=waits)  # at the cap: 3,200/s x 20 ms x 2 = 128
+    run_window(limit, clock, 0.02, waits=waits, idle_share=0.3)  # waiting, latency held
+    assert limit.limit == int(SATURATED_CAP + SATURATED_CAP ** 0.5)
 
 
 def test_a_loop_waiting_for_its_own_threads_does_not_grow_the_limit_past_the_cap() -> None:

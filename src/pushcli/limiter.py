@@ -30,8 +30,10 @@ link's capacity:
   3-4 % more CPU a message in three of three pairs; at 60 ms over HTTP/1.1 a cap
   of 128 sent 6-8 % less than the old rule in two pairs), and down (x0.9) while
   above it, because the sender is past its knee. Reaching the cap CPU-bound ends
-  slow start: the sender's knee is found, and a doubling from there (one window
-  in which the loop waited for its own threads) put 384 a process in flight.
+  slow start when the service is near enough to need no more in flight (the
+  ``BDP_GAIN`` test below): a doubling from there (one window in which the loop
+  waited for its own threads) put 384 a process in flight; far away, a passing
+  CPU-bound window must not slow the climb to what the distance needs.
   Over HTTP/1.1 every request in flight is a connection (~113 KB here,
   ``bench/conn_memory.py``): a cap of 256 put the 1,000,000 send's sender tree
   at 250 MB.
@@ -198,13 +200,21 @@ class ConcurrencyLimit:
         # adds latency, so no window's mean is below the service's
         if self.baseline is None or mean < self.baseline:
             self.baseline = mean
+        # in flight the service's latency needs at this window's rate, with BBR's margin
+        span = now - self._window_began
+        needed = (BDP_GAIN * (self._window_count + self._window_throttled) / span
+                  * self.baseline) if span > 0 else math.inf
         if waited is not None and waited < SATURATED:
             # CPU-bound: the latency is our own queue, the service's is unknown
             self.saturated_windows += 1
             cap = float(min(self.ceiling, SATURATED_CAP))
-            if self._limit >= cap:  # at or past the knee: more in flight only queues here
+            if self._limit > cap:  # past the knee: more in flight only queues here
                 self._slow_start = False
                 self._limit = max(cap, self._limit * 0.9)
+            elif self._limit == cap:
+                if self._limit >= needed:  # the knee, and near enough to need no more:
+                    self._slow_start = False  # doubling is over (far away, a passing
+                    # CPU-bound window must not slow the climb to what the distance needs)
             elif busy:
                 self._grow(cap)
             self._reset_window()
@@ -222,9 +232,6 @@ class ConcurrencyLimit:
             # a whole window (memory and queueing), so grow gently from here
             self._slow_start = False
         top = float(self.ceiling)
-        span = now - self._window_began
-        needed = (BDP_GAIN * (self._window_count + self._window_throttled) / span
-                  * self.baseline) if span > 0 else math.inf
         if (waited is not None and waited < NEAR_SATURATED) or self._limit >= needed:
             # near the knee, or already more in flight than the service's latency needs
             # at this rate: growing buys at most the loop's idle share, at the cost of

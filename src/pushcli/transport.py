@@ -165,7 +165,7 @@ class CurlTransport:
         self._timer_at = 0.0  # when ``_timer`` fires, in loop time (uvloop's handle for a
         # deadline already passed is a plain Handle, without ``when()``)
         self._deadline: float | None = None  # libcurl's last deadline, in loop time
-        self._kicked = False  # an ``_on_kick`` is scheduled for the next loop turn
+        self._kicked: asyncio.Handle | None = None  # the ``_on_kick`` of the next loop turn
         self._pending: dict[pycurl.Curl, tuple[asyncio.Future[Answer], _Handle]] = {}
         self._idle: list[_Handle] = []
         self._targets: dict[str, tuple[str, int]] = {}  # origin -> (host, port)
@@ -219,8 +219,9 @@ class CurlTransport:
         """Drop every transfer and connection."""
         for curl in list(self._pending):
             self._abandon(curl)
-        if self._timer is not None:
-            self._timer.cancel()
+        for scheduled in (self._timer, self._kicked):
+            if scheduled is not None:
+                scheduled.cancel()  # neither may act on the closed multi handle
         for handle in self._idle:
             handle.curl.close()
         self._idle.clear()
@@ -335,13 +336,12 @@ class CurlTransport:
         due at once, and one ``socket_action(SOCKET_TIMEOUT)`` starts every handle due.
         The answers a turn takes start as many posts in the next: 30,000 messages over
         HTTP/1.1 made 15,293 posts in one process and 128 kicks, not one each."""
-        if not self._kicked:
-            self._kicked = True
+        if self._kicked is None:
             assert self._loop is not None
-            self._loop.call_soon(self._on_kick)
+            self._kicked = self._loop.call_soon(self._on_kick)
 
     def _on_kick(self) -> None:
-        self._kicked = False
+        self._kicked = None
         self._act(pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, event: int) -> None:
