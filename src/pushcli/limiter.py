@@ -189,7 +189,8 @@ class ConcurrencyLimit:
             return
         self._window_count += 1
         self._window_latency += now - started
-        if self._window_count + self._window_throttled < size:
+        answered = self._window_count + self._window_throttled
+        if answered < size:
             return
         mean = self._window_latency / self._window_count
         if self._waited is not None:
@@ -202,8 +203,7 @@ class ConcurrencyLimit:
             self.baseline = mean
         # in flight the service's latency needs at this window's rate, with BBR's margin
         span = now - self._window_began
-        needed = (BDP_GAIN * (self._window_count + self._window_throttled) / span
-                  * self.baseline) if span > 0 else math.inf
+        needed = BDP_GAIN * answered / span * self.baseline if span > 0 else math.inf
         if waited is not None and waited < SATURATED:
             # CPU-bound: the latency is our own queue, the service's is unknown
             self.saturated_windows += 1
@@ -301,6 +301,8 @@ class Pacer:
     #: Seconds of answers that measure a rate (the best one, a cut's share); shorter
     #: spans, such as just after a Retry-After pause, are too small a sample.
     MEASURED = 0.5
+    #: A span of answers shorter than this measures no rate at all.
+    SHORT_SPAN = 0.2
     #: How fast a learnt rate probes upwards while it holds the send back, per second.
     PROBE = 0.01
     _BUCKETS = 10  # accepted answers in 0.1 s buckets over the last second
@@ -374,7 +376,7 @@ class Pacer:
         self._advance()
         if now >= self._resumed_at:  # not already paused: the rate it took up to the pause
             span, taken = self._span(now), sum(self._counts)
-            self._paused_rate = taken / span if span >= 0.2 else None
+            self._paused_rate = taken / span if span >= self.SHORT_SPAN else None
             self._note_peak(taken, span)
         self._resumed_at = max(self._resumed_at, until)
         self._counts = [0] * self._BUCKETS
@@ -421,7 +423,7 @@ class Pacer:
             self.learnt = 0.9 * self._paused_rate
             if before is not None:
                 self.learnt = max(self.learnt, 0.7 * before)
-        elif span < 0.2 and before is not None:
+        elif span < self.SHORT_SPAN and before is not None:
             # just resumed: too short to measure, so the pace that was kept is what
             # went over
             self.learnt = 0.9 * before
